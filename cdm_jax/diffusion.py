@@ -1,0 +1,171 @@
+"""Forward noising, training losses, self-conditioning and the likelihood bound (pure functions).
+
+Losses return *sums* and token counts so that metrics stay exact under padding and across devices;
+the value differentiated is normalised by a data-independent constant (positions in the batch), so
+averaging gradients over devices equals the gradient of the global batch.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from cdm_jax import schedules as schedules_lib
+
+Array = jax.Array
+
+
+def _expand(values: Array, like: Array) -> Array:
+  return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def q_sample(x0: Array, t: Array, noise: Array, schedule: schedules_lib.Schedule) -> Array:
+  """x_t = gamma(t) x0 + sigma(t) noise; x0 [batch, m, d], t [batch], noise like x0."""
+  gamma, sigma = schedule.alpha_sigma(t)
+  return _expand(gamma, x0) * x0 + _expand(sigma, x0) * noise
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  rounding_weight: float = 1.0    # -log p(w | z_tmin) through the tied read-out (anti-collapse)
+  anchor_weight: float = 0.0      # cross-entropy of the read-out of x0_hat (anti-collapse)
+  mask_padding: bool = False      # True: PAD positions carry no loss; False: the model learns PAD
+  self_cond_prob: float = 0.5     # probability that a batch trains with self-conditioning
+  time_warp: bool = False         # draw t from the learned warping instead of uniformly
+  importance_weight: bool = True  # with time_warp: weight by 1/p(t) so the objective is unbiased
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "LossConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(f"Unknown loss config keys {unknown}; known: {sorted(names)}.")
+    return cls(**values)
+
+
+def token_cross_entropy(logits: Array, tokens: Array) -> Array:
+  """-log softmax(logits)[token], [batch, length]."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+
+
+def sample_times(u0: Array, example_index: Array, global_batch: int,
+                 warp: schedules_lib.TimeWarp | None) -> tuple[Array, Array]:
+  """Training times [batch] (low-discrepancy, optionally warped) and importance weights [batch]."""
+  u = schedules_lib.low_discrepancy_uniform(u0, example_index, global_batch)
+  if warp is None:
+    return u, jnp.ones_like(u)
+  return warp.inverse_cdf(u)
+
+
+def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight: Array,
+                    noise: Array, self_cond: Array, schedule: schedules_lib.Schedule,
+                    config: LossConfig, rngs: dict | None = None, train: bool = True):
+  """The denoising loss of one (local) batch.
+
+  Args:
+    model: a `DiffusionLM`; params: its variables.
+    tokens, mask: [batch, length] int tokens and bool non-PAD mask.
+    t, weight: [batch] diffusion times and importance weights.
+    noise: [2, batch, length, dim] standard normals (the diffusion's and the rounding term's).
+    self_cond: scalar bool, whether this batch trains with self-conditioning.
+  Returns:
+    (loss_sum, metrics): `loss_sum` summed over examples (divide by a constant before
+    differentiating); metrics are sums with `tokens` (and `positions`) as denominators, plus
+    `per_example_loss` [batch] for fitting the time warp.
+  """
+  cfg = model.config
+  apply = lambda method, *args, **kw: model.apply(params, *args, method=method, rngs=rngs, **kw)
+  x0 = apply("embed", tokens)  # [batch, length, dim]
+  x_t = q_sample(x0, t, noise[0], schedule)
+  log_snr = schedule.log_snr(t)
+  loss_mask = mask if config.mask_padding else jnp.ones_like(mask)
+  loss_mask = loss_mask.astype(jnp.float32)
+
+  def denoise(x0_selfcond):
+    return apply("denoise", x_t, log_snr, x0_selfcond, train=train)
+
+  zeros = jnp.zeros_like(x0)
+  if cfg.self_conditioning:
+    x0_selfcond = jax.lax.cond(
+        self_cond, lambda: jax.lax.stop_gradient(denoise(zeros).x0_hat), lambda: zeros)
+  else:
+    x0_selfcond = zeros
+  out = denoise(x0_selfcond)
+
+  if cfg.output == "logits":
+    per_token = token_cross_entropy(out.logits, tokens)
+  else:
+    gamma, sigma = schedule.alpha_sigma(t)
+    gamma, sigma = _expand(gamma, x0), _expand(sigma, x0)
+    target = {"x0": x0, "eps": noise[0], "v": gamma * noise[0] - sigma * x0}[cfg.output]
+    per_token = jnp.mean(jnp.square(out.raw - target), axis=-1)
+  per_example = jnp.sum(per_token * loss_mask, axis=-1)  # [batch]
+  weighted = per_example * weight if config.time_warp and config.importance_weight else per_example
+  loss_sum = jnp.sum(weighted)
+  metrics = {"diffusion_loss": jnp.sum(per_example), "tokens": jnp.sum(loss_mask),
+             "positions": jnp.asarray(loss_mask.size, jnp.float32)}
+
+  if config.rounding_weight:
+    t_min = jnp.full_like(t, schedule.t_min)
+    gamma0 = schedule.gamma(t_min)[:, None, None]
+    z0 = q_sample(x0, t_min, noise[1], schedule) / gamma0
+    rounding = jnp.sum(token_cross_entropy(apply("readout", z0), tokens) * loss_mask)
+    loss_sum += config.rounding_weight * rounding
+    metrics["rounding_loss"] = rounding
+  if config.anchor_weight:
+    anchor = jnp.sum(token_cross_entropy(apply("readout", out.x0_hat), tokens) * loss_mask)
+    loss_sum += config.anchor_weight * anchor
+    metrics["anchor_loss"] = anchor
+  correct = (jnp.argmax(apply("readout", out.x0_hat), axis=-1) == tokens).astype(jnp.float32)
+  metrics["token_accuracy"] = jnp.sum(correct * loss_mask)
+  metrics["loss"] = loss_sum
+  # Per-token normalisation (by positions) keeps the warp independent of the padding share.
+  per_example_loss = per_example / jnp.maximum(jnp.sum(loss_mask, axis=-1), 1.0)
+  return loss_sum, (metrics, per_example_loss)
+
+
+def likelihood_bound(model, params, tokens: Array, t: Array, noise: Array,
+                     schedule: schedules_lib.Schedule):
+  """Continuous-time variational bound on -log p(w) (VDM, Kingma et al. 2021), as sums.
+
+  -log p(w) <= KL(q(z_1|w) || N(0, I)) + E[-log p(w | z_0)]
+               + 1/2 E_{t ~ U[t_min, t_max]} [ -dlambda/dt e^lambda ||x0 - x0_hat||^2 ] (t_max - t_min).
+  Args: tokens [batch, length]; t [batch] uniforms in [0, 1]; noise [2, batch, length, dim].
+  Returns: dict of sums over the batch ("prior", "reconstruction", "diffusion", "total") and
+  "positions", the denominator (every position, PAD included, is part of the modelled sequence).
+  """
+  cfg = model.config
+  apply = lambda method, *args, **kw: model.apply(params, *args, method=method, **kw)
+  x0 = apply("embed", tokens)
+  t_max = jnp.full_like(t, schedule.t_max)
+  t_min = jnp.full_like(t, schedule.t_min)
+  g = jax.nn.sigmoid(schedule.log_snr(t_max))  # gamma_1^2; sigma_1^2 = 1 - g
+  # KL(N(gamma x0, 1 - g) || N(0, 1)) per dim = (g x0^2 - g - log(1 - g)) / 2; the last two terms
+  # cancel in float32 for small g, so use their series g^2/2 + g^3/3 + g^4/4 there.
+  small = g < 1e-2
+  g_safe = jnp.where(small, 0.5, g)
+  variance_term = jnp.where(small, g**2 / 2 + g**3 / 3 + g**4 / 4, -g_safe - jnp.log1p(-g_safe))
+  prior = 0.5 * (jnp.sum(_expand(g, x0) * x0**2) + jnp.sum(variance_term) * x0[0].size)
+
+  gamma0 = schedule.gamma(t_min)[:, None, None]
+  z0 = q_sample(x0, t_min, noise[1], schedule) / gamma0
+  reconstruction = jnp.sum(token_cross_entropy(apply("readout", z0), tokens))
+
+  t = schedule.t_min + t * (schedule.t_max - schedule.t_min)
+  x_t = q_sample(x0, t, noise[0], schedule)
+  log_snr = schedule.log_snr(t)
+  x0_hat = apply("denoise", x_t, log_snr).x0_hat
+  if cfg.self_conditioning:  # a deterministic function of x_t, so the bound still holds
+    x0_hat = apply("denoise", x_t, log_snr, x0_hat).x0_hat
+  sq_err = jnp.sum(jnp.square(x0 - x0_hat), axis=(1, 2))  # [batch]
+  snr_rate = -schedule.dlog_snr_dt(t) * jnp.exp(log_snr)  # -d SNR / dt
+  diffusion = 0.5 * jnp.sum(snr_rate * sq_err) * (schedule.t_max - schedule.t_min)
+  return {"prior": prior, "reconstruction": reconstruction, "diffusion": diffusion,
+          "total": prior + reconstruction + diffusion,
+          "positions": jnp.asarray(tokens.size, jnp.float32)}
+
+
+def nats_to_bits(nats):
+  return nats / math.log(2.0)

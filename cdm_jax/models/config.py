@@ -1,0 +1,49 @@
+"""The one frozen model configuration shared by the embedder, the denoiser and the AR judge."""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 4000
+  seq_len: int = 32            # tokens per sequence (m = n for the embedding table encoder)
+  embed_dim: int = 64          # d, the latent width the diffusion runs in
+  width: int = 256             # transformer width
+  num_layers: int = 6
+  num_heads: int = 4
+  mlp_dim: int = 1024
+  dropout_rate: float = 0.0
+  time_conditioning: str = "adaln"   # "adaln" (adaptive LayerNorm) or "add"
+  self_conditioning: bool = True
+  normalize_embeddings: bool = False  # L2-normalize rows of E before every use (CDCD)
+  embed_scale: float = 1.0      # rows have norm ~ embed_scale * sqrt(embed_dim)
+  output: str = "x0"            # what the denoiser predicts: "x0", "eps", "v" or "logits"
+  dtype: str = "float32"        # compute dtype; parameters stay float32
+  scan_layers: bool = False     # nn.scan over layers (cuts compile time for deep models)
+
+  def __post_init__(self):
+    if self.output not in ("x0", "eps", "v", "logits"):
+      raise ValueError(f"model.output must be x0, eps, v or logits, got {self.output!r}.")
+    if self.time_conditioning not in ("adaln", "add"):
+      raise ValueError(f"model.time_conditioning must be adaln or add, got {self.time_conditioning!r}.")
+    if self.width % self.num_heads:
+      raise ValueError(f"model.width={self.width} is not divisible by num_heads={self.num_heads}.")
+    if self.dtype not in _DTYPES:
+      raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
+
+  @property
+  def compute_dtype(self) -> Any:
+    return _DTYPES[self.dtype]
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "ModelConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(f"Unknown model config keys {unknown}; known: {sorted(names)}.")
+    return cls(**values)

@@ -1,0 +1,91 @@
+"""The embedding table and the diffusion LM that ties it to the denoiser."""
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cdm_jax.models.config import ModelConfig
+from cdm_jax.models.transformer import TransformerDenoiser
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class DenoiserOutput:
+  x0_hat: Array            # [batch, length, embed_dim], the estimate of the clean latents
+  raw: Array               # [batch, length, embed_dim or vocab], the network's own target (x0/eps/v/logits)
+  logits: Array | None     # [batch, length, vocab] when the model predicts logits, else None
+
+
+class Embedder(nn.Module):
+  """Embedding table E [vocab, dim], optionally L2-normalized, with a tied read-out."""
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.table = self.param("table", nn.initializers.normal(cfg.embed_scale),
+                            (cfg.vocab_size, cfg.embed_dim))
+    self.readout_bias = self.param("readout_bias", nn.initializers.zeros, (cfg.vocab_size,))
+
+  def embeddings(self) -> Array:
+    """The table as used everywhere (normalized to norm embed_scale * sqrt(dim) if configured)."""
+    cfg = self.config
+    table = self.table
+    if cfg.normalize_embeddings:
+      norm = jnp.linalg.norm(table, axis=-1, keepdims=True)
+      table = table / jnp.maximum(norm, 1e-6) * (cfg.embed_scale * cfg.embed_dim**0.5)
+    return table
+
+  def __call__(self, tokens: Array) -> Array:
+    return jnp.take(self.embeddings(), tokens, axis=0)  # [batch, length, dim]
+
+  def readout(self, x: Array) -> Array:
+    """Tied read-out logits `x . E^T + b`, [..., vocab]: ranks by dot product, not L2 distance."""
+    return jnp.einsum("...d,vd->...v", x, self.embeddings()) + self.readout_bias
+
+
+class DiffusionLM(nn.Module):
+  """Embedder + denoiser. Entry points via `apply(..., method=...)`: embed, embeddings, readout,
+  denoise; `__call__` touches all of them (for init)."""
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedder = Embedder(cfg)
+    self.denoiser = TransformerDenoiser(cfg, out_dim=cfg.embed_dim)
+
+  def embed(self, tokens):
+    return self.embedder(tokens)
+
+  def embeddings(self):
+    return self.embedder.embeddings()
+
+  def readout(self, x):
+    return self.embedder.readout(x)
+
+  def denoise(self, x_t, log_snr, x0_selfcond=None, cond=None, cond_mask=None, mask=None,
+              train: bool = False) -> DenoiserOutput:
+    cfg = self.config
+    raw = self.denoiser(x_t, log_snr, x0_selfcond, cond, cond_mask, mask, train)
+    gamma = jnp.sqrt(jax.nn.sigmoid(log_snr))[:, None, None]
+    sigma = jnp.sqrt(jax.nn.sigmoid(-log_snr))[:, None, None]
+    logits = None
+    if cfg.output == "x0":
+      x0_hat = raw
+    elif cfg.output == "eps":
+      x0_hat = (x_t - sigma * raw) / gamma
+    elif cfg.output == "v":
+      x0_hat = gamma * x_t - sigma * raw
+    else:  # CDCD score interpolation: the expected embedding under the predicted distribution
+      logits = self.embedder.readout(raw)
+      raw = logits
+      x0_hat = jnp.einsum("blv,vd->bld", jax.nn.softmax(logits, axis=-1), self.embeddings())
+    if cond is not None:
+      x0_hat = jnp.where(cond_mask[..., None], cond, x0_hat)
+    return DenoiserOutput(x0_hat=x0_hat, raw=raw, logits=logits)
+
+  def __call__(self, tokens, log_snr, train: bool = False):
+    x0 = self.embed(tokens)
+    out = self.denoise(x0, log_snr, x0, train=train)
+    return self.readout(out.x0_hat)

@@ -1,0 +1,137 @@
+"""Pre-LN transformer blocks: the bidirectional denoiser and the causal judge LM share them."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cdm_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+
+def sinusoidal_features(values: Array, dim: int, max_period: float = 10_000.0) -> Array:
+  """[batch] -> [batch, dim] sin/cos features of a scalar (here log-SNR)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  # log-SNR spans about [-20, 20]; the factor spreads it over several periods of the fastest wave.
+  angles = 5.0 * values.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def attention_bias(mask: Array | None, length: int, causal: bool) -> Array | None:
+  """Additive bias [batch or 1, 1, length, length] from a key mask [batch, length] and causality."""
+  bias = None
+  if mask is not None:
+    bias = jnp.where(mask[:, None, None, :], 0.0, -1e9)
+  if causal:
+    tri = jnp.tril(jnp.ones((length, length), bool))
+    causal_bias = jnp.where(tri, 0.0, -1e9)[None, None]
+    bias = causal_bias if bias is None else bias + causal_bias
+  return bias
+
+
+class Block(nn.Module):
+  """Pre-LN attention + MLP; with a conditioning vector, LayerNorms are modulated (adaLN)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, cond, bias, deterministic: bool):
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    batch, length, width = x.shape
+    head_dim = width // cfg.num_heads
+    if cond is not None:  # adaLN: zero-initialised so every block starts as a plain pre-LN block
+      mod = nn.Dense(4 * width, kernel_init=nn.initializers.zeros, dtype=dtype, name="adaln")(cond)
+      shift1, scale1, shift2, scale2 = jnp.split(mod[:, None, :], 4, axis=-1)
+    else:
+      shift1 = scale1 = shift2 = scale2 = 0.0
+    h = nn.LayerNorm(dtype=dtype, name="ln_attn")(x) * (1 + scale1) + shift1
+    qkv = nn.Dense(3 * width, dtype=dtype, name="qkv")(h)  # [batch, length, 3 * width]
+    qkv = qkv.reshape(batch, length, 3, cfg.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [batch, length, heads, head_dim]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
+    if bias is not None:
+      logits = logits + bias.astype(logits.dtype)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
+    attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
+    x = x + nn.Dropout(cfg.dropout_rate)(
+        nn.Dense(width, dtype=dtype, name="attn_out")(attended), deterministic=deterministic)
+    h = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x) * (1 + scale2) + shift2
+    h = nn.gelu(nn.Dense(cfg.mlp_dim, dtype=dtype, name="mlp_in")(h))
+    h = nn.Dense(width, dtype=dtype, name="mlp_out")(h)
+    x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return x, None
+
+
+class Stack(nn.Module):
+  """`num_layers` blocks, unrolled or as one `nn.scan` (one compiled layer body)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, cond, bias, deterministic: bool):
+    cfg = self.config
+    if cfg.scan_layers:
+      scanned = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
+      x, _ = scanned(cfg, name="layers")(x, cond, bias, deterministic)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = Block(cfg, name=f"layer_{i}")(x, cond, bias, deterministic)
+    return nn.LayerNorm(dtype=cfg.compute_dtype, name="ln_final")(x)
+
+
+class TransformerDenoiser(nn.Module):
+  """Bidirectional denoiser: (x_t, log-SNR, self-conditioning, condition) -> [batch, length, out_dim]."""
+  config: ModelConfig
+  out_dim: int
+
+  @nn.compact
+  def __call__(self, x_t, log_snr, x0_selfcond=None, cond=None, cond_mask=None, mask=None,
+               train: bool = False):
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    batch, length, _ = x_t.shape
+    if cond is not None:  # prefix / infilling: known positions carry their clean latents
+      x_t = jnp.where(cond_mask[..., None], cond, x_t)
+    if x0_selfcond is None:
+      x0_selfcond = jnp.zeros_like(x_t)
+    inputs = jnp.concatenate([x_t, x0_selfcond], axis=-1) if cfg.self_conditioning else x_t
+    h = nn.Dense(cfg.width, dtype=dtype, name="in_proj")(inputs.astype(dtype))
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (cfg.seq_len, cfg.width))
+    h = h + pos[None, :length].astype(dtype)
+    if cond_mask is not None:
+      flag = self.param("cond_flag", nn.initializers.normal(0.02), (cfg.width,))
+      h = h + cond_mask[..., None].astype(dtype) * flag.astype(dtype)
+    t_emb = sinusoidal_features(log_snr, cfg.width)
+    t_emb = nn.Dense(cfg.width, dtype=dtype, name="time_mlp_in")(t_emb)
+    t_emb = nn.Dense(cfg.width, dtype=dtype, name="time_mlp_out")(nn.silu(t_emb))  # [batch, width]
+    if cfg.time_conditioning == "add":
+      h = h + t_emb[:, None, :]
+      block_cond = None
+    else:
+      block_cond = nn.silu(t_emb)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+    h = Stack(cfg, name="stack")(h, block_cond, attention_bias(mask, length, False), not train)
+    out = nn.Dense(self.out_dim, dtype=dtype, name="out_proj")(h)
+    return out.astype(jnp.float32)
+
+
+class TransformerLM(nn.Module):
+  """Causal transformer LM with a tied read-out: the evaluation judge and the AR baseline."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    cfg = self.config
+    dtype = cfg.compute_dtype
+    _, length = tokens.shape
+    embed = nn.Embed(cfg.vocab_size, cfg.width, embedding_init=nn.initializers.normal(0.02),
+                     name="embed")
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (cfg.seq_len, cfg.width))
+    h = (embed(tokens) + pos[None, :length]).astype(dtype)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+    h = Stack(cfg, name="stack")(h, None, attention_bias(None, length, True), not train)
+    return embed.attend(h.astype(jnp.float32))  # [batch, length, vocab]

@@ -1,0 +1,218 @@
+"""Reverse-process samplers as one compiled loop, plus decoders and clamps from latents to tokens.
+
+`sample_loop(denoise_fn, x_init, rng, schedule, num_steps, sampler)` runs `num_steps` updates from
+t_max to t_min with `lax.scan`, then one last denoising at t_min, and returns that x0_hat. The key of
+step i is `fold_in(rng, i)`; `rng` may also be one key per example ([batch, 2]), which makes every
+example's noise independent of how the batch is split over devices.
+"""
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from cdm_jax import schedules as schedules_lib
+
+Array = jax.Array
+DenoiseFn = Callable[[Array, Array, Array], Array]  # (x_t, t [batch], x0_selfcond) -> x0_hat
+
+
+class StepInput(NamedTuple):
+  x_t: Array          # [batch, m, d]
+  x0_selfcond: Array  # previous step's x0_hat
+  t: Array            # [batch]
+  s: Array            # [batch], s < t
+  key: Array          # this step's key(s)
+
+
+_SAMPLERS: dict[str, Callable] = {}
+
+
+def register(name: str):
+  def wrap(step_fn):
+    _SAMPLERS[name] = step_fn
+    return step_fn
+  return wrap
+
+
+def available() -> list[str]:
+  return sorted(_SAMPLERS)
+
+
+def _b(values, like):
+  return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def _normal(key: Array, like: Array) -> Array:
+  if key.ndim == 2:  # one key per example
+    return jax.vmap(lambda k: jax.random.normal(k, like.shape[1:], like.dtype))(key)
+  return jax.random.normal(key, like.shape, like.dtype)
+
+
+def eps_from_x0(x_t, x0_hat, gamma_t, sigma_t):
+  return (x_t - _b(gamma_t, x_t) * x0_hat) / _b(sigma_t, x_t)
+
+
+def ddpm_posterior(x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t):
+  """Mean and variance of q(x_s | x_t, x0 = x0_hat) for s < t, for any gamma/sigma."""
+  gamma_ts = gamma_t / gamma_s
+  var_ts = sigma_t**2 - gamma_ts**2 * sigma_s**2
+  mean = (_b(gamma_ts * sigma_s**2 / sigma_t**2, x_t) * x_t
+          + _b(gamma_s * var_ts / sigma_t**2, x_t) * x0_hat)
+  var = var_ts * sigma_s**2 / sigma_t**2
+  return mean, var
+
+
+def ddim_update(x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t):
+  """Deterministic DDIM (eta = 0): keep the implied noise, move the signal to level s."""
+  eps_hat = eps_from_x0(x_t, x0_hat, gamma_t, sigma_t)
+  return _b(gamma_s, x_t) * x0_hat + _b(sigma_s, x_t) * eps_hat
+
+
+@register("ddpm")
+def ddpm_step(denoise, inp: StepInput, schedule):
+  x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
+  gamma_s, sigma_s = schedule.alpha_sigma(inp.s)
+  gamma_t, sigma_t = schedule.alpha_sigma(inp.t)
+  mean, var = ddpm_posterior(inp.x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t)
+  return mean + _b(jnp.sqrt(jnp.maximum(var, 0.0)), mean) * _normal(inp.key, mean), x0_hat
+
+
+@register("ddim")
+def ddim_step(denoise, inp: StepInput, schedule):
+  x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
+  gamma_s, sigma_s = schedule.alpha_sigma(inp.s)
+  gamma_t, sigma_t = schedule.alpha_sigma(inp.t)
+  return ddim_update(inp.x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t), x0_hat
+
+
+def _ode_velocity(schedule, x_t, x0_hat, t):
+  """dx/dt of the probability-flow ODE: gamma'(t) x0_hat + sigma'(t) eps_hat."""
+  gamma_t, sigma_t = schedule.alpha_sigma(t)
+  eps_hat = eps_from_x0(x_t, x0_hat, gamma_t, sigma_t)
+  return _b(schedule.dgamma_dt(t), x_t) * x0_hat + _b(schedule.dsigma_dt(t), x_t) * eps_hat
+
+
+@register("euler")
+def euler_step(denoise, inp: StepInput, schedule):
+  x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
+  velocity = _ode_velocity(schedule, inp.x_t, x0_hat, inp.t)
+  return inp.x_t + _b(inp.s - inp.t, inp.x_t) * velocity, x0_hat
+
+
+@register("heun")
+def heun_step(denoise, inp: StepInput, schedule):
+  """Heun's second-order method (trapezoid with an Euler predictor): two evaluations per step."""
+  x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
+  velocity = _ode_velocity(schedule, inp.x_t, x0_hat, inp.t)
+  dt = _b(inp.s - inp.t, inp.x_t)
+  x_pred = inp.x_t + dt * velocity
+  x0_pred = denoise(x_pred, inp.s, x0_hat)
+  velocity_pred = _ode_velocity(schedule, x_pred, x0_pred, inp.s)
+  return inp.x_t + dt * 0.5 * (velocity + velocity_pred), x0_pred
+
+
+def evaluations_per_step(sampler: str) -> int:
+  return 2 if sampler == "heun" else 1
+
+
+def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: schedules_lib.Schedule,
+                num_steps: int, sampler: str = "ddim", clamp_fn: Callable[[Array], Array] | None = None,
+                times: Array | None = None) -> Array:
+  """Runs the reverse process from `x_init` (x at t_max) and returns x0_hat [batch, m, d].
+
+  Args:
+    denoise_fn: pure `(x_t, t [batch], x0_selfcond) -> x0_hat`.
+    rng: a raw key [2] or one key per example [batch, 2].
+    clamp_fn: optional map applied to every x0_hat before it is used (e.g. nearest embedding).
+    times: optional decreasing grid [num_steps + 1] (e.g. `schedules.time_grid(..., warp)`).
+  """
+  if sampler not in _SAMPLERS:
+    raise ValueError(f"Unknown sampler {sampler!r}; choose one of {available()}.")
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+  step_fn = _SAMPLERS[sampler]
+  batch = x_init.shape[0]
+  if times is None:
+    times = schedules_lib.time_grid(schedule, num_steps)
+  if times.shape != (num_steps + 1,):
+    raise ValueError(f"times must have shape [{num_steps + 1}], got {times.shape}.")
+
+  def denoise(x_t, t, x0_selfcond):
+    x0_hat = denoise_fn(x_t, t, x0_selfcond)
+    return x0_hat if clamp_fn is None else clamp_fn(x0_hat)
+
+  def fold(i):
+    if rng.ndim == 2:
+      return jax.vmap(lambda k: jax.random.fold_in(k, i))(rng)
+    return jax.random.fold_in(rng, i)
+
+  def body(carry, i):
+    x_t, x0_selfcond = carry
+    inp = StepInput(x_t, x0_selfcond, jnp.full((batch,), times[i]), jnp.full((batch,), times[i + 1]),
+                    fold(i))
+    return step_fn(denoise, inp, schedule), None
+
+  (x_last, x0_selfcond), _ = jax.lax.scan(
+      body, (x_init, jnp.zeros_like(x_init)), jnp.arange(num_steps))
+  return denoise(x_last, jnp.full((batch,), times[-1]), x0_selfcond)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoders (latents -> tokens) and clamps (latents -> latents on the embedding manifold).
+# Each is one [.., d] x [d, vocab] matmul; no [batch, length, vocab, dim] tensor is formed.
+
+_DECODERS: dict[str, Callable] = {}
+
+
+def register_decoder(name: str):
+  def wrap(fn):
+    _DECODERS[name] = fn
+    return fn
+  return wrap
+
+
+@register_decoder("l2")
+def decode_l2(x, table, bias=None):
+  """Nearest embedding in L2: argmin ||x - e||^2 = argmin (||e||^2 - 2 x.e)."""
+  del bias
+  scores = 2.0 * jnp.einsum("...d,vd->...v", x, table) - jnp.sum(table**2, axis=-1)
+  return jnp.argmax(scores, axis=-1)
+
+
+@register_decoder("cosine")
+def decode_cosine(x, table, bias=None):
+  del bias
+  unit = table / jnp.maximum(jnp.linalg.norm(table, axis=-1, keepdims=True), 1e-6)
+  return jnp.argmax(jnp.einsum("...d,vd->...v", x, unit), axis=-1)
+
+
+@register_decoder("readout")
+def decode_readout(x, table, bias=None):
+  """Argmax of the tied read-out x.E^T + b (ranks shrunk x0_hat correctly, unlike L2)."""
+  logits = jnp.einsum("...d,vd->...v", x, table)
+  return jnp.argmax(logits if bias is None else logits + bias, axis=-1)
+
+
+def decode(x, table, bias=None, method: str = "readout"):
+  if method not in _DECODERS:
+    raise ValueError(f"Unknown decoder {method!r}; choose one of {sorted(_DECODERS)}.")
+  return _DECODERS[method](x, table, bias)
+
+
+def make_clamp_fn(mode: str, table: Array, bias: Array | None = None, decoder: str = "readout",
+                  temperature: float = 1.0) -> Callable[[Array], Array] | None:
+  """"none"; "hard": snap to the decoded embedding (Diffusion-LM); "soft": the read-out's
+  expected embedding softmax((x.E^T + b) / temperature) E."""
+  if mode == "none":
+    return None
+  if mode == "hard":
+    return lambda x: jnp.take(table, decode(x, table, bias, decoder), axis=0)
+  if mode == "soft":
+    def soft(x):
+      logits = jnp.einsum("...d,vd->...v", x, table)
+      if bias is not None:
+        logits = logits + bias
+      return jnp.einsum("...v,vd->...d", jax.nn.softmax(logits / temperature, axis=-1), table)
+    return soft
+  raise ValueError(f"Unknown clamp {mode!r}; choose none, hard or soft.")

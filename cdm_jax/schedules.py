@@ -1,0 +1,209 @@
+"""Noise schedules in continuous time and learned time warping.
+
+Every schedule is variance preserving and defined through its log-SNR `lambda(t) = 2 log(gamma/sigma)`:
+`gamma^2 = sigmoid(lambda)`, `sigma^2 = sigmoid(-lambda)`. Time is clipped to `[t_min, t_max]` so
+that `lambda` stays finite. Derivatives come from `jax.jvp`, so they are exact for every schedule.
+"""
+
+import dataclasses
+import math
+from typing import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_SCHEDULES: dict[str, Callable[..., "Schedule"]] = {}
+
+
+def register(name: str):
+  """Adds a schedule factory `(**kwargs) -> Schedule` to the registry under `name`."""
+  def wrap(factory):
+    _SCHEDULES[name] = factory
+    return factory
+  return wrap
+
+
+def available() -> list[str]:
+  return sorted(_SCHEDULES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """A noise schedule: `x_t = gamma(t) x0 + sigma(t) eps`, with `gamma^2 + sigma^2 = 1`."""
+  name: str
+  raw_log_snr: Callable[[Array], Array]  # unclipped lambda(t); decreasing in t
+  t_min: float
+  t_max: float
+
+  def clip(self, t):
+    return jnp.clip(jnp.asarray(t, jnp.float32), self.t_min, self.t_max)
+
+  def log_snr(self, t):
+    return self.raw_log_snr(self.clip(t))
+
+  def gamma(self, t):
+    return jnp.sqrt(jax.nn.sigmoid(self.log_snr(t)))
+
+  def sigma(self, t):
+    return jnp.sqrt(jax.nn.sigmoid(-self.log_snr(t)))
+
+  def alpha_sigma(self, t):
+    """`(gamma(t), sigma(t))` from one log-SNR evaluation."""
+    log_snr = self.log_snr(t)
+    return jnp.sqrt(jax.nn.sigmoid(log_snr)), jnp.sqrt(jax.nn.sigmoid(-log_snr))
+
+  def _derivative(self, fn, t):
+    t = self.clip(t)
+    return jax.jvp(fn, (t,), (jnp.ones_like(t),))[1]
+
+  def dlog_snr_dt(self, t):
+    """d lambda / dt (negative); inside `[t_min, t_max]` only, the clipped parts are constant."""
+    return self._derivative(self.raw_log_snr, t)
+
+  def dgamma_dt(self, t):
+    return self._derivative(lambda u: jnp.sqrt(jax.nn.sigmoid(self.raw_log_snr(u))), t)
+
+  def dsigma_dt(self, t):
+    return self._derivative(lambda u: jnp.sqrt(jax.nn.sigmoid(-self.raw_log_snr(u))), t)
+
+
+def get_schedule(name: str, t_min: float | None = None, t_max: float | None = None,
+                 **kwargs) -> Schedule:
+  """Returns the named schedule; `kwargs` go to its factory (e.g. `d` for `tan_d`)."""
+  if name not in _SCHEDULES:
+    raise ValueError(f"Unknown schedule {name!r}; choose one of {available()}.")
+  schedule = _SCHEDULES[name](**kwargs)
+  if t_min is not None or t_max is not None:
+    schedule = dataclasses.replace(
+        schedule,
+        t_min=schedule.t_min if t_min is None else float(t_min),
+        t_max=schedule.t_max if t_max is None else float(t_max))
+  if not 0.0 <= schedule.t_min < schedule.t_max <= 1.0:
+    raise ValueError(f"Need 0 <= t_min < t_max <= 1, got {schedule.t_min}, {schedule.t_max}.")
+  return schedule
+
+
+def _log_tan_half_pi(t):
+  return jnp.log(jnp.tan(0.5 * math.pi * t))
+
+
+@register("cosine")
+def cosine(t_min: float = 1e-4, t_max: float = 1.0 - 1e-4) -> Schedule:
+  """gamma = cos(pi t / 2), sigma = sin(pi t / 2)."""
+  return Schedule("cosine", lambda t: -2.0 * _log_tan_half_pi(t), t_min, t_max)
+
+
+@register("linear")
+def linear(beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-4,
+           t_max: float = 1.0) -> Schedule:
+  """DDPM's linear betas in the continuous limit: alpha_bar = exp(-int_0^t beta)."""
+  def raw_log_snr(t):
+    integral = beta_min * t + 0.5 * (beta_max - beta_min) * t**2
+    return -jnp.log(jnp.expm1(integral))  # log(alpha_bar / (1 - alpha_bar))
+  return Schedule("linear", raw_log_snr, t_min, t_max)
+
+
+@register("sqrt")
+def sqrt(s: float = 1e-4, t_min: float = 0.0, t_max: float = 1.0 - 2e-4) -> Schedule:
+  """Diffusion-LM: alpha_bar = 1 - sqrt(t + s); t_max keeps alpha_bar > 0."""
+  def raw_log_snr(t):
+    root = jnp.sqrt(t + s)
+    return jnp.log1p(-root) - jnp.log(root)
+  return Schedule("sqrt", raw_log_snr, t_min, t_max)
+
+
+@register("tan_d")
+def tan_d(d: float = 9.0, t_min: float = 1e-4, t_max: float = 1.0 - 1e-4) -> Schedule:
+  """TEncDM: gamma = 1 / sqrt(1 + d^2 tan^2(pi t / 2)), i.e. SNR = 1 / (d tan(pi t / 2))^2."""
+  return Schedule("tan_d", lambda t: -2.0 * (math.log(d) + _log_tan_half_pi(t)), t_min, t_max)
+
+
+@register("ve")
+def ve(sigma_min: float = 0.01, sigma_max: float = 100.0, t_min: float = 0.0,
+       t_max: float = 1.0) -> Schedule:
+  """Variance exploding s(t) = sigma_min (sigma_max/sigma_min)^t, as gamma = 1/sqrt(1+s^2)."""
+  log_min, log_max = math.log(sigma_min), math.log(sigma_max)
+  return Schedule("ve", lambda t: -2.0 * (log_min + t * (log_max - log_min)), t_min, t_max)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time warping (CDCD): a monotone piecewise-linear CDF over t, fitted to the loss.
+
+
+@flax.struct.dataclass
+class TimeWarp:
+  """Piecewise-constant density over `num_bins` equal bins of [0, 1] (a piecewise-linear CDF).
+
+  `bin_loss` is a running mean of the per-example loss in each bin; the density is proportional
+  to it (plus a floor), so training spends time where the loss is high (CDCD, Dieleman et al. 2022).
+  """
+  bin_loss: Array  # [num_bins]
+  bin_seen: Array  # [num_bins], whether a bin has received any loss yet
+
+  @property
+  def num_bins(self) -> int:
+    return self.bin_loss.shape[0]
+
+  def density(self, floor: float = 0.01) -> Array:
+    """Normalized bin probabilities, [num_bins]."""
+    seen_mean = jnp.sum(self.bin_loss * self.bin_seen) / jnp.maximum(jnp.sum(self.bin_seen), 1.0)
+    loss = jnp.where(self.bin_seen > 0, self.bin_loss, seen_mean)
+    loss = jnp.where(jnp.sum(self.bin_seen) > 0, loss, 1.0)
+    loss = jnp.maximum(loss, 0.0)
+    probs = loss / jnp.maximum(jnp.sum(loss), 1e-12)
+    probs = (1.0 - floor) * probs + floor / self.num_bins
+    return probs
+
+  def cdf_knots(self) -> Array:
+    """CDF at the bin edges, [num_bins + 1], from 0 to 1."""
+    return jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(self.density())])
+
+  def inverse_cdf(self, u: Array) -> tuple[Array, Array]:
+    """Maps uniform `u` to warped times `t` and their importance weights `1 / p(t)`."""
+    probs = self.density()
+    knots = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(probs)])
+    edges = jnp.linspace(0.0, 1.0, self.num_bins + 1)
+    t = jnp.interp(u, knots, edges)
+    bin_index = jnp.clip((t * self.num_bins).astype(jnp.int32), 0, self.num_bins - 1)
+    weight = 1.0 / (probs[bin_index] * self.num_bins)
+    return t, weight
+
+  def cdf(self, t: Array) -> Array:
+    edges = jnp.linspace(0.0, 1.0, self.num_bins + 1)
+    return jnp.interp(t, edges, self.cdf_knots())
+
+  def update(self, t: Array, loss: Array, decay: float = 0.99) -> "TimeWarp":
+    """Moves each bin's running loss toward the mean loss of the examples that fell in it."""
+    bin_index = jnp.clip((t * self.num_bins).astype(jnp.int32), 0, self.num_bins - 1)
+    sums = jnp.zeros_like(self.bin_loss).at[bin_index].add(loss)
+    counts = jnp.zeros_like(self.bin_loss).at[bin_index].add(1.0)
+    batch_mean = sums / jnp.maximum(counts, 1.0)
+    hit = counts > 0
+    first = hit & (self.bin_seen == 0)
+    blended = decay * self.bin_loss + (1.0 - decay) * batch_mean
+    new_loss = jnp.where(first, batch_mean, jnp.where(hit, blended, self.bin_loss))
+    return TimeWarp(bin_loss=new_loss, bin_seen=jnp.maximum(self.bin_seen, hit.astype(jnp.float32)))
+
+
+def init_time_warp(num_bins: int = 100) -> TimeWarp:
+  return TimeWarp(bin_loss=jnp.ones((num_bins,), jnp.float32),
+                  bin_seen=jnp.zeros((num_bins,), jnp.float32))
+
+
+def low_discrepancy_uniform(u0: Array, index: Array, count: int) -> Array:
+  """Stratified uniforms `(u0 + index / count) mod 1` (VDM): one random offset for the batch."""
+  return jnp.mod(u0 + index.astype(jnp.float32) / count, 1.0)
+
+
+def time_grid(schedule: Schedule, num_steps: int, warp: TimeWarp | None = None) -> Array:
+  """Decreasing sampling times `[num_steps + 1]` from t_max to t_min.
+
+  Uniform in t, or uniform in the warped CDF so steps concentrate where the training loss is high.
+  """
+  u = jnp.linspace(1.0, 0.0, num_steps + 1)
+  if warp is not None:
+    u = warp.inverse_cdf(u)[0]
+  return schedule.t_min + u * (schedule.t_max - schedule.t_min)

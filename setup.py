@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cdm_jax",
+    version="0.1.0",
+    description="Continuous diffusion language models in JAX/Flax",
+    packages=find_packages(include=["cdm_jax", "cdm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "chex>=0.1.92,<0.2",
+        "ml_collections>=1.1.0,<2",
+        "sentencepiece>=0.2.0,<0.3",
+        "absl-py>=2.1,<3",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6,<3",
+    ],
+    extras_require={
+        "eval": ["sacrebleu>=2.4,<3", "matplotlib>=3.8", "mauve-text>=0.4"],
+        "hf": ["datasets>=3"],
+        "test": ["pytest>=8", "sacrebleu>=2.4,<3", "matplotlib>=3.8"],
+    },
+)

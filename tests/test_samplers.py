@@ -1,0 +1,133 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cdm_jax import samplers, schedules
+
+
+def np_posterior(x_t, x0, g_s, s_s, g_t, s_t):
+  """q(x_s | x_t, x0) by Gaussian conditioning in float64: x_t = g_ts x_s + s_ts e."""
+  g_ts = g_t / g_s
+  v_ts = s_t**2 - g_ts**2 * s_s**2
+  precision = 1 / s_s**2 + g_ts**2 / v_ts
+  var = 1 / precision
+  mean = var * (g_s * x0 / s_s**2 + g_ts * x_t / v_ts)
+  return mean, var
+
+
+@pytest.mark.parametrize("t,s", [(0.9, 0.7), (0.5, 0.45), (0.2, 0.01)])
+def test_ddpm_posterior_and_ddim_match_numpy(t, s):
+  sched = schedules.get_schedule("cosine")
+  rng = np.random.default_rng(0)
+  x_t, x0 = rng.normal(size=(2, 3, 4, 5))
+  g_t, s_t = np.cos(np.pi * t / 2), np.sin(np.pi * t / 2)
+  g_s, s_s = np.cos(np.pi * s / 2), np.sin(np.pi * s / 2)
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  as_b = lambda v: jnp.full((3,), v, jnp.float32)
+  mean, var = samplers.ddpm_posterior(f32(x_t), f32(x0), as_b(g_s), as_b(s_s), as_b(g_t), as_b(s_t))
+  ref_mean, ref_var = np_posterior(x_t, x0, g_s, s_s, g_t, s_t)
+  np.testing.assert_allclose(mean, ref_mean, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(var, np.full(3, ref_var), rtol=1e-4)
+  ddim = samplers.ddim_update(f32(x_t), f32(x0), as_b(g_s), as_b(s_s), as_b(g_t), as_b(s_t))
+  eps = (x_t - g_t * x0) / s_t
+  np.testing.assert_allclose(ddim, g_s * x0 + s_s * eps, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "heun", "ddpm"])
+def test_oracle_denoiser_lands_on_x0(sampler):
+  sched = schedules.get_schedule("cosine")
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 3))
+  x_init = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
+  trajectory = []
+
+  def oracle(x_t, t, x0_selfcond):
+    trajectory.append(None)
+    return x0
+
+  out = samplers.sample_loop(oracle, x_init, jax.random.PRNGKey(2), sched, 20, sampler)
+  np.testing.assert_allclose(out, x0, atol=1e-3)
+  # Before the final denoising, the state itself sits at gamma(t_min) x0 + O(sigma(t_min)).
+  last = samplers.sample_loop(lambda x, t, c: x0, x_init, jax.random.PRNGKey(2), sched, 20, sampler,
+                              clamp_fn=None, times=jnp.append(schedules.time_grid(sched, 20)[:-1], 0.0))
+  np.testing.assert_allclose(last, x0, atol=1e-3)
+
+
+def gaussian_setup(num=512):
+  """Data x0 ~ N(mu, s0^2 I): the optimal denoiser and the ODE's endpoint are known in closed form."""
+  sched = schedules.get_schedule("cosine")
+  mu, s0 = 1.5, 0.5
+  x_init = jax.random.normal(jax.random.PRNGKey(1), (num, 4, 2))
+
+  def optimal(x_t, t, x0_selfcond):
+    g, s = sched.alpha_sigma(t)
+    g, s = g[:, None, None], s[:, None, None]
+    return mu + g * s0**2 / (g**2 * s0**2 + s**2) * (x_t - g * mu)
+
+  g1, sig1 = (np.float64(v) for v in sched.alpha_sigma(jnp.float32(1.0)))
+  g0, sig0 = (np.float64(v) for v in sched.alpha_sigma(jnp.float32(0.0)))
+  z = (np.asarray(x_init, np.float64) - g1 * mu) / np.sqrt(g1**2 * s0**2 + sig1**2)
+  x_end = g0 * mu + np.sqrt(g0**2 * s0**2 + sig0**2) * z  # the flow keeps each z-score
+  expected = mu + g0 * s0**2 / (g0**2 * s0**2 + sig0**2) * (x_end - g0 * mu)
+  return sched, optimal, x_init, expected, (mu, s0)
+
+
+def test_ode_samplers_follow_the_probability_flow():
+  sched, optimal, x_init, expected, _ = gaussian_setup()
+  err = {}
+  for sampler in ["ddim", "euler", "heun"]:
+    out = samplers.sample_loop(optimal, x_init, jax.random.PRNGKey(0), sched, 50, sampler)
+    err[sampler] = float(np.max(np.abs(np.asarray(out, np.float64) - expected)))
+  assert err["heun"] < 1e-3, err
+  assert err["ddim"] < 0.1 and err["euler"] < 0.05, err
+  assert err["heun"] < err["euler"] / 10, err
+  # DDIM and Euler are first order: four times the steps cut the error about four times.
+  for sampler in ["ddim", "euler"]:
+    out = samplers.sample_loop(optimal, x_init, jax.random.PRNGKey(0), sched, 200, sampler)
+    assert float(np.max(np.abs(np.asarray(out, np.float64) - expected))) < err[sampler] / 3
+
+
+def test_ddpm_samples_have_the_data_distribution():
+  sched, optimal, x_init, _, (mu, s0) = gaussian_setup(num=4096)
+  out = np.asarray(samplers.sample_loop(optimal, x_init, jax.random.PRNGKey(0), sched, 100, "ddpm"))
+  assert abs(out.mean() - mu) < 0.02 and abs(out.std() - s0) < 0.02
+
+
+def test_per_example_keys_do_not_depend_on_the_batch_split():
+  sched, optimal, x_init, _, _ = gaussian_setup(num=8)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(jnp.arange(8))
+  whole = samplers.sample_loop(optimal, x_init, keys, sched, 10, "ddpm")
+  halves = [samplers.sample_loop(optimal, x_init[i:i + 4], keys[i:i + 4], sched, 10, "ddpm")
+            for i in (0, 4)]
+  np.testing.assert_allclose(whole, np.concatenate(halves), atol=1e-6)
+
+
+def test_sample_loop_compiles_once_per_shape_and_steps():
+  sched = schedules.get_schedule("cosine")
+  w = jax.random.normal(jax.random.PRNGKey(0), (3, 3))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def run(x_init, rng):
+    return samplers.sample_loop(lambda x, t, c: jnp.tanh(x @ w + c), x_init, rng, sched, 30, "heun")
+
+  for seed in range(3):
+    out = run(jnp.ones((2, 5, 3)) * seed, jax.random.PRNGKey(seed))
+  assert out.shape == (2, 5, 3)
+
+
+def test_decoders_and_clamps():
+  table = jnp.array([[3.0, 0.0], [0.0, 1.0], [-2.0, -2.0]])
+  x = jnp.array([[[2.5, 0.1], [0.1, 0.6], [0.4, 0.1]]])
+  np.testing.assert_array_equal(samplers.decode(x, table, method="l2"), [[0, 1, 1]])
+  # A shrunk x0_hat ([0.4, 0.1], pointing at row 0) is ranked correctly by the read-out, not by L2.
+  np.testing.assert_array_equal(samplers.decode(x, table, method="readout"), [[0, 1, 0]])
+  np.testing.assert_array_equal(samplers.decode(x, table, method="cosine"), [[0, 1, 0]])
+  hard = samplers.make_clamp_fn("hard", table)(x)
+  np.testing.assert_allclose(hard, table[jnp.array([[0, 1, 0]])])
+  soft = samplers.make_clamp_fn("soft", table, temperature=1e-3)(x)
+  np.testing.assert_allclose(soft, hard, atol=1e-4)
+  with pytest.raises(ValueError, match="Unknown sampler"):
+    samplers.sample_loop(lambda x, t, c: x, x, jax.random.PRNGKey(0), schedules.get_schedule("cosine"),
+                         3, "bogus")
