@@ -70,6 +70,20 @@ def ema_decay_at(step, decay: float):
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+def reduce_metrics(stacked: dict) -> dict:
+  """Collapses a leading axis of per-step metrics: sums, except the first non-finite step (min)."""
+  return {k: (jnp.min(v, axis=0) if k == "first_nonfinite_step" else jnp.sum(v, axis=0))
+          for k, v in stacked.items()}
+
+
+def merge_metrics(total: dict | None, new: dict) -> dict:
+  """Accumulates step metrics on device (no host sync); same rule as `reduce_metrics`."""
+  if total is None:
+    return new
+  return {k: (jnp.minimum(total[k], v) if k == "first_nonfinite_step" else total[k] + v)
+          for k, v in new.items()}
+
+
 def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules_lib.Schedule,
                     loss_config: diffusion.LossConfig, mesh, global_batch: int, ema_decay: float,
                     steps_per_call: int = 1) -> Callable:
@@ -119,6 +133,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
     metrics = jax.lax.psum(metrics, AXIS)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["steps"] = jnp.ones((), jnp.float32)
+    metrics["first_nonfinite_step"] = jnp.where(
+        jnp.isfinite(metrics["loss"]), jnp.inf, state.step.astype(jnp.float32))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema_params, warp=new_warp)
     return new_state, metrics
@@ -127,7 +143,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
     if steps_per_call == 1:
       return one_step(state, (tokens, mask))
     state, metrics = jax.lax.scan(one_step, state, (tokens, mask))
-    return state, jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
+    return state, reduce_metrics(metrics)
 
   batch_spec = P(AXIS) if steps_per_call == 1 else P(None, AXIS)
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), batch_spec, batch_spec),

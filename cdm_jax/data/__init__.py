@@ -1,0 +1,1 @@
+"""Data: corpus readers, the SentencePiece tokenizer and the batching pipeline."""

@@ -1,0 +1,159 @@
+"""Corpus readers, chosen by name: the built-in WordNet corpus, plain text, JSONL, HF datasets.
+
+Each reader returns a list of non-empty example strings. Bad input fails loudly: a missing file or
+an empty corpus raises with the fix, undecodable bytes raise with the file and line.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+from typing import Callable
+
+_READERS: dict[str, Callable] = {}
+
+WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+WORDNET_CACHE = pathlib.Path(os.path.expanduser("~/.cache/cdm_jax/wordnet"))
+WORDNET_HELP = (
+    "WordNet 3.0 (Debian's wordnet-base) was not found in $WORDNET_DIR, /usr/share/wordnet or {cache}. "
+    "Get it with `sudo apt-get install wordnet-base`, or without root: "
+    "`python -m cdm_jax.data.corpora --fetch_wordnet` (runs `apt-get download wordnet-base` and "
+    "`dpkg -x` into {cache}), or set WORDNET_DIR to a folder holding data.noun etc.")
+
+
+def register(name: str):
+  def wrap(fn):
+    _READERS[name] = fn
+    return fn
+  return wrap
+
+
+def available() -> list[str]:
+  return sorted(_READERS)
+
+
+def read_corpus(name: str, path: str = "", field: str = "text", hf_split: str = "train",
+                max_examples: int = 0) -> list[str]:
+  """Reads corpus `name` ("wordnet", "text", "jsonl" or "hf") into a list of examples."""
+  if name not in _READERS:
+    raise ValueError(f"Unknown corpus {name!r}; choose one of {available()}.")
+  examples = _READERS[name](path=path, field=field, hf_split=hf_split)
+  examples = [e for e in (" ".join(x.split()) for x in examples) if e]
+  if max_examples:
+    examples = examples[:max_examples]
+  if not examples:
+    raise ValueError(f"Corpus {name!r} ({path or 'built-in'}) holds no non-empty examples.")
+  return examples
+
+
+def _read_lines(path: str) -> list[str]:
+  file = pathlib.Path(path).expanduser()
+  if not file.is_file():
+    raise FileNotFoundError(f"Corpus file {str(file)!r} does not exist (set data.path).")
+  raw = file.read_bytes()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as err:
+    line = raw[:err.start].count(b"\n") + 1
+    raise ValueError(f"{file}: line {line} is not valid UTF-8 (byte {err.start}: "
+                     f"{raw[err.start:err.start + 1]!r}). Re-encode the file as UTF-8.") from None
+  return text.splitlines()
+
+
+@register("text")
+def read_text(path: str, **unused) -> list[str]:
+  """A plain text file, one example per line."""
+  return _read_lines(path)
+
+
+@register("jsonl")
+def read_jsonl(path: str, field: str = "text", **unused) -> list[str]:
+  """JSON lines; `field` names the string to use from each object."""
+  examples = []
+  for number, line in enumerate(_read_lines(path), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as err:
+      raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg}).") from None
+    if not isinstance(record, dict) or field not in record:
+      raise ValueError(f"{path}: line {number} has no field {field!r} (set data.field).")
+    if not isinstance(record[field], str):
+      raise ValueError(f"{path}: line {number}: field {field!r} is not a string.")
+    examples.append(record[field])
+  return examples
+
+
+@register("hf")
+def read_hf(path: str, field: str = "text", hf_split: str = "train", **unused) -> list[str]:
+  """A Hugging Face dataset by name (optional extra: `pip install cdm_jax[hf]`, needs internet)."""
+  try:
+    import datasets  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError("data.corpus='hf' needs the `datasets` package: pip install 'cdm_jax[hf]'.") from None
+  dataset = datasets.load_dataset(path, split=hf_split)
+  return [row[field] for row in dataset]
+
+
+def find_wordnet() -> pathlib.Path | None:
+  candidates = [os.environ.get("WORDNET_DIR", ""), "/usr/share/wordnet",
+                str(WORDNET_CACHE / "usr/share/wordnet")]
+  for folder in candidates:
+    if folder and all((pathlib.Path(folder) / f).is_file() for f in WORDNET_FILES):
+      return pathlib.Path(folder)
+  return None
+
+
+def fetch_wordnet(dest: pathlib.Path = WORDNET_CACHE) -> pathlib.Path:
+  """Downloads Debian's wordnet-base package and unpacks it under `dest` (no root needed)."""
+  if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+    raise RuntimeError("apt-get/dpkg not found: install WordNet 3.0 yourself and set WORDNET_DIR.")
+  dest.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    subprocess.run(["apt-get", "download", "wordnet-base"], cwd=tmp, check=True)
+    debs = list(pathlib.Path(tmp).glob("wordnet-base_*.deb"))
+    if not debs:
+      raise RuntimeError("apt-get download wordnet-base produced no .deb file.")
+    subprocess.run(["dpkg", "-x", str(debs[0]), str(dest)], check=True)
+  return dest / "usr/share/wordnet"
+
+
+def parse_wordnet_line(line: str) -> list[str]:
+  """Definitions and quoted example sentences of one synset line (the gloss after ' | ')."""
+  if line.startswith("  ") or " | " not in line:
+    return []  # licence header or a line without a gloss
+  gloss = line.split(" | ", 1)[1].strip()
+  examples = []
+  for part in gloss.split(";"):
+    part = part.strip()
+    if part.startswith('"'):
+      part = part.strip('"').strip()
+    if part:
+      examples.append(part)
+  return examples
+
+
+@register("wordnet")
+def read_wordnet(**unused) -> list[str]:
+  """Glosses and example sentences of WordNet 3.0 (about 190k short English phrases)."""
+  folder = find_wordnet()
+  if folder is None:
+    raise FileNotFoundError(WORDNET_HELP.format(cache=WORDNET_CACHE))
+  examples = []
+  for name in WORDNET_FILES:
+    with open(folder / name, encoding="utf-8", errors="strict") as f:
+      for line in f:
+        examples.extend(parse_wordnet_line(line))
+  return examples
+
+
+if __name__ == "__main__":
+  import sys
+  if "--fetch_wordnet" in sys.argv:
+    found = find_wordnet()
+    print(f"WordNet already at {found}" if found else f"WordNet unpacked to {fetch_wordnet()}")
+  else:
+    print("usage: python -m cdm_jax.data.corpora --fetch_wordnet")

@@ -1,0 +1,148 @@
+"""From examples to fixed-length token arrays and a resumable, host-sharded batch iterator."""
+
+import dataclasses
+import logging
+import pathlib
+import zlib
+
+import numpy as np
+
+from cdm_jax.data import corpora
+from cdm_jax.data import tokenizer as tokenizer_lib
+
+log = logging.getLogger(__name__)
+
+
+def split_examples(examples: list[str], valid_percent: float) -> tuple[list[str], list[str]]:
+  """Deterministic split by a hash of the text: an example's side never depends on the others."""
+  train, valid = [], []
+  for example in examples:
+    bucket = zlib.crc32(example.encode("utf-8")) % 10_000
+    (valid if bucket < valid_percent * 100 else train).append(example)
+  if not train:
+    raise ValueError(f"data.valid_percent={valid_percent} leaves no training examples.")
+  return train, valid
+
+
+@dataclasses.dataclass
+class EncodeStats:
+  examples: int = 0
+  truncated: int = 0
+  dropped: int = 0
+
+
+def encode(tokenizer, examples: list[str], seq_len: int, long_lines: str = "truncate",
+           name: str = "data") -> tuple[np.ndarray, EncodeStats]:
+  """[num_examples, seq_len] int32: BOS, pieces, EOS, then PAD.
+
+  Lines longer than seq_len - 2 pieces are truncated (keeping the EOS), dropped, or raise, per
+  `long_lines`; the count is logged.
+  """
+  if long_lines not in ("truncate", "drop", "error"):
+    raise ValueError(f"data.long_lines must be truncate, drop or error, got {long_lines!r}.")
+  if seq_len < 3:
+    raise ValueError(f"data.seq_len must be at least 3 (BOS, a token, EOS), got {seq_len}.")
+  ids = tokenizer.encode(examples)
+  stats = EncodeStats()
+  rows = []
+  limit = seq_len - 2
+  for number, pieces in enumerate(ids):
+    if len(pieces) > limit:
+      if long_lines == "error":
+        raise ValueError(f"{name}: example {number} has {len(pieces)} tokens > {limit} "
+                         f"(data.seq_len - 2): {examples[number][:80]!r}...")
+      if long_lines == "drop":
+        stats.dropped += 1
+        continue
+      stats.truncated += 1
+      pieces = pieces[:limit]
+    row = np.full((seq_len,), tokenizer_lib.PAD_ID, np.int32)
+    row[0] = tokenizer_lib.BOS_ID
+    row[1:len(pieces) + 1] = pieces
+    row[len(pieces) + 1] = tokenizer_lib.EOS_ID
+    rows.append(row)
+  stats.examples = len(rows)
+  if stats.truncated or stats.dropped:
+    log.warning("%s: %d of %d examples longer than %d tokens were %s.", name,
+                    stats.truncated or stats.dropped, len(ids), limit,
+                    "truncated" if stats.truncated else "dropped")
+  if not rows:
+    raise ValueError(f"{name}: no examples left after encoding.")
+  return np.stack(rows), stats
+
+
+class BatchIterator:
+  """Endless shuffled global batches; yields this process's slice. Resumable via get/set_state.
+
+  Epoch e uses the permutation of `default_rng(seed + e)`, so (epoch, index) fixes the stream.
+  """
+
+  def __init__(self, tokens: np.ndarray, global_batch: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
+    if global_batch % process_count:
+      raise ValueError(f"Batch {global_batch} does not split over {process_count} processes.")
+    if len(tokens) < global_batch:
+      raise ValueError(f"Only {len(tokens)} training examples for a batch of {global_batch}.")
+    self.tokens = tokens
+    self.global_batch = global_batch
+    self.seed = seed
+    self.local = slice(process_index * global_batch // process_count,
+                       (process_index + 1) * global_batch // process_count)
+    self.epoch, self.index = 0, 0
+    self._order = self._permutation()
+
+  def _permutation(self):
+    return np.random.default_rng(self.seed + self.epoch).permutation(len(self.tokens))
+
+  def get_state(self) -> dict:
+    return {"epoch": self.epoch, "index": self.index}
+
+  def set_state(self, state: dict):
+    self.epoch, self.index = int(state["epoch"]), int(state["index"])
+    self._order = self._permutation()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> np.ndarray:
+    if self.index + self.global_batch > len(self.tokens):
+      self.epoch, self.index = self.epoch + 1, 0
+      self._order = self._permutation()
+    rows = self._order[self.index:self.index + self.global_batch][self.local]
+    self.index += self.global_batch
+    return self.tokens[rows]
+
+
+@dataclasses.dataclass
+class Dataset:
+  tokenizer: object        # sentencepiece.SentencePieceProcessor
+  train: np.ndarray        # [num_train, seq_len] int32
+  valid: np.ndarray        # [num_valid, seq_len] int32
+  train_text: list[str]
+  valid_text: list[str]
+
+
+def prepare_data(data_config, workdir: str) -> Dataset:
+  """Reads the corpus, splits it, trains (or reloads from `workdir`) the tokenizer and encodes.
+
+  The tokenizer is trained once per workdir and reused by resumed runs and by sampling.
+  """
+  examples = corpora.read_corpus(data_config.corpus, data_config.path, data_config.field,
+                                 data_config.hf_split, data_config.max_examples)
+  train_text, valid_text = split_examples(examples, data_config.valid_percent)
+  if (pathlib.Path(workdir) / tokenizer_lib.MODEL_FILE).is_file():
+    tokenizer = tokenizer_lib.load_tokenizer(workdir)
+  else:
+    tokenizer = tokenizer_lib.train_tokenizer(train_text, data_config.vocab_size,
+                                              data_config.tokenizer_type)
+    tokenizer_lib.save_tokenizer(tokenizer, workdir)
+  if tokenizer.get_piece_size() != data_config.vocab_size:
+    raise ValueError(f"The tokenizer in {workdir} has {tokenizer.get_piece_size()} pieces but "
+                     f"data.vocab_size={data_config.vocab_size}; use a new workdir.")
+  train, _ = encode(tokenizer, train_text, data_config.seq_len, data_config.long_lines, "train")
+  valid = np.zeros((0, data_config.seq_len), np.int32)
+  if valid_text:
+    valid, _ = encode(tokenizer, valid_text, data_config.seq_len, data_config.long_lines, "valid")
+  log.info("Corpus %s: %d train / %d valid examples, vocab %d.", data_config.corpus,
+               len(train), len(valid), tokenizer.get_piece_size())
+  return Dataset(tokenizer, train, valid, train_text, valid_text)
