@@ -176,7 +176,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       window_steps += k
       bar.update(k)
       out_of_time = tcfg.time_limit_minutes and time.perf_counter() - train_start > 60 * tcfg.time_limit_minutes
-      last_step = step >= tcfg.num_train_steps or preemption.requested or out_of_time
+      if out_of_time:
+        log.warning("train.time_limit_minutes=%s reached at step %d: stopping.", tcfg.time_limit_minutes, step)
+      last_step = (step >= tcfg.num_train_steps or preemption.requested or out_of_time
+                   or (tcfg.stop_at_step and step >= tcfg.stop_at_step))
 
       if hit(tcfg.log_every_steps) or last_step:
         sums = jax.device_get(accumulated)

@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.keep_checkpoints = 3
   train.sample_every_steps = 500  # write samples to workdir/samples/; 0 disables it
   train.time_limit_minutes = 0.0  # > 0: stop (and checkpoint) after this much training time
+  train.stop_at_step = 0       # > 0: checkpoint and stop there (split a run into jobs); rerun resumes
   train.num_devices = 0        # 0: every visible device
 
   config.sample = sample = ml_collections.ConfigDict()

@@ -124,7 +124,8 @@ class TransformerLM(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False):
+  def __call__(self, tokens, train: bool = False, return_hidden: bool = False):
+    """Next-token logits [batch, length, vocab] (and the final hidden states if asked)."""
     cfg = self.config
     dtype = cfg.compute_dtype
     _, length = tokens.shape
@@ -134,4 +135,5 @@ class TransformerLM(nn.Module):
     h = (embed(tokens) + pos[None, :length]).astype(dtype)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
     h = Stack(cfg, name="stack")(h, None, attention_bias(None, length, True), not train)
-    return embed.attend(h.astype(jnp.float32))  # [batch, length, vocab]
+    logits = embed.attend(h.astype(jnp.float32))  # [batch, length, vocab]
+    return (logits, h.astype(jnp.float32)) if return_hidden else logits

@@ -1,0 +1,197 @@
+"""The autoregressive judge LM: trained once per corpus + tokenizer, cached, used to score text.
+
+It doubles as the baseline a user would pick instead of diffusion: it samples (temperature /
+top-p) so its samples can be scored exactly like the diffusion model's.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from cdm_jax import parallel
+from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
+from cdm_jax.models import ModelConfig, TransformerLM
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+  width: int = 256
+  num_layers: int = 6
+  num_heads: int = 4
+  mlp_dim: int = 1024
+  dropout_rate: float = 0.1
+  batch_size: int = 64
+  learning_rate: float = 1e-3
+  warmup_steps: int = 200
+  max_steps: int = 20_000
+  time_limit_minutes: float = 5.0  # the judge trains until max_steps or this much time
+  seed: int = 0
+
+
+def cache_root() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("CDM_JAX_CACHE", os.path.expanduser("~/.cache/cdm_jax"))) / "judges"
+
+
+def cache_key(tokenizer, corpus_id: str, seq_len: int, config: JudgeConfig) -> str:
+  digest = hashlib.sha256(tokenizer.serialized_model_proto())
+  digest.update(json.dumps([corpus_id, seq_len, dataclasses.asdict(config)], sort_keys=True).encode())
+  return digest.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Judge:
+  model: TransformerLM
+  params: dict
+  info: dict  # steps, wall time, parameter count, cache path
+
+  def __post_init__(self):
+    def forward(params, tokens):
+      logits, hidden = self.model.apply(params, tokens, return_hidden=True)
+      targets = tokens[:, 1:]
+      mask = (targets != tokenizer_lib.PAD_ID).astype(jnp.float32)
+      log_probs = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+      nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+      # Features for MAUVE: mean of the hidden states over BOS and the real tokens.
+      seen = (tokens != tokenizer_lib.PAD_ID).astype(jnp.float32)
+      features = jnp.sum(hidden * seen[..., None], 1) / jnp.maximum(jnp.sum(seen, 1, keepdims=True), 1)
+      return jnp.sum(nll * mask, axis=1), jnp.sum(mask, axis=1), features
+    self._forward = jax.jit(forward)
+
+  def score(self, tokens: np.ndarray, batch_size: int = 256) -> dict:
+    """Per-sequence NLL sums [n], token counts [n] (targets after BOS, EOS included), features."""
+    outs = [self._forward(self.params, _pad_rows(tokens[i:i + batch_size], batch_size))
+            for i in range(0, len(tokens), batch_size)]
+    nll, count, feats = (np.concatenate([np.asarray(o[j]) for o in outs])[:len(tokens)] for j in range(3))
+    return {"nll": nll, "tokens": count, "features": feats}
+
+  def perplexity(self, tokens: np.ndarray) -> float:
+    scores = self.score(tokens)
+    return float(np.exp(np.sum(scores["nll"]) / max(np.sum(scores["tokens"]), 1)))
+
+  def sample(self, num_samples: int, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
+             batch_size: int = 256) -> np.ndarray:
+    """Ancestral samples [num_samples, seq_len]: BOS, tokens, EOS, then PAD."""
+    fn = _make_ar_sampler(self.model, batch_size, temperature, top_p)
+    rows = [np.asarray(fn(self.params, jax.random.fold_in(jax.random.PRNGKey(seed), i)))
+            for i in range(-(-num_samples // batch_size))]
+    return np.concatenate(rows)[:num_samples]
+
+
+def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
+  if len(rows) == size:
+    return rows
+  return np.concatenate([rows, np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)])
+
+
+def _make_ar_sampler(model: TransformerLM, batch: int, temperature: float, top_p: float):
+  length = model.config.seq_len
+
+  @jax.jit
+  def sample(params, rng):
+    tokens = jnp.zeros((batch, length), jnp.int32).at[:, 0].set(tokenizer_lib.BOS_ID)
+    done = jnp.zeros((batch,), bool)
+
+    def body(i, carry):
+      tokens, done = carry
+      logits = model.apply(params, tokens)[:, i] / temperature  # [batch, vocab]
+      logits = logits.at[:, tokenizer_lib.PAD_ID].set(-jnp.inf).at[:, tokenizer_lib.BOS_ID].set(-jnp.inf)
+      if top_p < 1.0:  # nucleus: keep the smallest set of tokens whose mass reaches top_p
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+      token = jax.random.categorical(jax.random.fold_in(rng, i), logits)
+      if_last = i == length - 2
+      token = jnp.where(if_last & ~done, tokenizer_lib.EOS_ID, token)  # force an end
+      token = jnp.where(done, tokenizer_lib.PAD_ID, token)
+      return tokens.at[:, i + 1].set(token), done | (token == tokenizer_lib.EOS_ID)
+
+    tokens, _ = jax.lax.fori_loop(0, length - 1, body, (tokens, done))
+    return tokens
+
+  return sample
+
+
+def _judge_model(vocab_size: int, seq_len: int, config: JudgeConfig) -> TransformerLM:
+  return TransformerLM(ModelConfig(vocab_size=vocab_size, seq_len=seq_len, width=config.width,
+                                   num_layers=config.num_layers, num_heads=config.num_heads,
+                                   mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate))
+
+
+def train_judge(train_tokens: np.ndarray, vocab_size: int, config: JudgeConfig) -> tuple[dict, dict]:
+  """Trains the causal LM on [N, seq_len] token rows; returns (params, info)."""
+  seq_len = train_tokens.shape[1]
+  model = _judge_model(vocab_size, seq_len, config)
+  params = model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, seq_len), jnp.int32))
+  lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
+                                          config.max_steps, 0.1 * config.learning_rate)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, b2=0.99, weight_decay=0.01))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, tokens, rng):
+    def loss_fn(p):
+      logits = model.apply(p, tokens, train=True, rngs={"dropout": rng})
+      targets = tokens[:, 1:]
+      mask = (targets != tokenizer_lib.PAD_ID).astype(jnp.float32)
+      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), targets[..., None], -1)[..., 0]
+      return jnp.sum(nll * mask) / jnp.sum(mask)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  batches = pipeline.BatchIterator(train_tokens, config.batch_size, config.seed)
+  start = time.perf_counter()
+  losses, steps = [], 0
+  with tqdm.tqdm(total=config.max_steps, desc="judge", mininterval=5.0) as bar:
+    while steps < config.max_steps and time.perf_counter() - start < 60 * config.time_limit_minutes:
+      params, opt_state, loss = step(params, opt_state, next(batches),
+                                     jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), steps))
+      steps += 1
+      bar.update(1)
+      if steps % 100 == 0:
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+  info = {"steps": steps, "train_seconds": time.perf_counter() - start,
+          "final_train_loss": losses[-1] if losses else float(loss),
+          "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}
+  return params, info
+
+
+def get_judge(tokenizer, train_tokens: np.ndarray, corpus_id: str,
+              config: JudgeConfig = JudgeConfig()) -> Judge:
+  """Loads the cached judge for this corpus + tokenizer + config, training it on first use."""
+  seq_len = train_tokens.shape[1]
+  vocab_size = tokenizer.get_piece_size()
+  folder = cache_root() / cache_key(tokenizer, corpus_id, seq_len, config)
+  model = _judge_model(vocab_size, seq_len, config)
+  info_file = folder / "info.json"
+  checkpointer = ocp.StandardCheckpointer()
+  if info_file.is_file():
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32)))
+    params = checkpointer.restore(folder / "params", abstract)
+    info = json.loads(info_file.read_text())
+    log.info("Loaded the judge from %s (%d steps).", folder, info["steps"])
+  else:
+    log.info("Training the judge LM (cached in %s).", folder)
+    params, info = train_judge(train_tokens, vocab_size, config)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpointer.save(folder / "params", params, force=True)
+    checkpointer.wait_until_finished()
+    info_file.write_text(json.dumps({**info, "config": dataclasses.asdict(config)}, indent=2))
+  info["cache"] = str(folder)
+  return Judge(model, params, info)

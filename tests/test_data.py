@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+
+from cdm_jax.data import corpora, pipeline, tokenizer as tokenizer_lib
+
+WORDNET_LINE = ('00217593 04 n 01 kill 1 002 @ 00217014 n 0000 + 00355365 v 0101 | the destruction '
+                'of an enemy plane or ship or tank or missile; "the pilot reported two kills during '
+                'the mission"  ')
+
+
+def test_parse_wordnet_line():
+  assert corpora.parse_wordnet_line(WORDNET_LINE) == [
+      "the destruction of an enemy plane or ship or tank or missile",
+      "the pilot reported two kills during the mission"]
+  assert corpora.parse_wordnet_line("  1 This software and database is being provided") == []
+
+
+def test_wordnet_reader_uses_wordnet_dir(tmp_path, monkeypatch):
+  for name in corpora.WORDNET_FILES:
+    (tmp_path / name).write_text("  1 licence header\n" + WORDNET_LINE + "\n")
+  monkeypatch.setenv("WORDNET_DIR", str(tmp_path))
+  examples = corpora.read_corpus("wordnet")
+  assert len(examples) == 8 and examples[1] == "the pilot reported two kills during the mission"
+
+
+def test_missing_wordnet_says_how_to_get_it(monkeypatch, tmp_path):
+  monkeypatch.setenv("WORDNET_DIR", str(tmp_path))
+  monkeypatch.setattr(corpora, "find_wordnet", lambda: None)
+  with pytest.raises(FileNotFoundError, match="apt-get download wordnet-base"):
+    corpora.read_corpus("wordnet")
+
+
+def test_text_and_jsonl_readers_and_their_errors(tmp_path):
+  text = tmp_path / "c.txt"
+  text.write_text("first  line\n\n  second line \n")
+  assert corpora.read_corpus("text", str(text)) == ["first line", "second line"]
+  jsonl = tmp_path / "c.jsonl"
+  jsonl.write_text(json.dumps({"body": "hello world"}) + "\n" + json.dumps({"body": "bye"}) + "\n")
+  assert corpora.read_corpus("jsonl", str(jsonl), field="body") == ["hello world", "bye"]
+  with pytest.raises(ValueError, match="no field 'text'"):
+    corpora.read_corpus("jsonl", str(jsonl))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    corpora.read_corpus("text", str(tmp_path / "missing.txt"))
+  empty = tmp_path / "empty.txt"
+  empty.write_text("\n \n")
+  with pytest.raises(ValueError, match="no non-empty examples"):
+    corpora.read_corpus("text", str(empty))
+  bad = tmp_path / "bad.txt"
+  bad.write_bytes(b"fine\nbroken \xff byte\n")
+  with pytest.raises(ValueError, match="line 2 is not valid UTF-8"):
+    corpora.read_corpus("text", str(bad))
+  with pytest.raises(ValueError, match="Unknown corpus"):
+    corpora.read_corpus("nope")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  words = "the a cat dog sat ran on under mat log big small red blue green tree".split()
+  rng = np.random.default_rng(0)
+  lines = [" ".join(rng.choice(words, rng.integers(2, 8))) for _ in range(500)]
+  return tokenizer_lib.train_tokenizer(lines, 32)
+
+
+def test_encode_layout_and_long_lines(tokenizer):
+  rows, stats = pipeline.encode(tokenizer, ["the cat sat", "the dog " * 20], 10)
+  assert rows.shape == (2, 10) and stats.truncated == 1
+  assert rows[0, 0] == tokenizer_lib.BOS_ID
+  eos = int(np.where(rows[0] == tokenizer_lib.EOS_ID)[0][0])
+  assert np.all(rows[0, eos + 1:] == tokenizer_lib.PAD_ID)
+  assert tokenizer_lib.decode_tokens(tokenizer, rows[0]) == "the cat sat"
+  assert rows[1, -1] == tokenizer_lib.EOS_ID  # a truncated line still ends with EOS
+  rows, stats = pipeline.encode(tokenizer, ["the cat sat", "the dog " * 20], 10, "drop")
+  assert rows.shape == (1, 10) and stats.dropped == 1
+  with pytest.raises(ValueError, match="example 1 has"):
+    pipeline.encode(tokenizer, ["the cat sat", "the dog " * 20], 10, "error")
+
+
+def test_vocab_too_large_is_a_clear_error():
+  with pytest.raises(ValueError, match="too large for this corpus"):
+    tokenizer_lib.train_tokenizer(["a b c", "b c d"], 500)
+
+
+def test_split_is_deterministic_and_per_example():
+  examples = [f"example number {i}" for i in range(2000)]
+  train, valid = pipeline.split_examples(examples, 10.0)
+  assert 100 < len(valid) < 300 and len(train) + len(valid) == 2000
+  train2, valid2 = pipeline.split_examples(examples[::-1] + ["a new one"], 10.0)
+  assert set(valid) <= set(valid2)
+
+
+def test_batch_iterator_resumes_and_shards_by_process():
+  tokens = np.arange(50)[:, None].repeat(3, axis=1)
+  it = pipeline.BatchIterator(tokens, 8, seed=1)
+  first = [next(it) for _ in range(9)]  # crosses an epoch boundary (6 batches per epoch)
+  state = it.get_state()
+  after = [next(it) for _ in range(3)]
+  resumed = pipeline.BatchIterator(tokens, 8, seed=1)
+  resumed.set_state(state)
+  for a, b in zip(after, [next(resumed) for _ in range(3)]):
+    np.testing.assert_array_equal(a, b)
+  assert len(np.unique(np.concatenate(first[:6])[:, 0])) == 48  # no repeats within an epoch
+  halves = [pipeline.BatchIterator(tokens, 8, seed=1, process_index=p, process_count=2) for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate([next(h) for h in halves]), first[0])
