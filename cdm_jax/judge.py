@@ -37,7 +37,7 @@ class JudgeConfig:
   learning_rate: float = 1e-3
   warmup_steps: int = 200
   max_steps: int = 20_000
-  time_limit_minutes: float = 5.0  # the judge trains until max_steps or this much time
+  time_limit_minutes: float = 4.0  # the judge trains until max_steps or this much time
   seed: int = 0
 
 

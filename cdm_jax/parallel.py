@@ -158,7 +158,8 @@ def example_keys(rng: Array, num_examples: int) -> Array:
 
 def make_sample_fn(model, schedule: schedules_lib.Schedule, mesh, num_samples: int, num_steps: int,
                    sampler: str = "ddim", clamp: str = "none", decoder: str = "readout",
-                   clamp_temperature: float = 1.0, times: Array | None = None) -> Callable:
+                   clamp_temperature: float = 1.0, times: Array | None = None,
+                   clamp_max_t: float = 1.0) -> Callable:
   """Returns a jit-compiled pure `(params, rng) -> tokens [num_samples, length]`.
 
   Samples are split over the mesh; each example's randomness comes from `fold_in(rng, index)`,
@@ -170,8 +171,7 @@ def make_sample_fn(model, schedule: schedules_lib.Schedule, mesh, num_samples: i
   shape = (cfg.seq_len, cfg.embed_dim)
 
   def per_device(params, keys):
-    table = model.apply(params, method="embeddings")
-    bias = params["params"]["embedder"]["readout_bias"]
+    table, bias = model.apply(params, method="readout_weights")
     clamp_fn = samplers.make_clamp_fn(clamp, table, bias, decoder, clamp_temperature)
     x_init = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(keys)
     loop_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
@@ -180,7 +180,7 @@ def make_sample_fn(model, schedule: schedules_lib.Schedule, mesh, num_samples: i
       return model.apply(params, x_t, schedule.log_snr(t), x0_selfcond, method="denoise").x0_hat
 
     x0_hat = samplers.sample_loop(denoise_fn, x_init, loop_keys, schedule, num_steps, sampler,
-                                  clamp_fn, times)
+                                  clamp_fn, times, clamp_max_t)
     return samplers.decode(x0_hat, table, bias, decoder)
 
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),

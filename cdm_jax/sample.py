@@ -39,7 +39,7 @@ class Generator:
 
   @functools.lru_cache(maxsize=16)
   def make_sample_fn(self, num_samples: int, steps: int, sampler: str, clamp: str,
-                     decoder: str, clamp_temperature: float, time_grid: str):
+                     decoder: str, clamp_temperature: float, time_grid: str, clamp_max_t: float):
     """The jit-compiled pure `(params, rng) -> tokens [num_samples, length]` for one setting."""
     times = None
     if time_grid == "warp":
@@ -49,11 +49,12 @@ class Generator:
     elif time_grid != "uniform":
       raise ValueError(f"time_grid must be uniform or warp, got {time_grid!r}.")
     return parallel.make_sample_fn(self.model, self.schedule, self.mesh, num_samples, steps, sampler,
-                                   clamp, decoder, clamp_temperature, times)
+                                   clamp, decoder, clamp_temperature, times, clamp_max_t)
 
   def sample_tokens(self, num_samples: int = 8, steps: int | None = None, sampler: str | None = None,
                     seed: int = 0, clamp: str | None = None, decoder: str | None = None,
-                    clamp_temperature: float | None = None, time_grid: str | None = None) -> np.ndarray:
+                    clamp_temperature: float | None = None, time_grid: str | None = None,
+                    clamp_max_t: float | None = None) -> np.ndarray:
     """Token ids [num_samples, seq_len]; defaults come from the training config's `sample` block."""
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
@@ -61,7 +62,8 @@ class Generator:
     fn = self.make_sample_fn(num_samples, steps or s.num_steps, sampler or s.sampler,
                              clamp or s.clamp, decoder or s.decoder,
                              float(clamp_temperature or s.clamp_temperature),
-                             time_grid or s.time_grid)
+                             time_grid or s.time_grid,
+                             float(clamp_max_t if clamp_max_t is not None else s.get("clamp_max_t", 1.0)))
     return np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed))))
 
   def decode(self, tokens: np.ndarray) -> list[str]:

@@ -118,7 +118,7 @@ def evaluations_per_step(sampler: str) -> int:
 
 def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: schedules_lib.Schedule,
                 num_steps: int, sampler: str = "ddim", clamp_fn: Callable[[Array], Array] | None = None,
-                times: Array | None = None) -> Array:
+                times: Array | None = None, clamp_max_t: float = 1.0) -> Array:
   """Runs the reverse process from `x_init` (x at t_max) and returns x0_hat [batch, m, d].
 
   Args:
@@ -126,6 +126,9 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
     rng: a raw key [2] or one key per example [batch, 2].
     clamp_fn: optional map applied to every x0_hat before it is used (e.g. nearest embedding).
     times: optional decreasing grid [num_steps + 1] (e.g. `schedules.time_grid(..., warp)`).
+    clamp_max_t: clamp only at times t <= clamp_max_t. Early (noisy) x0_hat hedge toward the
+      frequent tokens, and clamping them commits to PAD/EOS; late clamping removes the drift that
+      unclamped x0_hat errors accumulate along the trajectory.
   """
   if sampler not in _SAMPLERS:
     raise ValueError(f"Unknown sampler {sampler!r}; choose one of {available()}.")
@@ -140,7 +143,9 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
 
   def denoise(x_t, t, x0_selfcond):
     x0_hat = denoise_fn(x_t, t, x0_selfcond)
-    return x0_hat if clamp_fn is None else clamp_fn(x0_hat)
+    if clamp_fn is None:
+      return x0_hat
+    return jnp.where(_b(t <= clamp_max_t, x0_hat), clamp_fn(x0_hat), x0_hat)
 
   def fold(i):
     if rng.ndim == 2:

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import tqdm
 
-from cdm_jax import checkpointing, diffusion, metric_writers, parallel, schedules
+from cdm_jax import checkpointing, diffusion, embedding_stats, metric_writers, parallel, schedules
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM, ModelConfig
 
@@ -140,6 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = parallel.make_train_step(model, tx, schedule, loss_config(config), mesh,
                                         tcfg.batch_size, tcfg.ema_decay, k)
   eval_fn = make_eval_fn(model, schedule, mesh)
+  stats_fn = jax.jit(lambda table, key: embedding_stats.embedding_statistics(table, schedule, key))
   batches = pipeline.BatchIterator(data.train, tcfg.batch_size, config.seed, jax.process_index(),
                                    jax.process_count())
   manager = checkpointing.make_manager(workdir, tcfg.keep_checkpoints)
@@ -202,6 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for extra in ("rounding_loss", "anchor_loss"):
           if extra in sums:
             last_metrics[extra] = sums[extra] / sums["tokens"]
+        table = model.apply(state.params, method="embeddings")
+        last_metrics.update({k: float(v) for k, v in stats_fn(table, jax.random.PRNGKey(step)).items()})
         writer.write_scalars(step, last_metrics)
         bar.set_postfix(loss=f"{last_metrics['loss']:.4f}",
                         tok_s=f"{last_metrics['tokens_per_second']:.0f}")
@@ -218,7 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if sample_fn is None:
           scfg = config.sample
           sample_fn = parallel.make_sample_fn(model, schedule, mesh, scfg.num_samples, scfg.num_steps,
-                                              scfg.sampler, scfg.clamp, scfg.decoder, scfg.clamp_temperature)
+                                              scfg.sampler, scfg.clamp, scfg.decoder, scfg.clamp_temperature,
+                                              clamp_max_t=scfg.clamp_max_t)
         tokens = jax.device_get(sample_fn(state.ema_params, jax.random.PRNGKey(config.seed)))
         texts = [tokenizer_lib.decode_tokens(data.tokenizer, row) for row in tokens]
         if jax.process_index() == 0:

@@ -72,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   sample.sampler = "ddim"      # ddpm | ddim | euler | heun
   sample.clamp = "soft"        # none | hard (nearest embedding) | soft (read-out expectation)
   sample.clamp_temperature = 1.0
+  sample.clamp_max_t = 1.0     # clamp only at t <= this (late clamping avoids early PAD/EOS commits)
   sample.decoder = "readout"   # readout (tied argmax) | l2 | cosine (nearest embedding)
   sample.time_grid = "uniform"  # uniform | warp (follow the learned time warping)
   return config

@@ -64,6 +64,10 @@ class DiffusionLM(nn.Module):
   def readout(self, x):
     return self.embedder.readout(x)
 
+  def readout_weights(self):
+    """(E [vocab, dim] as used, read-out bias [vocab]): what decoders and clamps need."""
+    return self.embedder.embeddings(), self.embedder.readout_bias
+
   def denoise(self, x_t, log_snr, x0_selfcond=None, cond=None, cond_mask=None, mask=None,
               train: bool = False) -> DenoiserOutput:
     cfg = self.config

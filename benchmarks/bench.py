@@ -1,0 +1,178 @@
+"""Speed benchmark: matmul peak, training step, sampling loop; prints a table and writes JSON.
+
+  python benchmarks/bench.py --config=configs/bench_peer.py [--config=configs/wordnet.py ...]
+      [--train_steps=10 --sample_batch=64 --out=benchmarks/results/bench.json]
+
+Only shapes come from the config (random tokens, no corpus). Run on an idle machine: with two
+cores, anything else running halves the figures. The peak is measured in the same process.
+"""
+
+import argparse
+import json
+import pathlib
+import resource
+import runpy
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cdm_jax import parallel, samplers, train  # pylint: disable=g-import-not-at-top
+from cdm_jax.models import DiffusionLM
+
+
+def timed(fn, *args, repeats: int):
+  """Median seconds of `fn(*args)` (blocked) over `repeats` runs, after one warm-up call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  return 2 * size**3 / timed(f, a, b, repeats=repeats) / 1e9
+
+
+def model_flops_per_step(config) -> dict:
+  """Analytic matmul FLOPs of one training step (forward x3 for fwd+bwd, plus self-cond passes)."""
+  m, d = config.model, config.data
+  batch, length, width = config.train.batch_size, d.seq_len, m.width
+  tokens = batch * length
+  per_token_layer = 2 * (4 * width * width + 2 * width * m.mlp_dim) + 2 * 2 * length * width
+  in_dim = 2 * m.embed_dim if m.self_conditioning else m.embed_dim
+  denoiser = tokens * (m.num_layers * per_token_layer + 2 * in_dim * width + 2 * width * m.embed_dim
+                       + 2 * 2 * width * width)
+  readout = 2 * tokens * m.embed_dim * d.vocab_size
+  forward = denoiser + (readout if m.output == "logits" else 0)
+  train_flops = 3 * forward
+  if config.diffusion.rounding_weight:
+    train_flops += 3 * readout
+  if config.diffusion.anchor_weight:
+    train_flops += 3 * readout
+  if m.self_conditioning:
+    train_flops += config.diffusion.self_cond_prob * forward
+  return {"train": train_flops, "metric_readout": readout, "denoiser_forward": denoiser}
+
+
+def bench_config(path: str, args, peak: float) -> dict:
+  config = runpy.run_path(path)["get_config"]()
+  config.train.steps_per_call = args.steps_per_call or config.train.steps_per_call
+  model = DiffusionLM(train.model_config(config))
+  schedule = train.make_schedule(config)
+  tx = train.make_optimizer(config.train)
+  mesh = parallel.make_mesh()
+  k = config.train.steps_per_call
+  step_fn = parallel.make_train_step(model, tx, schedule, train.loss_config(config), mesh,
+                                     config.train.batch_size, config.train.ema_decay, k)
+  state = jax.device_put(train.init_state(config, model, tx), parallel.replicated(mesh))
+  shape = (config.train.batch_size, config.data.seq_len) if k == 1 else (k, config.train.batch_size,
+                                                                          config.data.seq_len)
+  tokens = np.random.default_rng(0).integers(4, config.data.vocab_size, shape).astype(np.int32)
+  axis = 0 if k == 1 else 1
+  batch = (parallel.shard_batch(tokens, mesh, axis), parallel.shard_batch(tokens > 0, mesh, axis))
+
+  start = time.perf_counter()
+  state, metrics = step_fn(state, *batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(args.train_steps):
+    start = time.perf_counter()
+    state, metrics = step_fn(state, *batch)
+    jax.block_until_ready(metrics)
+    times.append((time.perf_counter() - start) / k)
+  step_s = float(np.median(times))
+  flops = model_flops_per_step(config)
+  result = {
+      "config": path, "params_M": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
+      "train_step_s": step_s, "train_compile_s": compile_s,
+      "tokens_per_s": config.train.batch_size * config.data.seq_len / step_s,
+      "train_model_gflop": flops["train"] / 1e9, "train_gflops": flops["train"] / step_s / 1e9,
+      "train_mfu": flops["train"] / step_s / 1e9 / peak,
+      "train_metric_gflop": flops["metric_readout"] / 1e9,
+  }
+
+  # Sampling: per-step time from two loop lengths, against one denoiser forward.
+  params = state.ema_params
+  batch_size = args.sample_batch
+  sample_cfg = config.sample
+  loops = {}
+  for n in (args.sample_steps, 2 * args.sample_steps):
+    fn = parallel.make_sample_fn(model, schedule, mesh, batch_size, n, sample_cfg.sampler,
+                                 sample_cfg.clamp, sample_cfg.decoder)
+    loops[n] = timed(fn, params, jax.random.PRNGKey(0), repeats=args.repeats)
+  per_step = (loops[2 * args.sample_steps] - loops[args.sample_steps]) / args.sample_steps
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch_size, config.data.seq_len, config.model.embed_dim))
+  t = jnp.full((batch_size,), 0.5)
+  forward = jax.jit(lambda p, x, t: model.apply(p, x, schedule.log_snr(t), x, method="denoise").x0_hat)
+  forward_s = timed(forward, params, x, t, repeats=args.repeats)
+  table, bias = model.apply(params, method="readout_weights")
+  clamp_fn = samplers.make_clamp_fn("soft", table, bias)
+  decode_clamp = jax.jit(lambda x: (clamp_fn(x), samplers.decode(x, table, bias, "l2")))
+  decode_s = timed(decode_clamp, x, repeats=args.repeats)
+  evals = samplers.evaluations_per_step(sample_cfg.sampler)
+  n = args.sample_steps
+  loop_s = loops[n]
+  ideal = (n * evals + 1) * forward_s
+  result.update({
+      "sample_batch": batch_size, "sampler": sample_cfg.sampler, "clamp": sample_cfg.clamp,
+      "sample_step_s": per_step, "denoiser_forward_s": forward_s,
+      "loop_s": loop_s, "loop_steps": n, "loop_overhead": (loop_s - ideal) / loop_s,
+      "decode_clamp_s": decode_s, "decode_clamp_share": decode_s / per_step,
+      "default_steps": sample_cfg.num_steps,
+      "time_to_64_samples_s": per_step * sample_cfg.num_steps * 64 / batch_size,
+      "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+  })
+  return result
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", action="append", help="config file(s); default: peer + wordnet")
+  parser.add_argument("--train_steps", type=int, default=8)
+  parser.add_argument("--steps_per_call", type=int, default=0, help="override train.steps_per_call")
+  parser.add_argument("--sample_batch", type=int, default=64)
+  parser.add_argument("--sample_steps", type=int, default=10)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--out", default=str(ROOT / "benchmarks/results/bench.json"))
+  args = parser.parse_args()
+  configs = args.config or [str(ROOT / "configs/bench_peer.py"), str(ROOT / "configs/wordnet.py")]
+  peak = matmul_peak_gflops()
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; float32 matmul peak "
+        f"{peak:.0f} GFLOP/s (2048^2, in-process)")
+  results = [bench_config(path, args, peak) for path in configs]
+  peak_after = matmul_peak_gflops()
+  rows = [
+      ("params (M)", "params_M", "{:.2f}"), ("train step (s)", "train_step_s", "{:.3f}"),
+      ("tokens/s", "tokens_per_s", "{:.0f}"), ("model GFLOP/step", "train_model_gflop", "{:.1f}"),
+      ("GFLOP/s", "train_gflops", "{:.0f}"), ("MFU vs peak", "train_mfu", "{:.0%}"),
+      ("compile (s)", "train_compile_s", "{:.1f}"), ("sample step (s)", "sample_step_s", "{:.3f}"),
+      ("denoiser forward (s)", "denoiser_forward_s", "{:.3f}"),
+      ("loop overhead", "loop_overhead", "{:.1%}"), ("decode+clamp share", "decode_clamp_share", "{:.1%}"),
+      ("default steps", "default_steps", "{}"), ("64 samples (s)", "time_to_64_samples_s", "{:.0f}"),
+      ("peak RSS (GiB)", "peak_rss_GiB", "{:.2f}")]
+  names = [pathlib.Path(r["config"]).stem for r in results]
+  print("| metric | " + " | ".join(names) + " |")
+  print("|---|" + "---|" * len(names))
+  for label, key, fmt in rows:
+    print(f"| {label} | " + " | ".join(fmt.format(r[key]) for r in results) + " |")
+  print(f"(peak re-measured after the runs: {peak_after:.0f} GFLOP/s)")
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({"peak_gflops": peak, "peak_gflops_after": peak_after,
+                             "device": jax.devices()[0].device_kind, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+  main()

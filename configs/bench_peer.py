@@ -1,0 +1,22 @@
+"""Peer-matched sizes for benchmarks/bench.py: the reference PyTorch embedding-diffusion setup.
+
+Batch 64 x length 64, 6 layers x width 256, MLP 1024, 4 heads, embedding dim 128, vocabulary
+11,043, x0-MSE + rounding loss. Only shapes matter to the benchmark (it feeds random tokens).
+"""
+
+import pathlib
+import runpy
+
+default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+
+
+def get_config():
+  config = default["get_config"]()
+  config.data.vocab_size = 11043
+  config.data.seq_len = 64
+  config.model.update(embed_dim=128, width=256, num_layers=6, num_heads=4, mlp_dim=1024,
+                      self_conditioning=False)
+  config.diffusion.update(schedule="sqrt", rounding_weight=1.0, self_cond_prob=0.0)
+  config.train.batch_size = 64
+  config.sample.update(num_steps=2000, sampler="ddpm", clamp="none")
+  return config
