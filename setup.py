@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+EVAL = ["matplotlib>=3.8", "mauve-text>=0.4,<0.5", "faiss-cpu>=1.8", "scikit-learn>=1.4"]
+
 setup(
     name="cdm_jax",
     version="0.1.0",
@@ -18,10 +20,12 @@ setup(
         "numpy>=1.26",
         "tqdm>=4.66",
         "tensorboardX>=2.6,<3",
+        "sacrebleu>=2.4,<3",
     ],
     extras_require={
-        "eval": ["sacrebleu>=2.4,<3", "matplotlib>=3.8", "mauve-text>=0.4"],
+        # MAUVE (scored as null without it) and the experiment plots.
+        "eval": EVAL,
         "hf": ["datasets>=3"],
-        "test": ["pytest>=8", "sacrebleu>=2.4,<3", "matplotlib>=3.8"],
+        "test": ["pytest>=8"] + EVAL,
     },
 )

@@ -110,7 +110,8 @@ def bench_config(path: str, args, peak: float) -> dict:
   loops = {}
   for n in (args.sample_steps, 2 * args.sample_steps):
     fn = parallel.make_sample_fn(model, schedule, mesh, batch_size, n, sample_cfg.sampler,
-                                 sample_cfg.clamp, sample_cfg.decoder)
+                                 sample_cfg.clamp, sample_cfg.decoder,
+                                 clamp_max_t=sample_cfg.clamp_max_t)
     loops[n] = timed(fn, params, jax.random.PRNGKey(0), repeats=args.repeats)
   per_step = (loops[2 * args.sample_steps] - loops[args.sample_steps]) / args.sample_steps
   x = jax.random.normal(jax.random.PRNGKey(0), (batch_size, config.data.seq_len, config.model.embed_dim))
@@ -118,8 +119,10 @@ def bench_config(path: str, args, peak: float) -> dict:
   forward = jax.jit(lambda p, x, t: model.apply(p, x, schedule.log_snr(t), x, method="denoise").x0_hat)
   forward_s = timed(forward, params, x, t, repeats=args.repeats)
   table, bias = model.apply(params, method="readout_weights")
-  clamp_fn = samplers.make_clamp_fn("soft", table, bias)
-  decode_clamp = jax.jit(lambda x: (clamp_fn(x), samplers.decode(x, table, bias, "l2")))
+  # What a step spends on the vocabulary: the config's clamp (if any) plus one decode.
+  clamp_fn = samplers.make_clamp_fn(sample_cfg.clamp, table, bias, sample_cfg.decoder)
+  decode_clamp = jax.jit(lambda x: (x if clamp_fn is None else clamp_fn(x),
+                                    samplers.decode(x, table, bias, sample_cfg.decoder)))
   decode_s = timed(decode_clamp, x, repeats=args.repeats)
   evals = samplers.evaluations_per_step(sample_cfg.sampler)
   n = args.sample_steps

@@ -49,3 +49,14 @@ def restore_state_only(workdir: str, abstract_state, step: int | None = None):
 def abstract_like(tree, sharding):
   """ShapeDtypeStructs of `tree` placed with `sharding` (restore targets)."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def save_tree(path: pathlib.Path, tree):
+  """Saves one pytree (e.g. the judge's parameters) synchronously to `path`."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(pathlib.Path(path).absolute(), tree, force=True)
+  checkpointer.wait_until_finished()
+
+
+def restore_tree(path: pathlib.Path, abstract_tree):
+  return ocp.StandardCheckpointer().restore(pathlib.Path(path).absolute(), abstract_tree)

@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 
-from cdm_jax import parallel
+from cdm_jax import checkpointing
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 from cdm_jax.models import ModelConfig, TransformerLM
 
@@ -32,7 +31,7 @@ class JudgeConfig:
   num_layers: int = 6
   num_heads: int = 4
   mlp_dim: int = 1024
-  dropout_rate: float = 0.1
+  dropout_rate: float = 0.0  # short CPU runs do not overfit; dropout RNG is slow on CPU
   batch_size: int = 64
   learning_rate: float = 1e-3
   warmup_steps: int = 200
@@ -180,18 +179,16 @@ def get_judge(tokenizer, train_tokens: np.ndarray, corpus_id: str,
   folder = cache_root() / cache_key(tokenizer, corpus_id, seq_len, config)
   model = _judge_model(vocab_size, seq_len, config)
   info_file = folder / "info.json"
-  checkpointer = ocp.StandardCheckpointer()
   if info_file.is_file():
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32)))
-    params = checkpointer.restore(folder / "params", abstract)
+    params = checkpointing.restore_tree(folder / "params", abstract)
     info = json.loads(info_file.read_text())
     log.info("Loaded the judge from %s (%d steps).", folder, info["steps"])
   else:
     log.info("Training the judge LM (cached in %s).", folder)
     params, info = train_judge(train_tokens, vocab_size, config)
     folder.mkdir(parents=True, exist_ok=True)
-    checkpointer.save(folder / "params", params, force=True)
-    checkpointer.wait_until_finished()
+    checkpointing.save_tree(folder / "params", params)
     info_file.write_text(json.dumps({**info, "config": dataclasses.asdict(config)}, indent=2))
   info["cache"] = str(folder)
   return Judge(model, params, info)

@@ -89,7 +89,7 @@ def load(workdir: str, use_ema: bool = True, step: int | None = None,
 
 
 def main(argv=None):
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import app, flags, logging as absl_logging  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
   flags.DEFINE_integer("num_samples", 8, "How many samples.")
   flags.DEFINE_integer("steps", None, "Sampling steps (default: the config's sample.num_steps).")
@@ -101,6 +101,7 @@ def main(argv=None):
   flags.DEFINE_string("output", None, "Also write the samples to this file, one per line.")
 
   def run(unused_argv):
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     f = flags.FLAGS
     generator = load(f.workdir, use_ema=not f.raw_params)
     texts = generator.sample(f.num_samples, f.steps, f.sampler, f.seed, f.clamp, decoder=f.decoder)

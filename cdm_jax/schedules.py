@@ -70,6 +70,19 @@ class Schedule:
     return self._derivative(lambda u: jnp.sqrt(jax.nn.sigmoid(-self.raw_log_snr(u))), t)
 
 
+def time_at_log_snr(schedule: Schedule, log_snr: float) -> float:
+  """The t in [t_min, t_max] where the schedule's log-SNR equals `log_snr` (clipped), by bisection."""
+  lo, hi = schedule.t_min, schedule.t_max
+  with jax.ensure_compile_time_eval():  # concrete even when called while tracing
+    for _ in range(60):  # log-SNR decreases in t
+      mid = 0.5 * (lo + hi)
+      if float(schedule.log_snr(mid)) > log_snr:
+        lo = mid
+      else:
+        hi = mid
+  return 0.5 * (lo + hi)
+
+
 def get_schedule(name: str, t_min: float | None = None, t_max: float | None = None,
                  **kwargs) -> Schedule:
   """Returns the named schedule; `kwargs` go to its factory (e.g. `d` for `tan_d`)."""

@@ -68,14 +68,15 @@ def abstract_state(config, model, tx, mesh):
   return checkpointing.abstract_like(shapes, parallel.replicated(mesh))
 
 
-def make_eval_fn(model, schedule, mesh):
+def make_eval_fn(model, schedule, mesh, log_snr_max: float | None = None):
   """jit((params, tokens [batch, length], rng) -> likelihood-bound sums)."""
   def bound(params, tokens, rng):
     batch = tokens.shape[0]
     keys = parallel.example_keys(rng, batch)
     t = schedules.low_discrepancy_uniform(jax.random.uniform(rng), jnp.arange(batch), batch)
     noise = jax.vmap(lambda k: jax.random.normal(k, (2,) + tokens.shape[1:] + (model.config.embed_dim,)))(keys)
-    return diffusion.likelihood_bound(model, params, tokens, t, jnp.swapaxes(noise, 0, 1), schedule)
+    return diffusion.likelihood_bound(model, params, tokens, t, jnp.swapaxes(noise, 0, 1), schedule,
+                                      log_snr_max)
   return jax.jit(bound, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh), None))
 
 
@@ -83,8 +84,8 @@ def evaluate_bound(eval_fn, params, valid: np.ndarray, batch_size: int, num_batc
                    mesh) -> dict:
   """Likelihood bound in nats and bits per position over the first `num_batches` valid batches."""
   totals = None
-  usable = (len(valid) // batch_size) * batch_size
-  for i in range(min(num_batches, usable // batch_size) if num_batches else usable // batch_size):
+  available = len(valid) // batch_size
+  for i in range(min(num_batches, available) if num_batches else available):
     tokens = valid[i * batch_size:(i + 1) * batch_size]
     sums = eval_fn(params, parallel.shard_batch(tokens, mesh), jax.random.PRNGKey(seed + i))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -139,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   k = tcfg.steps_per_call
   train_step = parallel.make_train_step(model, tx, schedule, loss_config(config), mesh,
                                         tcfg.batch_size, tcfg.ema_decay, k)
-  eval_fn = make_eval_fn(model, schedule, mesh)
+  eval_fn = make_eval_fn(model, schedule, mesh, config.diffusion.bound_log_snr_max)
   stats_fn = jax.jit(lambda table, key: embedding_stats.embedding_statistics(table, schedule, key))
   batches = pipeline.BatchIterator(data.train, tcfg.batch_size, config.seed, jax.process_index(),
                                    jax.process_count())
@@ -195,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_metrics = {
             "loss": sums["loss"] / sums["positions"],
             "diffusion_loss": sums["diffusion_loss"] / sums["tokens"],
-            "token_accuracy": sums["token_accuracy"] / sums["tokens"],
+            "token_accuracy": sums["token_accuracy"] / sums["accuracy_tokens"],
             "grad_norm": sums["grad_norm"] / sums["steps"],
             "tokens_per_second": tokens_per_step * window_steps / elapsed,
             "seconds_per_step": elapsed / window_steps,

@@ -18,5 +18,6 @@ def get_config():
                       self_conditioning=False)
   config.diffusion.update(schedule="sqrt", rounding_weight=1.0, self_cond_prob=0.0)
   config.train.batch_size = 64
-  config.sample.update(num_steps=2000, sampler="ddpm", clamp="none")
+  # The reference samples with 2,000 DDPM steps, clamping to the nearest embedding at each one.
+  config.sample.update(num_steps=2000, sampler="ddpm", clamp="hard", decoder="l2", clamp_max_t=1.0)
   return config

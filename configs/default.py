@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   diff.time_warp = False       # draw training t from the learned warping (CDCD)
   diff.importance_weight = True  # with time_warp: weight losses by 1/p(t) (unbiased objective)
   diff.warp_bins = 100         # bins of the learned warping CDF
+  diff.bound_log_snr_max = 4.0  # the likelihood bound's lower end in log-SNR (see diffusion.py)
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 64        # global batch over all devices and hosts

@@ -17,6 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import matplotlib  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -44,7 +45,8 @@ def main():
   judge = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id,
                               judge_lib.JudgeConfig(time_limit_minutes=args.judge_minutes))
   n = min(args.num_samples, len(data.valid_text))
-  scorer = evaluate.Scorer(judge, generator.tokenizer, config.data.seq_len, data.valid_text[:n],
+  order = np.random.default_rng(args.seed).permutation(len(data.valid_text))[:n]
+  scorer = evaluate.Scorer(judge, generator.tokenizer, config.data.seq_len, [data.valid_text[i] for i in order],
                            text_metrics.TrainingSetIndex(data.train_text), args.seed)
   rows = []
   for sampler in args.samplers.split(","):

@@ -131,3 +131,34 @@ def test_decoders_and_clamps():
   with pytest.raises(ValueError, match="Unknown sampler"):
     samplers.sample_loop(lambda x, t, c: x, x, jax.random.PRNGKey(0), schedules.get_schedule("cosine"),
                          3, "bogus")
+
+
+def test_clamp_applies_only_below_clamp_max_t():
+  sched = schedules.get_schedule("cosine")
+  x_init = jnp.zeros((2, 3, 2))
+
+  def denoise(x_t, t, x0_selfcond):
+    return jnp.zeros_like(x_t)
+
+  def ones(x):
+    return jnp.ones_like(x)
+
+  always = samplers.sample_loop(denoise, x_init, jax.random.PRNGKey(0), sched, 4, "ddim", ones)
+  never = samplers.sample_loop(denoise, x_init, jax.random.PRNGKey(0), sched, 4, "ddim", ones,
+                               clamp_max_t=0.0)
+  np.testing.assert_allclose(always, 1.0)
+  np.testing.assert_allclose(never, 0.0)
+  # The self-conditioning input of each step is the previous step's (possibly clamped) x0_hat:
+  # with clamp_max_t = 0.6 on the grid t = 1, 0.75, 0.5, 0.25, t_min, only x0_hat from t <= 0.6
+  # (t = 0.5 onwards) is clamped.
+  inputs = []
+
+  def record(x_t, t, x0_selfcond):
+    jax.debug.callback(lambda t, c: inputs.append((float(t[0]), float(c.mean()))), t, x0_selfcond)
+    return jnp.zeros_like(x_t)
+
+  jax.block_until_ready(samplers.sample_loop(record, x_init, jax.random.PRNGKey(0), sched, 4, "ddim",
+                                             ones, clamp_max_t=0.6))
+  jax.effects_barrier()
+  assert [c for _, c in inputs] == [0.0, 0.0, 0.0, 1.0, 1.0]
+  np.testing.assert_allclose([t for t, _ in inputs], [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-3)
