@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from cdm_jax import schedules as schedules_lib
+from cdm_jax import registry, schedules as schedules_lib
 
 Array = jax.Array
 
@@ -37,12 +37,8 @@ class LossConfig:
   accuracy_examples: int = 8      # examples per (local) batch on which token accuracy is measured
 
   @classmethod
-  def from_dict(cls, values: dict) -> "LossConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-      raise ValueError(f"Unknown loss config keys {unknown}; known: {sorted(names)}.")
-    return cls(**values)
+  def from_dict(cls, values: dict):
+    return registry.dataclass_from_dict(cls, values, "loss config")
 
 
 def token_cross_entropy(logits: Array, tokens: Array) -> Array:

@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cdm_jax import schedules as schedules_lib
+from cdm_jax import registry, schedules as schedules_lib
 
 Array = jax.Array
 DenoiseFn = Callable[[Array, Array, Array], Array]  # (x_t, t [batch], x0_selfcond) -> x0_hat
@@ -25,18 +25,12 @@ class StepInput(NamedTuple):
   key: Array          # this step's key(s)
 
 
-_SAMPLERS: dict[str, Callable] = {}
-
-
-def register(name: str):
-  def wrap(step_fn):
-    _SAMPLERS[name] = step_fn
-    return step_fn
-  return wrap
+SAMPLERS = registry.Registry("sampler")
+register = SAMPLERS.register
 
 
 def available() -> list[str]:
-  return sorted(_SAMPLERS)
+  return SAMPLERS.names()
 
 
 def _b(values, like):
@@ -130,11 +124,9 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
       frequent tokens, and clamping them commits to PAD/EOS; late clamping removes the drift that
       unclamped x0_hat errors accumulate along the trajectory.
   """
-  if sampler not in _SAMPLERS:
-    raise ValueError(f"Unknown sampler {sampler!r}; choose one of {available()}.")
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-  step_fn = _SAMPLERS[sampler]
+  step_fn = SAMPLERS.get(sampler)
   batch = x_init.shape[0]
   if times is None:
     times = schedules_lib.time_grid(schedule, num_steps)
@@ -167,14 +159,8 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
 # Decoders (latents -> tokens) and clamps (latents -> latents on the embedding manifold).
 # Each is one [.., d] x [d, vocab] matmul; no [batch, length, vocab, dim] tensor is formed.
 
-_DECODERS: dict[str, Callable] = {}
-
-
-def register_decoder(name: str):
-  def wrap(fn):
-    _DECODERS[name] = fn
-    return fn
-  return wrap
+DECODERS = registry.Registry("decoder")
+register_decoder = DECODERS.register
 
 
 @register_decoder("l2")
@@ -200,9 +186,7 @@ def decode_readout(x, table, bias=None):
 
 
 def decode(x, table, bias=None, method: str = "readout"):
-  if method not in _DECODERS:
-    raise ValueError(f"Unknown decoder {method!r}; choose one of {sorted(_DECODERS)}.")
-  return _DECODERS[method](x, table, bias)
+  return DECODERS.get(method)(x, table, bias)
 
 
 def make_clamp_fn(mode: str, table: Array, bias: Array | None = None, decoder: str = "readout",

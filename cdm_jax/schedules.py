@@ -13,21 +13,16 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from cdm_jax import registry
+
 Array = jax.Array
 
-_SCHEDULES: dict[str, Callable[..., "Schedule"]] = {}
-
-
-def register(name: str):
-  """Adds a schedule factory `(**kwargs) -> Schedule` to the registry under `name`."""
-  def wrap(factory):
-    _SCHEDULES[name] = factory
-    return factory
-  return wrap
+SCHEDULES = registry.Registry("schedule")
+register = SCHEDULES.register
 
 
 def available() -> list[str]:
-  return sorted(_SCHEDULES)
+  return SCHEDULES.names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +81,7 @@ def time_at_log_snr(schedule: Schedule, log_snr: float) -> float:
 def get_schedule(name: str, t_min: float | None = None, t_max: float | None = None,
                  **kwargs) -> Schedule:
   """Returns the named schedule; `kwargs` go to its factory (e.g. `d` for `tan_d`)."""
-  if name not in _SCHEDULES:
-    raise ValueError(f"Unknown schedule {name!r}; choose one of {available()}.")
-  schedule = _SCHEDULES[name](**kwargs)
+  schedule = SCHEDULES.get(name)(**kwargs)
   if t_min is not None or t_max is not None:
     schedule = dataclasses.replace(
         schedule,

@@ -7,13 +7,14 @@ cd "$(dirname "$0")/.."
 WORKDIR="${1:-workdirs/kill_resume}"
 CKPT="${2:-100}"
 rm -rf "$WORKDIR"
+mkdir -p "$(dirname "$WORKDIR")"
 cmd=(.venv/bin/python -m cdm_jax.main --config=configs/wordnet.py --workdir="$WORKDIR"
      --config.train.num_train_steps=$((CKPT + 100)) --config.train.checkpoint_every_steps="$CKPT"
      --config.train.log_every_steps=25 --config.train.eval_every_steps=0
      --config.train.sample_every_steps=0 --config.train.time_limit_minutes=0)
 "${cmd[@]}" > "$WORKDIR.first.log" 2>&1 &
 pid=$!
-until [ -d "$WORKDIR/checkpoints/$CKPT" ]; do sleep 1; done
+until [ -d "$WORKDIR/checkpoints/$CKPT" ] || ! kill -0 "$pid" 2>/dev/null; do sleep 1; done
 sleep 8  # let it train past the checkpoint, so that work is lost
 kill -9 "$pid" || true
 wait "$pid" 2>/dev/null || true

@@ -10,9 +10,8 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
-from typing import Callable
 
-_READERS: dict[str, Callable] = {}
+from cdm_jax import registry
 
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 WORDNET_CACHE = pathlib.Path(os.path.expanduser("~/.cache/cdm_jax/wordnet"))
@@ -22,24 +21,18 @@ WORDNET_HELP = (
     "`python -m cdm_jax.data.corpora --fetch_wordnet` (runs `apt-get download wordnet-base` and "
     "`dpkg -x` into {cache}), or set WORDNET_DIR to a folder holding data.noun etc.")
 
-
-def register(name: str):
-  def wrap(fn):
-    _READERS[name] = fn
-    return fn
-  return wrap
+READERS = registry.Registry("corpus")
+register = READERS.register
 
 
 def available() -> list[str]:
-  return sorted(_READERS)
+  return READERS.names()
 
 
 def read_corpus(name: str, path: str = "", field: str = "text", hf_split: str = "train",
                 max_examples: int = 0) -> list[str]:
   """Reads corpus `name` ("wordnet", "text", "jsonl" or "hf") into a list of examples."""
-  if name not in _READERS:
-    raise ValueError(f"Unknown corpus {name!r}; choose one of {available()}.")
-  examples = _READERS[name](path=path, field=field, hf_split=hf_split)
+  examples = READERS.get(name)(path=path, field=field, hf_split=hf_split)
   examples = [e for e in (" ".join(x.split()) for x in examples) if e]
   if max_examples:
     examples = examples[:max_examples]

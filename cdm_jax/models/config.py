@@ -5,6 +5,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from cdm_jax import registry
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -41,9 +43,5 @@ class ModelConfig:
     return _DTYPES[self.dtype]
 
   @classmethod
-  def from_dict(cls, values: dict) -> "ModelConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-      raise ValueError(f"Unknown model config keys {unknown}; known: {sorted(names)}.")
-    return cls(**values)
+  def from_dict(cls, values: dict):
+    return registry.dataclass_from_dict(cls, values, "model config")
