@@ -8,6 +8,7 @@ cores, anything else running halves the figures. The peak is measured in the sam
 """
 
 import argparse
+import ast
 import json
 import pathlib
 import resource
@@ -65,8 +66,26 @@ def model_flops_per_step(config) -> dict:
   return {"train": train_flops, "metric_readout": readout, "denoiser_forward": denoiser}
 
 
+def apply_sets(config, sets: list[str]):
+  """Applies `a.b=value` overrides (value parsed as a Python literal when it is one)."""
+  for item in sets:
+    key, _, raw = item.partition("=")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(f"Unknown config key {key!r}.")
+    node[leaf] = value
+  return config
+
+
 def bench_config(path: str, args, peak: float) -> dict:
-  config = runpy.run_path(path)["get_config"]()
+  config = apply_sets(runpy.run_path(path)["get_config"](), args.set)
   config.train.steps_per_call = args.steps_per_call or config.train.steps_per_call
   model = DiffusionLM(train.model_config(config))
   schedule = train.make_schedule(config)
@@ -95,7 +114,7 @@ def bench_config(path: str, args, peak: float) -> dict:
   step_s = float(np.median(times))
   flops = model_flops_per_step(config)
   result = {
-      "config": path, "params_M": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
+      "config": path, "overrides": args.set, "params_M": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
       "train_step_s": step_s, "train_compile_s": compile_s,
       "tokens_per_s": config.train.batch_size * config.data.seq_len / step_s,
       "train_model_gflop": flops["train"] / 1e9, "train_gflops": flops["train"] / step_s / 1e9,
@@ -145,6 +164,7 @@ def main():
   parser.add_argument("--config", action="append", help="config file(s); default: peer + wordnet")
   parser.add_argument("--train_steps", type=int, default=8)
   parser.add_argument("--steps_per_call", type=int, default=0, help="override train.steps_per_call")
+  parser.add_argument("--set", action="append", default=[], help="config override a.b=value")
   parser.add_argument("--sample_batch", type=int, default=64)
   parser.add_argument("--sample_steps", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=3)

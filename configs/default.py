@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.dropout_rate = 0.0
   model.time_conditioning = "adaln"  # adaln (adaptive LayerNorm from log-SNR) | add
   model.self_conditioning = True     # feed the previous x0_hat as an input
+  model.conditioning = False   # accept known latents + a mask (prefix / infilling inputs)
   model.normalize_embeddings = False  # L2-normalize embedding rows before every use (CDCD)
   model.embed_scale = 1.0      # row norm ~ embed_scale * sqrt(embed_dim)
   model.output = "x0"          # x0 | eps | v (MSE targets) | logits (cross-entropy, CDCD)

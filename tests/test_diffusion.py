@@ -112,3 +112,17 @@ def test_ce_with_normalized_embeddings_keeps_norms_fixed():
   assert np.max(np.abs(raw_after - raw_before)) > 1e-2  # the table did train
   norms = np.linalg.norm(np.asarray(model.apply(params, method="embeddings")), axis=-1)
   np.testing.assert_allclose(norms, np.sqrt(8.0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,time_conditioning,scan_layers", [("float32", "add", True),
+                                                                  ("bfloat16", "adaln", False)])
+def test_denoiser_variants_and_condition_mask(dtype, time_conditioning, scan_layers):
+  model, params = tiny_model(dtype=dtype, time_conditioning=time_conditioning, scan_layers=scan_layers,
+                             conditioning=True)
+  x_t = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8))
+  cond = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8))
+  cond_mask = jnp.arange(8)[None, :].repeat(2, 0) < 3  # a known prefix of 3 positions
+  out = model.apply(params, x_t, jnp.array([0.0, 2.0]), None, cond, cond_mask, method="denoise")
+  assert out.x0_hat.dtype == jnp.float32 and np.all(np.isfinite(out.x0_hat))
+  np.testing.assert_array_equal(out.x0_hat[:, :3], cond[:, :3])  # the prefix is kept as given
+  assert not np.allclose(out.x0_hat[:, 3:], cond[:, 3:])

@@ -22,6 +22,7 @@ class ModelConfig:
   dropout_rate: float = 0.0
   time_conditioning: str = "adaln"   # "adaln" (adaptive LayerNorm) or "add"
   self_conditioning: bool = True
+  conditioning: bool = False    # accept known latents + mask (prefix / infilling) in denoise()
   normalize_embeddings: bool = False  # L2-normalize rows of E before every use (CDCD)
   embed_scale: float = 1.0      # rows have norm ~ embed_scale * sqrt(embed_dim)
   output: str = "x0"            # what the denoiser predicts: "x0", "eps", "v" or "logits"

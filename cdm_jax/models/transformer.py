@@ -95,6 +95,8 @@ class TransformerDenoiser(nn.Module):
     dtype = cfg.compute_dtype
     batch, length, _ = x_t.shape
     if cond is not None:  # prefix / infilling: known positions carry their clean latents
+      if not cfg.conditioning or cond_mask is None:
+        raise ValueError("cond needs cond_mask and a model built with model.conditioning=True.")
       x_t = jnp.where(cond_mask[..., None], cond, x_t)
     if x0_selfcond is None:
       x0_selfcond = jnp.zeros_like(x_t)
@@ -102,9 +104,10 @@ class TransformerDenoiser(nn.Module):
     h = nn.Dense(cfg.width, dtype=dtype, name="in_proj")(inputs.astype(dtype))
     pos = self.param("pos_embedding", nn.initializers.normal(0.02), (cfg.seq_len, cfg.width))
     h = h + pos[None, :length].astype(dtype)
-    if cond_mask is not None:
+    if cfg.conditioning:  # a learned marker on the positions whose latents are given
       flag = self.param("cond_flag", nn.initializers.normal(0.02), (cfg.width,))
-      h = h + cond_mask[..., None].astype(dtype) * flag.astype(dtype)
+      if cond_mask is not None:
+        h = h + cond_mask[..., None].astype(dtype) * flag.astype(dtype)
     t_emb = sinusoidal_features(log_snr, cfg.width)
     t_emb = nn.Dense(cfg.width, dtype=dtype, name="time_mlp_in")(t_emb)
     t_emb = nn.Dense(cfg.width, dtype=dtype, name="time_mlp_out")(nn.silu(t_emb))  # [batch, width]
