@@ -96,14 +96,23 @@ def euler_step(denoise, inp: StepInput, schedule):
 
 @register("heun")
 def heun_step(denoise, inp: StepInput, schedule):
-  """Heun's second-order method (trapezoid with an Euler predictor): two evaluations per step."""
+  """Heun's second-order method (trapezoid with an Euler predictor): two evaluations per step.
+
+  The step that ends at t_min stays Euler (as in Karras et al. 2022): there sigma(s) is tiny and
+  the corrector's eps_hat = (x - gamma x0_hat) / sigma(s) would amplify any x0_hat error.
+  """
   x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
   velocity = _ode_velocity(schedule, inp.x_t, x0_hat, inp.t)
   dt = _b(inp.s - inp.t, inp.x_t)
   x_pred = inp.x_t + dt * velocity
-  x0_pred = denoise(x_pred, inp.s, x0_hat)
-  velocity_pred = _ode_velocity(schedule, x_pred, x0_pred, inp.s)
-  return inp.x_t + dt * 0.5 * (velocity + velocity_pred), x0_pred
+
+  def corrected(_):
+    x0_pred = denoise(x_pred, inp.s, x0_hat)
+    velocity_pred = _ode_velocity(schedule, x_pred, x0_pred, inp.s)
+    return inp.x_t + dt * 0.5 * (velocity + velocity_pred), x0_pred
+
+  is_last = inp.s[0] <= schedule.t_min * (1.0 + 1e-4) + 1e-7
+  return jax.lax.cond(is_last, lambda _: (x_pred, x0_hat), corrected, None)
 
 
 def evaluations_per_step(sampler: str) -> int:

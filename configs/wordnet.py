@@ -16,7 +16,8 @@ def get_config():
   config.train.update(batch_size=64, num_train_steps=2000, learning_rate=1e-3, warmup_steps=200,
                       log_every_steps=50, eval_every_steps=500, checkpoint_every_steps=250,
                       sample_every_steps=1000, time_limit_minutes=17.0)
-  # Soft clamping only for t <= 0.5: earlier it commits to PAD/EOS (empty samples), never
-  # clamping lets x0_hat errors accumulate into fragments.
-  config.sample.update(num_samples=16, num_steps=100, sampler="ddpm", clamp="soft", clamp_max_t=0.5)
+  # DDPM without clamping scored best on the judge at this budget (experiments/results/
+  # quality_vs_steps.md: ratio 27 at 100 steps against 49 with soft clamping for t <= 0.5).
+  # If you clamp, keep clamp_max_t < 1: clamping noisy early x0_hat commits to PAD/EOS.
+  config.sample.update(num_samples=16, num_steps=100, sampler="ddpm", clamp="none", clamp_max_t=0.5)
   return config
