@@ -26,6 +26,7 @@ def run_steps(num_devices, num_steps=3, steps_per_call=1):
                          parallel.replicated(mesh))
   data = np.random.default_rng(0).integers(0, 40, (num_steps, 8, 8)).astype(np.int32)
   losses = []
+  run_steps.step_fn = step  # for the recompilation check
   for i in range(0, num_steps, steps_per_call):
     chunk = data[i:i + steps_per_call] if steps_per_call > 1 else data[i]
     axis = 1 if steps_per_call > 1 else 0
@@ -43,6 +44,11 @@ def test_four_devices_match_one_device():
   chex.assert_trees_all_close(state1.params, state4.params, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(state1.ema_params, state4.ema_params, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(state1.warp, state4.warp, rtol=1e-4, atol=1e-5)
+
+
+def test_train_step_compiles_once():
+  run_steps(2, num_steps=4)
+  assert run_steps.step_fn._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_several_steps_per_dispatch_match_single_steps():
