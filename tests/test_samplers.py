@@ -19,7 +19,6 @@ def np_posterior(x_t, x0, g_s, s_s, g_t, s_t):
 
 @pytest.mark.parametrize("t,s", [(0.9, 0.7), (0.5, 0.45), (0.2, 0.01)])
 def test_ddpm_posterior_and_ddim_match_numpy(t, s):
-  sched = schedules.get_schedule("cosine")
   rng = np.random.default_rng(0)
   x_t, x0 = rng.normal(size=(2, 3, 4, 5))
   g_t, s_t = np.cos(np.pi * t / 2), np.sin(np.pi * t / 2)
