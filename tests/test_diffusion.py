@@ -126,3 +126,18 @@ def test_denoiser_variants_and_condition_mask(dtype, time_conditioning, scan_lay
   assert out.x0_hat.dtype == jnp.float32 and np.all(np.isfinite(out.x0_hat))
   np.testing.assert_array_equal(out.x0_hat[:, :3], cond[:, :3])  # the prefix is kept as given
   assert not np.allclose(out.x0_hat[:, 3:], cond[:, 3:])
+
+
+def test_embedding_statistics_against_numpy_and_subsampling():
+  from cdm_jax import embedding_stats
+  table = jax.random.normal(jax.random.PRNGKey(0), (50, 6))
+  s = schedules.get_schedule("cosine")
+  stats = embedding_stats.embedding_statistics(table, s, jax.random.PRNGKey(1))
+  t = np.asarray(table, np.float64)
+  d = np.linalg.norm(t[:, None] - t[None], axis=-1)
+  np.testing.assert_allclose(float(stats["embed_mean_pairwise_distance"]), d.sum() / (50 * 49), rtol=1e-4)
+  np.testing.assert_allclose(float(stats["embed_mean_norm"]), np.linalg.norm(t, axis=-1).mean(), rtol=1e-5)
+  assert float(stats["embed_decode_acc_clean"]) == 1.0
+  sub = embedding_stats.embedding_statistics(table, s, jax.random.PRNGKey(1), max_rows=30)
+  assert abs(float(sub["embed_mean_pairwise_distance"]) / (d.sum() / (50 * 49)) - 1) < 0.1
+  assert float(sub["embed_decode_acc_clean"]) == 1.0
