@@ -104,24 +104,38 @@ def likelihood_on_valid(generator: sample_lib.Generator, judge: judge_lib.Judge,
           "valid_sequences": int(len(rows)), "valid_tokens": int(real_tokens)}
 
 
+def load_for_evaluation(workdir: str, judge_config: judge_lib.JudgeConfig):
+  """(generator, dataset, judge) for a workdir; the judge is the cached one for its corpus."""
+  generator = sample_lib.load(workdir)
+  data_config = generator.config.data
+  data = pipeline.prepare_data(data_config, workdir)
+  corpus_id = (f"{data_config.corpus}:{data_config.path}:{data_config.max_examples}:"
+               f"{data_config.valid_percent}")
+  judge = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, judge_config)
+  return generator, data, judge
+
+
+def shuffled_real_sets(valid_text: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
+  """Two disjoint random sets of n held-out texts: references, and real text scored as samples.
+
+  Random, because corpus order is not (WordNet: nouns, then verbs, ...).
+  """
+  order = np.random.default_rng(seed).permutation(len(valid_text))
+  return [valid_text[i] for i in order[:n]], [valid_text[i] for i in order[n:2 * n]]
+
+
 def evaluate(workdir: str, num_samples: int = 1000, sampler: str | None = None,
              steps: int | None = None, clamp: str | None = None, seed: int = 0,
              judge_config: judge_lib.JudgeConfig = judge_lib.JudgeConfig(),
              ar_temperature: float = 1.0, ar_top_p: float = 1.0, bound_batches: int = 16,
              write: bool = True) -> dict:
   start = time.perf_counter()
-  generator = sample_lib.load(workdir)
+  generator, data, judge = load_for_evaluation(workdir, judge_config)
   config = generator.config
-  data = pipeline.prepare_data(config.data, workdir)
-  corpus_id = f"{config.data.corpus}:{config.data.path}:{config.data.max_examples}:{config.data.valid_percent}"
-  judge = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, judge_config)
   n = min(num_samples, len(data.valid_text) // 2)
   if n < num_samples:
     log.warning("Only %d held-out examples: scoring %d samples per set.", len(data.valid_text), n)
-  # The corpus order is not random (WordNet: nouns, then verbs, ...): draw both real sets at random.
-  order = np.random.default_rng(seed).permutation(len(data.valid_text))
-  references = [data.valid_text[i] for i in order[:n]]
-  real_as_samples = [data.valid_text[i] for i in order[n:2 * n]]
+  references, real_as_samples = shuffled_real_sets(data.valid_text, n, seed)
   scorer = Scorer(judge, generator.tokenizer, config.data.seq_len, references,
                   text_metrics.TrainingSetIndex(data.train_text), seed)
 

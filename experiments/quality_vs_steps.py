@@ -17,13 +17,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import matplotlib  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from cdm_jax import evaluate, judge as judge_lib, sample as sample_lib, text_metrics  # pylint: disable=g-import-not-at-top
-from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+from cdm_jax import evaluate, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top
 
 
 def main():
@@ -38,15 +36,12 @@ def main():
   parser.add_argument("--out", default=str(ROOT / "experiments/results"))
   args = parser.parse_args()
 
-  generator = sample_lib.load(args.workdir)
+  generator, data, judge = evaluate.load_for_evaluation(
+      args.workdir, judge_lib.JudgeConfig(time_limit_minutes=args.judge_minutes))
   config = generator.config
-  data = pipeline.prepare_data(config.data, args.workdir)
-  corpus_id = f"{config.data.corpus}:{config.data.path}:{config.data.max_examples}:{config.data.valid_percent}"
-  judge = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id,
-                              judge_lib.JudgeConfig(time_limit_minutes=args.judge_minutes))
   n = min(args.num_samples, len(data.valid_text))
-  order = np.random.default_rng(args.seed).permutation(len(data.valid_text))[:n]
-  scorer = evaluate.Scorer(judge, generator.tokenizer, config.data.seq_len, [data.valid_text[i] for i in order],
+  references, _ = evaluate.shuffled_real_sets(data.valid_text, n, args.seed)
+  scorer = evaluate.Scorer(judge, generator.tokenizer, config.data.seq_len, references,
                            text_metrics.TrainingSetIndex(data.train_text), args.seed)
   rows = []
   for sampler in args.samplers.split(","):
