@@ -7,9 +7,9 @@ from cdm_jax import samplers, schedules as schedules_lib
 
 
 def embedding_statistics(table: jax.Array, schedule: schedules_lib.Schedule, key: jax.Array,
-                         t_small: float = 0.1, max_rows: int = 4096) -> dict:
+                         t_small: float = 0.5, max_rows: int = 4096) -> dict:
   """Mean norm, mean pairwise L2 distance, its ratio to the noise scale sigma/gamma at `t_small`,
-  and nearest-embedding (L2) decode accuracy of clean and of lightly noised embeddings.
+  and nearest-embedding (L2) decode accuracy of clean and of noised embeddings (at `t_small`).
 
   Pairwise distances and decoding use at most `max_rows` rows (a fixed random subset; exact for
   smaller vocabularies), so memory stays O(max_rows^2 + max_rows * vocab).

@@ -141,7 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = parallel.make_train_step(model, tx, schedule, loss_config(config), mesh,
                                         tcfg.batch_size, tcfg.ema_decay, k)
   eval_fn = make_eval_fn(model, schedule, mesh, config.diffusion.bound_log_snr_max)
-  stats_fn = jax.jit(lambda table, key: embedding_stats.embedding_statistics(table, schedule, key))
+  stats_fn = jax.jit(lambda table, key: embedding_stats.embedding_statistics(
+      table, schedule, key, t_small=tcfg.embedding_stats_t))
   batches = pipeline.BatchIterator(data.train, tcfg.batch_size, config.seed, jax.process_index(),
                                    jax.process_count())
   manager = checkpointing.make_manager(workdir, tcfg.keep_checkpoints)

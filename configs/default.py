@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.ema_decay = 0.999      # EMA of parameters (warmed up: min(decay, (1+s)/(10+s)))
   train.steps_per_call = 1     # optimizer steps per dispatch (lax.scan); logs land on multiples
   train.log_every_steps = 50
+  train.embedding_stats_t = 0.5  # t of the noisy nearest-embedding decode statistic (logged)
   train.eval_every_steps = 500  # likelihood bound on the valid split; 0 disables it
   train.num_eval_batches = 4
   train.checkpoint_every_steps = 250
