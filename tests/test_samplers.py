@@ -133,6 +133,36 @@ def test_decoders_and_clamps():
                          3, "bogus")
 
 
+@pytest.mark.parametrize("rows", [7, samplers.ROW_BLOCK, 3 * samplers.ROW_BLOCK + 5])
+def test_blocked_decoders_match_float64_brute_force(rows):
+  """Row-blocked decoders and the soft clamp against [rows, vocab, d] distances in float64,
+  for row counts below, at and not a multiple of the block (padding is dropped)."""
+  rng = np.random.default_rng(rows)
+  table = rng.normal(size=(37, 6)) * rng.uniform(0.5, 2.0, size=(37, 1))
+  bias = rng.normal(size=37)
+  x = rng.normal(size=(rows, 2, 6))
+  j = lambda a: jnp.asarray(a, jnp.float32)
+  l2 = np.argmin(np.sum((x[:, :, None, :] - table) ** 2, axis=-1), axis=-1)
+  logits = x @ table.T + bias
+  unit = table / np.linalg.norm(table, axis=-1, keepdims=True)
+  np.testing.assert_array_equal(samplers.decode(j(x), j(table), method="l2"), l2)
+  np.testing.assert_array_equal(samplers.decode(j(x), j(table), j(bias), "readout"),
+                                np.argmax(logits, axis=-1))
+  np.testing.assert_array_equal(samplers.decode(j(x), j(table), method="cosine"),
+                                np.argmax(x @ unit.T, axis=-1))
+  np.testing.assert_allclose(samplers.make_clamp_fn("hard", j(table), decoder="l2")(j(x)), table[l2],
+                             rtol=1e-6)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  np.testing.assert_allclose(samplers.make_clamp_fn("soft", j(table), j(bias))(j(x)), probs @ table,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_ties_pick_the_first_index():
+  table = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  np.testing.assert_array_equal(samplers.decode(jnp.array([[2.0, 0.0]]), table), [0])
+
+
 def test_clamp_applies_only_below_clamp_max_t():
   sched = schedules.get_schedule("cosine")
   x_init = jnp.zeros((2, 3, 2))

@@ -8,7 +8,7 @@
 # learning rate, no weight decay, every step's metrics logged.
 BASE_OVERRIDES = {
     "model.width": 128, "model.num_layers": 3, "model.mlp_dim": 512, "model.num_heads": 4,
-    "train.num_train_steps": 3000, "train.learning_rate": 3e-3, "train.warmup_steps": 50,
+    "train.num_train_steps": 2000, "train.learning_rate": 3e-3, "train.warmup_steps": 50,
     "train.log_every_steps": 50, "train.eval_every_steps": 0, "train.sample_every_steps": 0,
     "train.checkpoint_every_steps": 500, "train.time_limit_minutes": 14.0,
     "diffusion.schedule": "cosine",
