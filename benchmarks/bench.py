@@ -23,7 +23,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdm_jax import parallel, samplers, train  # pylint: disable=g-import-not-at-top
+from cdm_jax import parallel, samplers, schedules, train  # pylint: disable=g-import-not-at-top
 from cdm_jax.models import DiffusionLM
 
 
@@ -138,20 +138,29 @@ def bench_config(path: str, args, peak: float) -> dict:
   forward = jax.jit(lambda p, x, t: model.apply(p, x, schedule.log_snr(t), x, method="denoise").x0_hat)
   forward_s = timed(forward, params, x, t, repeats=args.repeats)
   table, bias = model.apply(params, method="readout_weights")
-  # What a step spends on the vocabulary: the config's clamp (if any) plus one decode.
+  # What a step spends on the vocabulary: the config's clamp, on the steps with t <= clamp_max_t,
+  # plus the one decode after the loop, spread over the default number of steps.
   clamp_fn = samplers.make_clamp_fn(sample_cfg.clamp, table, bias, sample_cfg.decoder)
-  decode_clamp = jax.jit(lambda x: (x if clamp_fn is None else clamp_fn(x),
-                                    samplers.decode(x, table, bias, sample_cfg.decoder)))
-  decode_s = timed(decode_clamp, x, repeats=args.repeats)
+  clamp_s = 0.0 if clamp_fn is None else timed(jax.jit(clamp_fn), x, repeats=args.repeats)
+  decode_s = timed(jax.jit(lambda x: samplers.decode(x, table, bias, sample_cfg.decoder)), x,
+                   repeats=args.repeats)
+  clamped = float(np.mean(np.asarray(schedules.time_grid(schedule, sample_cfg.num_steps)[:-1])
+                          <= sample_cfg.clamp_max_t)) if clamp_fn is not None else 0.0
+  vocab_per_step = clamp_s * clamped + decode_s / sample_cfg.num_steps
   evals = samplers.evaluations_per_step(sample_cfg.sampler)
   n = args.sample_steps
   loop_s = loops[n]
   ideal = (n * evals + 1) * forward_s
+  # The loop's own machinery (noise, posterior update, scan), beyond its forwards and clamps.
+  clamped_in_loop = float(np.sum(np.asarray(schedules.time_grid(schedule, n)) <= sample_cfg.clamp_max_t))
+  machinery = loop_s - ideal - (clamped_in_loop * clamp_s if clamp_fn is not None else 0.0)
   result.update({
       "sample_batch": batch_size, "sampler": sample_cfg.sampler, "clamp": sample_cfg.clamp,
+      "clamp_max_t": sample_cfg.clamp_max_t,
       "sample_step_s": per_step, "denoiser_forward_s": forward_s,
       "loop_s": loop_s, "loop_steps": n, "loop_overhead": (loop_s - ideal) / loop_s,
-      "decode_clamp_s": decode_s, "decode_clamp_share": decode_s / per_step,
+      "loop_machinery_share": machinery / loop_s,
+      "clamp_s": clamp_s, "decode_s": decode_s, "decode_clamp_share": vocab_per_step / per_step,
       "default_steps": sample_cfg.num_steps,
       "time_to_64_samples_s": per_step * sample_cfg.num_steps * 64 / batch_size,
       "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -182,7 +191,9 @@ def main():
       ("GFLOP/s", "train_gflops", "{:.0f}"), ("MFU vs peak", "train_mfu", "{:.0%}"),
       ("compile (s)", "train_compile_s", "{:.1f}"), ("sample step (s)", "sample_step_s", "{:.3f}"),
       ("denoiser forward (s)", "denoiser_forward_s", "{:.3f}"),
-      ("loop overhead", "loop_overhead", "{:.1%}"), ("decode+clamp share", "decode_clamp_share", "{:.1%}"),
+      ("loop overhead (vs N forwards)", "loop_overhead", "{:.1%}"),
+      ("  of which loop machinery", "loop_machinery_share", "{:.1%}"),
+      ("clamp (s)", "clamp_s", "{:.3f}"), ("decode+clamp share", "decode_clamp_share", "{:.1%}"),
       ("default steps", "default_steps", "{}"), ("64 samples (s)", "time_to_64_samples_s", "{:.0f}"),
       ("peak RSS (GiB)", "peak_rss_GiB", "{:.2f}")]
   names = [pathlib.Path(r["config"]).stem for r in results]

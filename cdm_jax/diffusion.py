@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from cdm_jax import registry, schedules as schedules_lib
+from cdm_jax import registry, schedules as schedules_lib, vocab_ops
 
 Array = jax.Array
 
@@ -108,11 +108,13 @@ def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight:
     t_min = jnp.full_like(t, schedule.t_min)
     gamma0 = schedule.gamma(t_min)[:, None, None]
     z0 = q_sample(x0, t_min, noise[1], schedule) / gamma0
-    rounding = jnp.sum(token_cross_entropy(apply("readout", z0), tokens) * loss_mask)
+    rounding = jnp.sum(vocab_ops.readout_cross_entropy(z0, *apply("readout_weights"), tokens)
+                       * loss_mask)
     loss_sum += config.rounding_weight * rounding
     metrics["rounding_loss"] = rounding
   if config.anchor_weight:
-    anchor = jnp.sum(token_cross_entropy(apply("readout", out.x0_hat), tokens) * loss_mask)
+    anchor = jnp.sum(vocab_ops.readout_cross_entropy(out.x0_hat, *apply("readout_weights"), tokens)
+                     * loss_mask)
     loss_sum += config.anchor_weight * anchor
     metrics["anchor_loss"] = anchor
   # Read-out accuracy of x0_hat, a monitoring metric: on a few examples only, since the read-out
@@ -159,7 +161,7 @@ def likelihood_bound(model, params, tokens: Array, t: Array, noise: Array,
 
   gamma0 = schedule.gamma(t_min)[:, None, None]
   z0 = q_sample(x0, t_min, noise[1], schedule) / gamma0
-  reconstruction = jnp.sum(token_cross_entropy(apply("readout", z0), tokens))
+  reconstruction = jnp.sum(vocab_ops.readout_cross_entropy(z0, *apply("readout_weights"), tokens))
 
   t = schedule.t_min + t * (schedule.t_max - schedule.t_min)
   x_t = q_sample(x0, t, noise[0], schedule)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import samplers, schedules
+from cdm_jax import samplers, schedules, vocab_ops
 
 
 def np_posterior(x_t, x0, g_s, s_s, g_t, s_t):
@@ -133,7 +133,7 @@ def test_decoders_and_clamps():
                          3, "bogus")
 
 
-@pytest.mark.parametrize("rows", [7, samplers.ROW_BLOCK, 3 * samplers.ROW_BLOCK + 5])
+@pytest.mark.parametrize("rows", [7, vocab_ops.ROW_BLOCK, 3 * vocab_ops.ROW_BLOCK + 5])
 def test_blocked_decoders_match_float64_brute_force(rows):
   """Row-blocked decoders and the soft clamp against [rows, vocab, d] distances in float64,
   for row counts below, at and not a multiple of the block (padding is dropped)."""

@@ -1,0 +1,63 @@
+"""Vocabulary-wide operations on latents, in row blocks: argmax of x.E^T + b, and read-out CE.
+
+A [tokens, vocab] score matrix is 181 MB at 4,096 tokens x 11k words; computed whole, its matmul
+runs memory-bound and every later pass (max, softmax, gradients) streams it again. In blocks of a
+few hundred rows the scores stay in cache; no [.., vocab, dim] tensor is ever formed either.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+ROW_BLOCK = 128  # rows per block: [128, vocab] float32 scores are 5.6 MB at vocab 11k
+
+
+def row_blocks(fn: Callable[..., Array], *arrays: Array, block: int = ROW_BLOCK) -> Array:
+  """Applies `fn` to matching row blocks of `arrays` ([..., k] latents or [...] ids sharing the
+  leading shape) via `lax.map`, and returns its output with the leading shape restored."""
+  lead = arrays[0].shape[:-1]
+  flat = [a.reshape((-1,) + a.shape[len(lead):]) for a in arrays]
+  rows = flat[0].shape[0]
+  if rows <= block:
+    out = fn(*flat)
+  else:
+    padded = -(-rows // block) * block
+    blocks = [jnp.pad(a, [(0, padded - rows)] + [(0, 0)] * (a.ndim - 1)).reshape(
+        (-1, block) + a.shape[1:]) for a in flat]
+    out = jax.lax.map(lambda args: fn(*args), blocks)
+    out = out.reshape((padded,) + out.shape[2:])[:rows]
+  return out.reshape(lead + out.shape[1:])
+
+
+def first_argmax(scores: Array) -> Array:
+  """argmax over the last axis as max + first index reaching it: two plain reductions, which
+  XLA:CPU runs ~2x faster than its variadic argmax reduction at vocabulary sizes."""
+  vocab = scores.shape[-1]
+  top = jnp.max(scores, axis=-1, keepdims=True)
+  index = jnp.min(jnp.where(scores >= top, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+  return jnp.minimum(index, vocab - 1)  # all-NaN rows: no score reaches the max
+
+
+def argmax_scores(x: Array, table: Array, column_bias: Array | None = None) -> Array:
+  """argmax_v (x . table[v] + column_bias[v]) for every row of x [..., d] -> [...] int32."""
+  def block(rows):
+    scores = rows @ table.T
+    return first_argmax(scores if column_bias is None else scores + column_bias)
+  return row_blocks(block, x)
+
+
+def readout_cross_entropy(x: Array, table: Array, bias: Array | None, tokens: Array,
+                          block: int = 256) -> Array:
+  """-log softmax(x.E^T + b)[token] per position, [...]: the tied read-out's cross-entropy.
+
+  The label logit is a gather; the log-normalizer runs in row blocks, rematerialized in the
+  backward pass, so no [tokens, vocab] logits or gradients are stored between the passes.
+  """
+  bias = jnp.zeros(table.shape[0], x.dtype) if bias is None else bias
+  x = x.astype(jnp.float32)
+  label = jnp.sum(x * jnp.take(table, tokens, axis=0), axis=-1) + jnp.take(bias, tokens)
+  log_norm = row_blocks(jax.checkpoint(lambda rows: jax.nn.logsumexp(rows @ table.T + bias, -1)),
+                        x, block=block)
+  return log_norm - label
