@@ -16,8 +16,16 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 VARIANTS = ["mse_alone", "mse_rounding", "ce_unnormalized", "ce_normalized"]
 PANELS = [("embed_mean_norm", "mean embedding norm"),
           ("embed_mean_pairwise_distance", "mean pairwise distance"),
-          ("embed_distance_to_noise", "distance / noise scale at t=0.1"),
-          ("embed_decode_acc_noisy", "NN decode accuracy, noised (t=0.1)")]
+          ("embed_distance_to_noise", "distance / noise scale at t={t}"),
+          ("embed_decode_acc_noisy", "NN decode accuracy, noised (t={t})")]
+
+
+def stats_t(workdir: pathlib.Path) -> float:
+  """The noise level of the noisy statistics, from the run's resolved config."""
+  path = workdir / "config.json"
+  if path.is_file():
+    return json.loads(path.read_text()).get("train", {}).get("embedding_stats_t", 0.1)
+  return 0.1  # runs from before the field existed
 
 
 def load(workdir: pathlib.Path) -> list[dict]:
@@ -35,8 +43,10 @@ def main():
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   runs = {name: load(pathlib.Path(args.root) / name) for name in VARIANTS}
+  t = stats_t(pathlib.Path(args.root) / VARIANTS[0])
   fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
   for ax, (key, title) in zip(axes, PANELS):
+    title = title.format(t=t)
     for name, rows in runs.items():
       if rows:
         ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=name)
@@ -48,7 +58,8 @@ def main():
   fig.tight_layout()
   fig.savefig(out / "embedding_stats.png", dpi=110)
   lines = ["| variant | steps | norm first -> last | pairwise dist first -> last (ratio) | "
-           "dist/noise last | NN acc noisy last | diffusion loss last |", "|---|---|---|---|---|---|---|"]
+           f"dist/noise (t={t}) last | NN acc noisy (t={t}) first -> last | diffusion loss last |",
+           "|---|---|---|---|---|---|---|"]
   for name, rows in runs.items():
     if not rows:
       continue
@@ -57,7 +68,8 @@ def main():
         f"| {name} | {b['step']} | {a['embed_mean_norm']:.2f} -> {b['embed_mean_norm']:.2f} | "
         f"{a['embed_mean_pairwise_distance']:.2f} -> {b['embed_mean_pairwise_distance']:.2f} "
         f"({b['embed_mean_pairwise_distance'] / a['embed_mean_pairwise_distance']:.2f}x) | "
-        f"{b['embed_distance_to_noise']:.2f} | {b['embed_decode_acc_noisy']:.3f} | {b['diffusion_loss']:.4f} |")
+        f"{b['embed_distance_to_noise']:.2f} | {a['embed_decode_acc_noisy']:.3f} -> "
+        f"{b['embed_decode_acc_noisy']:.3f} | {b['diffusion_loss']:.4f} |")
   (out / "summary.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
