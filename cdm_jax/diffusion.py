@@ -120,7 +120,8 @@ def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight:
   # Read-out accuracy of x0_hat, a monitoring metric: on a few examples only, since the read-out
   # costs a [tokens, dim] x [dim, vocab] matmul that does no training work.
   k = min(config.accuracy_examples, tokens.shape[0])
-  correct = jnp.argmax(apply("readout", jax.lax.stop_gradient(out.x0_hat[:k])), axis=-1) == tokens[:k]
+  table, bias = jax.lax.stop_gradient(apply("readout_weights"))
+  correct = vocab_ops.argmax_scores(jax.lax.stop_gradient(out.x0_hat[:k]), table, bias) == tokens[:k]
   metrics["token_accuracy"] = jnp.sum(correct.astype(jnp.float32) * loss_mask[:k])
   metrics["accuracy_tokens"] = jnp.sum(loss_mask[:k])
   metrics["loss"] = loss_sum
