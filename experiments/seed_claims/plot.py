@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-VARIANTS = ["mse_alone", "mse_rounding", "ce_unnormalized", "ce_normalized"]
+VARIANTS = ["mse_alone", "mse_rounding", "mse_anchor", "ce_unnormalized", "ce_normalized"]
 PANELS = [("embed_mean_norm", "mean embedding norm"),
           ("embed_mean_pairwise_distance", "mean pairwise distance"),
           ("embed_distance_to_noise", "distance / noise scale at t={t}"),

@@ -19,6 +19,8 @@ def get_sweep():
   return [
       ("mse_alone", {"diffusion.rounding_weight": 0.0}),
       ("mse_rounding", {"diffusion.rounding_weight": 1.0}),
+      # The anchor term: read-out CE of the denoiser's x0_hat at every t, not only at t_min.
+      ("mse_anchor", {"diffusion.rounding_weight": 0.0, "diffusion.anchor_weight": 1.0}),
       ("ce_unnormalized", {"model.output": "logits", "model.normalize_embeddings": False,
                            "diffusion.rounding_weight": 0.0}),
       ("ce_normalized", {"model.output": "logits", "model.normalize_embeddings": True,
