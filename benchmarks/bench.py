@@ -23,7 +23,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdm_jax import parallel, samplers, schedules, train  # pylint: disable=g-import-not-at-top
+from cdm_jax import parallel, samplers, train  # pylint: disable=g-import-not-at-top
 from cdm_jax.models import DiffusionLM
 
 
@@ -122,49 +122,52 @@ def bench_config(path: str, args, peak: float) -> dict:
       "train_metric_gflop": flops["metric_readout"] / 1e9,
   }
 
-  # Sampling: per-step time from two loop lengths, against one denoiser forward.
+  # Sampling: per-step time from two loop lengths, against one denoiser forward; the clamp's
+  # share of a step is the difference to the same loop without it (its cost inside the loop).
   params = state.ema_params
   batch_size = args.sample_batch
   sample_cfg = config.sample
-  loops = {}
-  for n in (args.sample_steps, 2 * args.sample_steps):
-    fn = parallel.make_sample_fn(model, schedule, mesh, batch_size, n, sample_cfg.sampler,
-                                 sample_cfg.clamp, sample_cfg.decoder,
-                                 clamp_max_t=sample_cfg.clamp_max_t)
-    loops[n] = timed(fn, params, jax.random.PRNGKey(0), repeats=args.repeats)
-  per_step = (loops[2 * args.sample_steps] - loops[args.sample_steps]) / args.sample_steps
+  n = args.sample_steps
+
+  def loop_times(clamp: str) -> dict:
+    out = {}
+    for steps in (n, 2 * n):
+      fn = parallel.make_sample_fn(model, schedule, mesh, batch_size, steps, sample_cfg.sampler,
+                                   clamp, sample_cfg.decoder, clamp_max_t=sample_cfg.clamp_max_t)
+      out[steps] = timed(fn, params, jax.random.PRNGKey(0), repeats=args.repeats)
+    return out
+
+  loops = loop_times(sample_cfg.clamp)
+  bare = loops if sample_cfg.clamp == "none" else loop_times("none")
+  per_step = (loops[2 * n] - loops[n]) / n
+  clamp_per_step = per_step - (bare[2 * n] - bare[n]) / n
   x = jax.random.normal(jax.random.PRNGKey(0), (batch_size, config.data.seq_len, config.model.embed_dim))
   t = jnp.full((batch_size,), 0.5)
   forward = jax.jit(lambda p, x, t: model.apply(p, x, schedule.log_snr(t), x, method="denoise").x0_hat)
   forward_s = timed(forward, params, x, t, repeats=args.repeats)
   table, bias = model.apply(params, method="readout_weights")
-  # What a step spends on the vocabulary: the config's clamp, on the steps with t <= clamp_max_t,
-  # plus the one decode after the loop, spread over the default number of steps.
   clamp_fn = samplers.make_clamp_fn(sample_cfg.clamp, table, bias, sample_cfg.decoder)
   clamp_s = 0.0 if clamp_fn is None else timed(jax.jit(clamp_fn), x, repeats=args.repeats)
   decode_s = timed(jax.jit(lambda x: samplers.decode(x, table, bias, sample_cfg.decoder)), x,
                    repeats=args.repeats)
-  clamped = float(np.mean(np.asarray(schedules.time_grid(schedule, sample_cfg.num_steps)[:-1])
-                          <= sample_cfg.clamp_max_t)) if clamp_fn is not None else 0.0
-  vocab_per_step = clamp_s * clamped + decode_s / sample_cfg.num_steps
+  # Vocabulary work per step: the clamp inside the loop plus the one decode after it, spread over
+  # the default number of steps.
+  vocab_per_step = clamp_per_step + decode_s / sample_cfg.num_steps
   evals = samplers.evaluations_per_step(sample_cfg.sampler)
-  n = args.sample_steps
   loop_s = loops[n]
   ideal = (n * evals + 1) * forward_s
-  # The loop's own machinery (noise, posterior update, scan), beyond its forwards and clamps.
-  clamped_in_loop = float(np.sum(np.asarray(schedules.time_grid(schedule, n)) <= sample_cfg.clamp_max_t))
-  machinery = loop_s - ideal - (clamped_in_loop * clamp_s if clamp_fn is not None else 0.0)
   result.update({
       "sample_batch": batch_size, "sampler": sample_cfg.sampler, "clamp": sample_cfg.clamp,
       "clamp_max_t": sample_cfg.clamp_max_t,
       "sample_step_s": per_step, "denoiser_forward_s": forward_s,
       "loop_s": loop_s, "loop_steps": n, "loop_overhead": (loop_s - ideal) / loop_s,
-      "loop_machinery_share": machinery / loop_s,
+      "loop_machinery_share": (bare[n] - ideal) / loop_s, "clamp_in_loop_s": clamp_per_step,
       "clamp_s": clamp_s, "decode_s": decode_s, "decode_clamp_share": vocab_per_step / per_step,
       "default_steps": sample_cfg.num_steps,
       "time_to_64_samples_s": per_step * sample_cfg.num_steps * 64 / batch_size,
       "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
   })
+  result["clamp_pair"] = f"{clamp_s:.3f} / {clamp_per_step:.3f}"
   return result
 
 
@@ -193,7 +196,8 @@ def main():
       ("denoiser forward (s)", "denoiser_forward_s", "{:.3f}"),
       ("loop overhead (vs N forwards)", "loop_overhead", "{:.1%}"),
       ("  of which loop machinery", "loop_machinery_share", "{:.1%}"),
-      ("clamp (s)", "clamp_s", "{:.3f}"), ("decode+clamp share", "decode_clamp_share", "{:.1%}"),
+      ("clamp alone / in the loop (s)", "clamp_pair", "{}"),
+      ("decode+clamp share", "decode_clamp_share", "{:.1%}"),
       ("default steps", "default_steps", "{}"), ("64 samples (s)", "time_to_64_samples_s", "{:.0f}"),
       ("peak RSS (GiB)", "peak_rss_GiB", "{:.2f}")]
   names = [pathlib.Path(r["config"]).stem for r in results]
