@@ -174,6 +174,8 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
 
 DECODERS = registry.Registry("decoder")
 register_decoder = DECODERS.register
+
+
 @register_decoder("l2")
 def decode_l2(x, table, bias=None):
   """Nearest embedding in L2: argmin ||x - e||^2 = argmax (2 x.e - ||e||^2)."""

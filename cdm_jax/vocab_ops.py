@@ -14,26 +14,26 @@ Array = jax.Array
 ROW_BLOCK = 128  # rows per block: [128, vocab] float32 scores are 5.6 MB at vocab 11k
 
 
-def row_blocks(fn: Callable[..., Array], *arrays: Array, block: int = ROW_BLOCK) -> Array:
-  """Applies `fn` to matching row blocks of `arrays` ([..., k] latents or [...] ids sharing the
-  leading shape) via `lax.map`, and returns its output with the leading shape restored."""
-  lead = arrays[0].shape[:-1]
-  flat = [a.reshape((-1,) + a.shape[len(lead):]) for a in arrays]
-  rows = flat[0].shape[0]
+def row_blocks(fn: Callable[[Array], Array], x: Array, block: int = ROW_BLOCK) -> Array:
+  """Applies `fn: [rows, d] -> [rows, ...]` to the rows of x [..., d] in blocks (`lax.map`), padding
+  the last block, and returns [..., ...] with x's leading shape."""
+  lead, dim = x.shape[:-1], x.shape[-1]
+  flat = x.reshape(-1, dim)
+  rows = flat.shape[0]
   if rows <= block:
-    out = fn(*flat)
+    out = fn(flat)
   else:
     padded = -(-rows // block) * block
-    blocks = [jnp.pad(a, [(0, padded - rows)] + [(0, 0)] * (a.ndim - 1)).reshape(
-        (-1, block) + a.shape[1:]) for a in flat]
-    out = jax.lax.map(lambda args: fn(*args), blocks)
+    flat = jnp.pad(flat, ((0, padded - rows), (0, 0)))
+    out = jax.lax.map(fn, flat.reshape(-1, block, dim))
     out = out.reshape((padded,) + out.shape[2:])[:rows]
   return out.reshape(lead + out.shape[1:])
 
 
 def first_argmax(scores: Array) -> Array:
   """argmax over the last axis as max + first index reaching it: two plain reductions, which
-  XLA:CPU runs ~2x faster than its variadic argmax reduction at vocabulary sizes."""
+  XLA:CPU runs faster than its variadic argmax reduction on row blocks (the peer-sized hard clamp:
+  175 against 256 ms in a micro-benchmark; benchmarks/NOTES.md)."""
   vocab = scores.shape[-1]
   top = jnp.max(scores, axis=-1, keepdims=True)
   index = jnp.min(jnp.where(scores >= top, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
