@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from cdm_jax import diffusion, parallel, text_metrics, train
+from cdm_jax import diffusion, text_metrics, train
 from cdm_jax import judge as judge_lib
 from cdm_jax import sample as sample_lib
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
@@ -87,12 +87,8 @@ def likelihood_on_valid(generator: sample_lib.Generator, judge: judge_lib.Judge,
   bounds = {}
   for log_snr_max in LOG_SNR_CAPS:
     eval_fn = train.make_eval_fn(generator.model, generator.schedule, mesh, log_snr_max)
-    total = 0.0
-    for i in range(num_batches):
-      sums = eval_fn(generator.params, parallel.shard_batch(rows[i * batch_size:(i + 1) * batch_size], mesh),
-                     jax.random.PRNGKey(seed + i))
-      total += float(sums["total"])
-    bounds[str(log_snr_max)] = total / real_tokens
+    sums = train.bound_sums(eval_fn, generator.params, rows, batch_size, num_batches, seed, mesh)
+    bounds[str(log_snr_max)] = float(sums["total"]) / real_tokens
   best_cap = min(bounds, key=bounds.get)
   bound = bounds[best_cap]
   judge_nll = float(np.sum(judge.score(rows)["nll"]))

@@ -80,18 +80,25 @@ def make_eval_fn(model, schedule, mesh, log_snr_max: float | None = None):
   return jax.jit(bound, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh), None))
 
 
-def evaluate_bound(eval_fn, params, valid: np.ndarray, batch_size: int, num_batches: int, seed: int,
-                   mesh) -> dict:
-  """Likelihood bound in nats and bits per position over the first `num_batches` valid batches."""
+def bound_sums(eval_fn, params, valid: np.ndarray, batch_size: int, num_batches: int, seed: int,
+               mesh) -> dict | None:
+  """`eval_fn`'s sums over the first `num_batches` (0: all) whole valid batches, batch i drawn
+  with key `seed + i`; None when there is no whole batch."""
   totals = None
   available = len(valid) // batch_size
   for i in range(min(num_batches, available) if num_batches else available):
     tokens = valid[i * batch_size:(i + 1) * batch_size]
     sums = eval_fn(params, parallel.shard_batch(tokens, mesh), jax.random.PRNGKey(seed + i))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return None if totals is None else jax.device_get(totals)
+
+
+def evaluate_bound(eval_fn, params, valid: np.ndarray, batch_size: int, num_batches: int, seed: int,
+                   mesh) -> dict:
+  """Likelihood bound in nats and bits per position over the first `num_batches` valid batches."""
+  totals = bound_sums(eval_fn, params, valid, batch_size, num_batches, seed, mesh)
   if totals is None:
     return {}
-  totals = jax.device_get(totals)
   per_pos = {k: float(v) / float(totals["positions"]) for k, v in totals.items() if k != "positions"}
   out = {f"valid_bound_{k}_nats": v for k, v in per_pos.items()}
   out["valid_bound_bits"] = diffusion.nats_to_bits(per_pos["total"])
