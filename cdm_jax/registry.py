@@ -1,5 +1,6 @@
 """Name -> implementation registries for interchangeable parts (schedules, samplers, corpora...)."""
 
+import dataclasses
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -32,7 +33,6 @@ class Registry(Generic[T]):
 
 def dataclass_from_dict(cls, values: dict, what: str):
   """`cls(**values)`, failing with the unknown keys' names (e.g. from a config block)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(values) - names)
   if unknown:

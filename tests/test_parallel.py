@@ -26,19 +26,18 @@ def run_steps(num_devices, num_steps=3, steps_per_call=1):
                          parallel.replicated(mesh))
   data = np.random.default_rng(0).integers(0, 40, (num_steps, 8, 8)).astype(np.int32)
   losses = []
-  run_steps.step_fn = step  # for the recompilation check
   for i in range(0, num_steps, steps_per_call):
     chunk = data[i:i + steps_per_call] if steps_per_call > 1 else data[i]
     axis = 1 if steps_per_call > 1 else 0
     state, metrics = step(state, parallel.shard_batch(chunk, mesh, axis),
                           parallel.shard_batch(chunk > 0, mesh, axis))
     losses.append(float(metrics["loss"]))  # blocks on every step
-  return state, losses
+  return state, losses, step
 
 
 def test_four_devices_match_one_device():
-  state1, losses1 = run_steps(1)
-  state4, losses4 = run_steps(4)
+  state1, losses1, _ = run_steps(1)
+  state4, losses4, _ = run_steps(4)
   assert int(state1.step) == int(state4.step) == 3
   np.testing.assert_allclose(losses1, losses4, rtol=1e-4)
   chex.assert_trees_all_close(state1.params, state4.params, rtol=1e-4, atol=1e-5)
@@ -47,13 +46,13 @@ def test_four_devices_match_one_device():
 
 
 def test_train_step_compiles_once():
-  run_steps(2, num_steps=4)
-  assert run_steps.step_fn._cache_size() == 1  # pylint: disable=protected-access
+  _, _, step = run_steps(2, num_steps=4)
+  assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_several_steps_per_dispatch_match_single_steps():
-  state1, _ = run_steps(2, num_steps=4)
-  state_scan, _ = run_steps(2, num_steps=4, steps_per_call=2)
+  state1, _, _ = run_steps(2, num_steps=4)
+  state_scan, _, _ = run_steps(2, num_steps=4, steps_per_call=2)
   assert int(state_scan.step) == 4
   chex.assert_trees_all_close(state1.params, state_scan.params, rtol=1e-4, atol=1e-5)
 
