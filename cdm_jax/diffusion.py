@@ -64,7 +64,8 @@ def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight:
   Args:
     model: a `DiffusionLM`; params: its variables.
     tokens, mask: [batch, length] int tokens and bool non-PAD mask.
-    t, weight: [batch] diffusion times and importance weights.
+    t, weight: [batch] diffusion times and importance weights (with the schedule's position_skew,
+      t is the global time and each position gets its own, `schedule.position_times`).
     noise: [2, batch, length, dim] standard normals (the diffusion's and the rounding term's).
     self_cond: scalar bool, whether this batch trains with self-conditioning.
   Returns:
@@ -75,8 +76,9 @@ def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight:
   cfg = model.config
   apply = lambda method, *args, **kw: model.apply(params, *args, method=method, rngs=rngs, **kw)
   x0 = apply("embed", tokens)  # [batch, length, dim]
-  x_t = q_sample(x0, t, noise[0], schedule)
-  log_snr = schedule.log_snr(t)
+  t_pos = schedule.position_times(t, tokens.shape[1])  # t, or [batch, length] with position_skew
+  x_t = q_sample(x0, t_pos, noise[0], schedule)
+  log_snr = schedule.log_snr(t_pos)
   loss_mask = mask if config.mask_padding else jnp.ones_like(mask)
   loss_mask = loss_mask.astype(jnp.float32)
 
@@ -94,7 +96,7 @@ def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight:
   if cfg.output == "logits":
     per_token = token_cross_entropy(out.logits, tokens)
   else:
-    gamma, sigma = schedule.alpha_sigma(t)
+    gamma, sigma = schedule.alpha_sigma(t_pos)
     gamma, sigma = _expand(gamma, x0), _expand(sigma, x0)
     target = {"x0": x0, "eps": noise[0], "v": gamma * noise[0] - sigma * x0}[cfg.output]
     per_token = jnp.mean(jnp.square(out.raw - target), axis=-1)
@@ -128,6 +130,21 @@ def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight:
   # Per-token normalisation (by positions) keeps the warp independent of the padding share.
   per_example_loss = per_example / jnp.maximum(jnp.sum(loss_mask, axis=-1), 1.0)
   return loss_sum, (metrics, per_example_loss)
+
+
+def bound_times(schedule: schedules_lib.Schedule, tau: Array, length: int) -> tuple[Array, Array]:
+  """Times for the bound's Monte Carlo integral over tau ~ U[0, 1], and d t / d tau.
+
+  Without position skew, t = t_min + tau (t_max - t_min), both [batch]. With it, each position's
+  time [batch, length] moves at rate 1 + w inside [t_min, t_max] and stands still where clipped,
+  so every position still travels the whole schedule once as tau goes from 0 to 1.
+  """
+  if not schedule.position_skew:
+    t = schedule.t_min + tau * (schedule.t_max - schedule.t_min)
+    return t, jnp.full_like(t, schedule.t_max - schedule.t_min)
+  raw = schedule.skewed_times(tau, length)
+  inside = (raw > schedule.t_min) & (raw < schedule.t_max)
+  return schedule.clip(raw), jnp.where(inside, 1.0 + schedule.position_skew, 0.0)
 
 
 def likelihood_bound(model, params, tokens: Array, t: Array, noise: Array,
@@ -164,15 +181,15 @@ def likelihood_bound(model, params, tokens: Array, t: Array, noise: Array,
   z0 = q_sample(x0, t_min, noise[1], schedule) / gamma0
   reconstruction = jnp.sum(vocab_ops.readout_cross_entropy(z0, *apply("readout_weights"), tokens))
 
-  t = schedule.t_min + t * (schedule.t_max - schedule.t_min)
+  t, dt_dtau = bound_times(schedule, t, tokens.shape[1])
   x_t = q_sample(x0, t, noise[0], schedule)
   log_snr = schedule.log_snr(t)
   x0_hat = apply("denoise", x_t, log_snr).x0_hat
   if cfg.self_conditioning:  # a deterministic function of x_t, so the bound still holds
     x0_hat = apply("denoise", x_t, log_snr, x0_hat).x0_hat
-  sq_err = jnp.sum(jnp.square(x0 - x0_hat), axis=(1, 2))  # [batch]
-  snr_rate = -schedule.dlog_snr_dt(t) * jnp.exp(log_snr)  # -d SNR / dt
-  diffusion = 0.5 * jnp.sum(snr_rate * sq_err) * (schedule.t_max - schedule.t_min)
+  sq_err = jnp.sum(jnp.square(x0 - x0_hat), axis=-1)  # [batch, length]
+  snr_rate = -schedule.dlog_snr_dt(t) * jnp.exp(log_snr) * dt_dtau  # -d SNR / d tau
+  diffusion = 0.5 * jnp.sum(_expand(snr_rate, sq_err) * sq_err)
   return {"prior": prior, "reconstruction": reconstruction, "diffusion": diffusion,
           "total": prior + reconstruction + diffusion,
           "positions": jnp.asarray(tokens.size, jnp.float32)}

@@ -1,7 +1,8 @@
 """Reverse-process samplers as one compiled loop, plus decoders and clamps from latents to tokens.
 
 `sample_loop(denoise_fn, x_init, rng, schedule, num_steps, sampler)` runs `num_steps` updates from
-t_max to t_min with `lax.scan`, then one last denoising at t_min, and returns that x0_hat. The key of
+t_max to t_min with `lax.scan`, then one last denoising at t_min, and returns that x0_hat (with a
+position-skewed schedule, `schedule.position_times` gives every position its own t and s). The key of
 step i is `fold_in(rng, i)`; `rng` may also be one key per example ([batch, 2]), which makes every
 example's noise independent of how the batch is split over devices.
 """
@@ -20,8 +21,8 @@ DenoiseFn = Callable[[Array, Array, Array], Array]  # (x_t, t [batch], x0_selfco
 class StepInput(NamedTuple):
   x_t: Array          # [batch, m, d]
   x0_selfcond: Array  # previous step's x0_hat
-  t: Array            # [batch]
-  s: Array            # [batch], s < t
+  t: Array            # [batch], or [batch, m] with a position-skewed schedule
+  s: Array            # like t, s <= t
   key: Array          # this step's key(s)
 
 
@@ -111,7 +112,7 @@ def heun_step(denoise, inp: StepInput, schedule):
     velocity_pred = _ode_velocity(schedule, x_pred, x0_pred, inp.s)
     return inp.x_t + dt * 0.5 * (velocity + velocity_pred), x0_pred
 
-  is_last = inp.s[0] <= schedule.t_min * (1.0 + 1e-4) + 1e-7
+  is_last = jnp.max(inp.s) <= schedule.t_min * (1.0 + 1e-4) + 1e-7
   return jax.lax.cond(is_last, lambda _: (x_pred, x0_hat), corrected, None)
 
 
@@ -136,7 +137,7 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
   step_fn = SAMPLERS.get(sampler)
-  batch = x_init.shape[0]
+  batch, length = x_init.shape[:2]
   if times is None:
     times = schedules_lib.time_grid(schedule, num_steps)
   if times.shape != (num_steps + 1,):
@@ -148,8 +149,13 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
       return x0_hat
     if clamp_max_t >= 1.0:
       return clamp_fn(x0_hat)
-    # All examples share the step's time: a cond skips the vocabulary-sized clamp when t is high.
-    return jax.lax.cond(t[0] <= clamp_max_t, clamp_fn, lambda x: x, x0_hat)
+    # All examples share the step's time(s): a cond skips the vocabulary-sized clamp while every
+    # position is above clamp_max_t; with per-position times only those at or below it are clamped.
+    if t.ndim == 1:
+      return jax.lax.cond(t[0] <= clamp_max_t, clamp_fn, lambda x: x, x0_hat)
+    return jax.lax.cond(jnp.min(t) <= clamp_max_t,
+                        lambda x: jnp.where(_b(t <= clamp_max_t, x), clamp_fn(x), x),
+                        lambda x: x, x0_hat)
 
   def fold(i):
     if rng.ndim == 2:
@@ -158,13 +164,13 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
 
   def body(carry, i):
     x_t, x0_selfcond = carry
-    inp = StepInput(x_t, x0_selfcond, jnp.full((batch,), times[i]), jnp.full((batch,), times[i + 1]),
-                    fold(i))
+    t, s = (schedule.position_times(jnp.full((batch,), times[j]), length) for j in (i, i + 1))
+    inp = StepInput(x_t, x0_selfcond, t, s, fold(i))
     return step_fn(denoise, inp, schedule), None
 
   (x_last, x0_selfcond), _ = jax.lax.scan(
       body, (x_init, jnp.zeros_like(x_init)), jnp.arange(num_steps))
-  return denoise(x_last, jnp.full((batch,), times[-1]), x0_selfcond)
+  return denoise(x_last, schedule.position_times(jnp.full((batch,), times[-1]), length), x0_selfcond)
 
 
 # ---------------------------------------------------------------------------------------------

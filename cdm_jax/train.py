@@ -37,7 +37,8 @@ def make_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
   diff = config.diffusion
   kwargs = {"tan_d": {"d": diff.tan_d},
             "ve": {"sigma_min": diff.ve_sigma_min, "sigma_max": diff.ve_sigma_max}}
-  return schedules.get_schedule(diff.schedule, **kwargs.get(diff.schedule, {}))
+  schedule = schedules.get_schedule(diff.schedule, **kwargs.get(diff.schedule, {}))
+  return schedules.with_position_skew(schedule, diff.get("position_skew", 0.0))  # older workdirs lack it
 
 
 def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:

@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion = diff = ml_collections.ConfigDict()
   diff.schedule = "cosine"     # cosine | linear | sqrt | tan_d | ve
   diff.tan_d = 9.0             # d of the tan_d schedule
+  diff.position_skew = 0.0     # w > 0: left-to-right denoising, position n of L at time
+                               # clip((1 + w) t - w (1 - n / (L - 1)), 0, 1); 0: all share t
   diff.ve_sigma_min = 0.01     # range of the variance-exploding schedule
   diff.ve_sigma_max = 100.0
   diff.rounding_weight = 1.0   # weight of -log p(w | z_tmin) through the tied read-out

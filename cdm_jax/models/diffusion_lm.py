@@ -72,8 +72,9 @@ class DiffusionLM(nn.Module):
               train: bool = False) -> DenoiserOutput:
     cfg = self.config
     raw = self.denoiser(x_t, log_snr, x0_selfcond, cond, cond_mask, mask, train)
-    gamma = jnp.sqrt(jax.nn.sigmoid(log_snr))[:, None, None]
-    sigma = jnp.sqrt(jax.nn.sigmoid(-log_snr))[:, None, None]
+    log_snr = log_snr.reshape(log_snr.shape + (1,) * (x_t.ndim - log_snr.ndim))  # [batch, (length,) 1..]
+    gamma = jnp.sqrt(jax.nn.sigmoid(log_snr))
+    sigma = jnp.sqrt(jax.nn.sigmoid(-log_snr))
     logits = None
     if cfg.output == "x0":
       x0_hat = raw

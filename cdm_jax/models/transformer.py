@@ -12,11 +12,11 @@ Array = jax.Array
 
 
 def sinusoidal_features(values: Array, dim: int, max_period: float = 10_000.0) -> Array:
-  """[batch] -> [batch, dim] sin/cos features of a scalar (here log-SNR)."""
+  """[...] -> [..., dim] sin/cos features of scalars (here log-SNR)."""
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
   # log-SNR spans about [-20, 20]; the factor spreads it over several periods of the fastest wave.
-  angles = 5.0 * values.astype(jnp.float32)[:, None] * freqs[None, :]
+  angles = 5.0 * values.astype(jnp.float32)[..., None] * freqs
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
@@ -86,7 +86,10 @@ class Stack(nn.Module):
 
 
 class TransformerDenoiser(nn.Module):
-  """Bidirectional denoiser: (x_t, log-SNR, self-conditioning, condition) -> [batch, length, out_dim]."""
+  """Bidirectional denoiser: (x_t, log-SNR, self-conditioning, condition) -> [batch, length, out_dim].
+
+  log-SNR is [batch] (one noise level per sequence) or [batch, length] (one per position).
+  """
   config: ModelConfig
   out_dim: int
 
@@ -112,12 +115,13 @@ class TransformerDenoiser(nn.Module):
         h = h + cond_mask[..., None].astype(dtype) * flag.astype(dtype)
     t_emb = sinusoidal_features(log_snr, cfg.width)
     t_emb = nn.Dense(cfg.width, dtype=dtype, name="time_mlp_in")(t_emb)
-    t_emb = nn.Dense(cfg.width, dtype=dtype, name="time_mlp_out")(nn.silu(t_emb))  # [batch, width]
-    if cfg.time_conditioning == "add":
+    t_emb = nn.Dense(cfg.width, dtype=dtype, name="time_mlp_out")(nn.silu(t_emb))
+    if log_snr.ndim == 2:  # one noise level per position: each position's embedding is added to
+      h = h + t_emb        # its input, and the blocks' conditioning is their mean over positions
+      t_emb = jnp.mean(t_emb, axis=1)
+    elif cfg.time_conditioning == "add":
       h = h + t_emb[:, None, :]
-      block_cond = None
-    else:
-      block_cond = nn.silu(t_emb)
+    block_cond = None if cfg.time_conditioning == "add" else nn.silu(t_emb)  # [batch, width]
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
     h = Stack(cfg, name="stack")(h, block_cond, attention_bias(mask, length, False), not train)
     out = nn.Dense(self.out_dim, dtype=dtype, name="out_proj")(h)
