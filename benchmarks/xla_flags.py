@@ -1,0 +1,85 @@
+"""Training-step time of a config under several XLA_FLAGS settings, one fresh process per setting.
+
+  python benchmarks/xla_flags.py                      # bench_peer, the flags of NOTES.md
+  python benchmarks/xla_flags.py --config=configs/wordnet.py --flags="" --flags="--xla_cpu_use_onednn=true"
+
+XLA reads XLA_FLAGS once per process, so each setting runs in its own child. Each child builds the
+train step as `bench.py` does, calls it once (compile), times `--steps` more calls and a 2048^3
+float32 matmul, and prints one line. Compare settings only within one run on an idle machine.
+"""
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_FLAGS = ["", "--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_custom_call=true",
+                 "--xla_cpu_use_thunk_runtime=false", "--xla_cpu_enable_fast_math=true",
+                 "--xla_cpu_prefer_vector_width=512"]
+
+
+def child(config_path: str, steps: int):
+  import runpy
+  import time
+
+  import jax
+  import numpy as np
+
+  from cdm_jax import parallel, train
+  from cdm_jax.models import DiffusionLM
+
+  config = runpy.run_path(config_path)["get_config"]()
+  model = DiffusionLM(train.model_config(config))
+  tx = train.make_optimizer(config.train)
+  mesh = parallel.make_mesh()
+  batch_size = config.train.batch_size
+  step_fn = parallel.make_train_step(model, tx, train.make_schedule(config), train.loss_config(config),
+                                     mesh, batch_size, config.train.ema_decay, 1)
+  state = jax.device_put(train.init_state(config, model, tx), parallel.replicated(mesh))
+  tokens = np.random.default_rng(0).integers(4, config.data.vocab_size,
+                                             (batch_size, config.data.seq_len)).astype(np.int32)
+  batch = (parallel.shard_batch(tokens, mesh, 0), parallel.shard_batch(tokens > 0, mesh, 0))
+  start = time.perf_counter()
+  state, metrics = step_fn(state, *batch)
+  jax.block_until_ready(metrics)
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step_fn(state, *batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  a = np.ones((2048, 2048), np.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(5):
+    matmul(a).block_until_ready()
+  gflops = 2 * 2048**3 / ((time.perf_counter() - start) / 5) / 1e9
+  print(f"train step median {np.median(times):.3f} s, min {min(times):.3f} s (first call "
+        f"{first:.1f} s); 2048^3 matmul {gflops:.0f} GFLOP/s", flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", default=str(ROOT / "configs/bench_peer.py"))
+  parser.add_argument("--flags", action="append", help="one XLA_FLAGS value per use (default: NOTES.md's)")
+  parser.add_argument("--steps", type=int, default=6)
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    child(args.config, args.steps)
+    return
+  for flags in args.flags if args.flags is not None else DEFAULT_FLAGS:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": path}
+    result = subprocess.run([sys.executable, __file__, "--child", f"--config={args.config}",
+                             f"--steps={args.steps}"], env=env, capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines() or [f"failed: {result.stderr.strip()[-300:]}"]
+    print(f"XLA_FLAGS={flags!r:55} {lines[-1]}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

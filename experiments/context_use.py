@@ -1,0 +1,83 @@
+"""Does a trained denoiser use its context? Read-out accuracy of x0_hat with the true context
+against a foreign one.
+
+For held-out sequences noised to time t, every position is decoded (tied read-out argmax of
+x0_hat) twice: once from the sequence's own noisy latents, once with every *other* position's
+latent taken from a different sequence (the next in the batch) at the same noise level. A
+denoiser that only looks at its own position scores the same on both; the gap is what the
+context buys. With a position-skewed schedule, t is the global time.
+
+  python experiments/context_use.py --workdir=workdirs/wordnet
+"""
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+
+import cdm_jax
+from cdm_jax import diffusion
+from cdm_jax.data import corpora, pipeline, tokenizer as tokenizer_lib
+
+
+def context_accuracy(generator, tokens, times, seed: int = 0) -> list[dict]:
+  model, params, schedule = generator.model, generator.params, generator.schedule
+  table, bias = model.apply(params, method="readout_weights")
+  batch, length = tokens.shape
+  non_pad = tokens != tokenizer_lib.PAD_ID
+
+  def accuracy(x0_hat):
+    correct = jnp.argmax(x0_hat @ table.T + (0.0 if bias is None else bias), axis=-1) == tokens
+    return jnp.sum(correct & non_pad) / jnp.sum(non_pad)
+
+  @jax.jit
+  def at_time(t, key):
+    t_pos = schedule.position_times(jnp.full((batch,), t), length)
+    x_t = diffusion.q_sample(table[tokens], t_pos, jax.random.normal(key, (batch, length, table.shape[1])),
+                             schedule)
+    log_snr = schedule.log_snr(t_pos)
+    denoise = lambda x: model.apply(params, x, log_snr, method="denoise").x0_hat
+    own = accuracy(denoise(x_t))
+    foreign = jnp.roll(x_t, 1, axis=0)
+
+    def keep_one(position):  # x0_hat at `position`, every other position from another sequence
+      mixed = jnp.where((jnp.arange(length) == position)[None, :, None], x_t, foreign)
+      return denoise(mixed)[:, position]
+
+    alone = accuracy(jnp.swapaxes(jax.lax.map(keep_one, jnp.arange(length)), 0, 1))
+    return own, alone
+
+  rows = []
+  for i, t in enumerate(times):
+    own, alone = at_time(jnp.float32(t), jax.random.PRNGKey(seed + i))
+    rows.append({"t": t, "log_snr": float(schedule.log_snr(jnp.float32(t))),
+                 "accuracy_own_context": float(own), "accuracy_foreign_context": float(alone)})
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--num_examples", type=int, default=128)
+  parser.add_argument("--times", default="0.5,0.7,0.8,0.85,0.9,0.95")
+  args = parser.parse_args()
+  generator = cdm_jax.load(args.workdir)
+  data = generator.config.data
+  _, valid = pipeline.split_examples(corpora.read_corpus(data.corpus, data.path, data.field),
+                                     data.valid_percent)
+  tokens, _ = pipeline.encode(generator.tokenizer, valid[:4 * args.num_examples], data.seq_len,
+                              data.long_lines, name="valid")
+  if len(tokens) < 2:
+    raise SystemExit("Need at least two held-out sequences.")
+  rows = context_accuracy(generator, jnp.asarray(tokens[:args.num_examples]),
+                          [float(t) for t in args.times.split(",")])
+  print(f"{'t':>5} {'log-SNR':>8} {'own context':>12} {'foreign context':>16}")
+  for r in rows:
+    print(f"{r['t']:>5} {r['log_snr']:>8.2f} {r['accuracy_own_context']:>12.3f} "
+          f"{r['accuracy_foreign_context']:>16.3f}")
+  print(json.dumps({"workdir": args.workdir, "step": generator.step, "rows": rows}))
+
+
+if __name__ == "__main__":
+  main()
