@@ -161,3 +161,39 @@ def test_denoiser_takes_per_position_log_snr():
   moved = model.apply(params, x, log_snr.at[:, 3].set(6.0), method="denoise")
   change = np.abs(np.asarray(moved.x0_hat - out.x0_hat)).sum(axis=(0, 2))
   assert change.argmax() == 3
+
+
+class NeighbourModel:
+  """Duck-typed model for experiments/context_use.py: x0_hat at each position is computed either
+  from the position's own latent or from its left neighbour's."""
+
+  def __init__(self, use_neighbour):
+    self.use_neighbour = use_neighbour
+
+  def apply(self, params, *args, method, **kwargs):
+    table = params["table"]
+    if method == "readout_weights":
+      return table, None
+    x_t, log_snr = args
+    gamma = jnp.sqrt(jax.nn.sigmoid(log_snr))[:, None, None]
+    source = jnp.roll(x_t, 1, axis=1) if self.use_neighbour else x_t
+    return DenoiserOutput(x0_hat=source / gamma, raw=None, logits=None)
+
+
+def test_context_use_diagnostic_separates_local_from_contextual_denoisers():
+  import pathlib
+  import runpy
+  import types
+  script = pathlib.Path(__file__).resolve().parents[1] / "experiments/context_use.py"
+  context_accuracy = runpy.run_path(str(script))["context_accuracy"]
+  table = 4.0 * jnp.eye(8)  # well-separated embeddings
+  tokens = jnp.repeat(jnp.arange(4, 8)[:, None], 5, axis=1)  # every sequence repeats one token
+  rows = {}
+  for use_neighbour in (False, True):
+    generator = types.SimpleNamespace(model=NeighbourModel(use_neighbour), params={"table": table},
+                                      schedule=schedules.get_schedule("cosine"))
+    rows[use_neighbour] = context_accuracy(generator, tokens, [0.2])[0]
+  local, contextual = rows[False], rows[True]
+  assert local["accuracy_own_context"] == local["accuracy_foreign_context"] == 1.0
+  assert contextual["accuracy_own_context"] == 1.0
+  assert contextual["accuracy_foreign_context"] <= 0.25  # the neighbour now comes from another sequence
