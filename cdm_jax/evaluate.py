@@ -187,6 +187,8 @@ def main(argv=None):
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_float("judge_minutes", judge_lib.JudgeConfig.time_limit_minutes,
                      "Training budget of the judge when it is not cached yet.")
+  flags.DEFINE_integer("judge_steps", 0, "> 0: train the judge for exactly this many steps instead "
+                       "(the same judge however busy the machine is).")
   flags.DEFINE_float("ar_temperature", 1.0, "Temperature of the AR baseline's samples.")
   flags.DEFINE_float("ar_top_p", 1.0, "Nucleus mass of the AR baseline's samples.")
 
@@ -195,7 +197,7 @@ def main(argv=None):
     logging.getLogger("cdm_jax").setLevel(logging.INFO)
     f = flags.FLAGS
     result = evaluate(f.workdir, f.num_samples, f.sampler, f.steps, f.clamp, f.seed,
-                      judge_lib.JudgeConfig(time_limit_minutes=f.judge_minutes),
+                      judge_lib.judge_budget(f.judge_minutes, f.judge_steps),
                       f.ar_temperature, f.ar_top_p)
     print(json.dumps(result, indent=2, default=_json_default))
 

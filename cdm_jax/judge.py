@@ -36,8 +36,20 @@ class JudgeConfig:
   learning_rate: float = 1e-3
   warmup_steps: int = 200
   max_steps: int = 20_000
-  time_limit_minutes: float = 4.0  # the judge trains until max_steps or this much time
-  seed: int = 0
+  time_limit_minutes: float = 4.0  # the judge trains until max_steps or this much time; <= 0: no
+  seed: int = 0                    # time limit, exactly max_steps (reproducible on a busy machine)
+
+
+def judge_budget(minutes: float = JudgeConfig.time_limit_minutes, steps: int = 0) -> JudgeConfig:
+  """The judge's training budget: `steps` > 0 trains exactly that many steps (learning rate decayed
+  over them, no time limit); otherwise until `minutes` have passed (at most max_steps)."""
+  if steps < 0:
+    raise ValueError(f"judge steps must be >= 0, got {steps}.")
+  if steps:
+    return JudgeConfig(max_steps=steps, time_limit_minutes=0.0)
+  if minutes <= 0:
+    raise ValueError(f"judge minutes must be > 0 without a step budget, got {minutes}.")
+  return JudgeConfig(time_limit_minutes=minutes)
 
 
 def cache_root() -> pathlib.Path:
@@ -157,7 +169,10 @@ def train_judge(train_tokens: np.ndarray, vocab_size: int, config: JudgeConfig) 
   start = time.perf_counter()
   losses, steps = [], 0
   with tqdm.tqdm(total=config.max_steps, desc="judge", mininterval=5.0) as bar:
-    while steps < config.max_steps and time.perf_counter() - start < 60 * config.time_limit_minutes:
+    def in_time():
+      return config.time_limit_minutes <= 0 or time.perf_counter() - start < 60 * config.time_limit_minutes
+
+    while steps < config.max_steps and in_time():
       params, opt_state, loss = step(params, opt_state, next(batches),
                                      jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), steps))
       steps += 1

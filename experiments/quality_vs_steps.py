@@ -33,11 +33,12 @@ def main():
   parser.add_argument("--clamps", default="none,soft")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--judge_minutes", type=float, default=judge_lib.JudgeConfig.time_limit_minutes)
+  parser.add_argument("--judge_steps", type=int, default=0, help="> 0: a step-budgeted judge instead")
   parser.add_argument("--out", default=str(ROOT / "experiments/results"))
   args = parser.parse_args()
 
   generator, data, judge = evaluate.load_for_evaluation(
-      args.workdir, judge_lib.JudgeConfig(time_limit_minutes=args.judge_minutes))
+      args.workdir, judge_lib.judge_budget(args.judge_minutes, args.judge_steps))
   config = generator.config
   n = min(args.num_samples, len(data.valid_text))
   references, _ = evaluate.shuffled_real_sets(data.valid_text, n, args.seed)

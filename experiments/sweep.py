@@ -23,7 +23,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdm_jax import train  # pylint: disable=g-import-not-at-top
+from cdm_jax import judge as judge_lib, train  # pylint: disable=g-import-not-at-top
 
 
 def apply_overrides(config, overrides: dict):
@@ -64,6 +64,8 @@ def main():
   parser.add_argument("--only", default="", help="comma-separated variant names")
   parser.add_argument("--evaluate", action="store_true", help="also run cdm_jax.evaluate per variant")
   parser.add_argument("--num_samples", type=int, default=200)
+  parser.add_argument("--judge_minutes", type=float, default=judge_lib.JudgeConfig.time_limit_minutes)
+  parser.add_argument("--judge_steps", type=int, default=0, help="> 0: a step-budgeted judge instead")
   parser.add_argument("--dry_run", action="store_true", help="print the launch lines only")
   args = parser.parse_args()
   logging.basicConfig(level=logging.INFO)
@@ -98,7 +100,9 @@ def main():
         result = evaluate.evaluate(str(workdir), num_samples=args.num_samples,
                                    sampler=overrides.get("sample.sampler"),
                                    steps=overrides.get("sample.num_steps"),
-                                   clamp=overrides.get("sample.clamp"))
+                                   clamp=overrides.get("sample.clamp"),
+                                   judge_config=judge_lib.judge_budget(args.judge_minutes,
+                                                                       args.judge_steps))
         eval_file.parent.mkdir(parents=True, exist_ok=True)
         eval_file.write_text(json.dumps(result, indent=2))
       row.update(headline(result))

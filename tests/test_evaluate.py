@@ -30,8 +30,9 @@ def setup(tmp_path_factory):
   tokenizer = tokenizer_lib.train_tokenizer(train_text, 48)
   train_rows, _ = pipeline.encode(tokenizer, train_text, 32)
   config = judge_lib.JudgeConfig(width=64, num_layers=2, num_heads=2, mlp_dim=128, dropout_rate=0.0,
-                                 max_steps=400, warmup_steps=20, learning_rate=3e-3, time_limit_minutes=3)
+                                 max_steps=400, warmup_steps=20, learning_rate=3e-3, time_limit_minutes=0)
   judge = judge_lib.get_judge(tokenizer, train_rows, "synthetic", config)
+  assert judge.info["steps"] == 400  # no time limit: exactly max_steps, however busy the machine
   scorer = evaluate.Scorer(judge, tokenizer, 32, held_out[:200],
                            text_metrics.TrainingSetIndex(train_text))
   return judge, scorer, held_out[200:], tokenizer, train_rows, config
@@ -68,3 +69,12 @@ def test_text_statistics():
   assert stats["copy_rate"] == pytest.approx(0.5)
   assert stats["novelty_4gram"] == pytest.approx(1 / 4)  # only "b c d f" is new
   assert stats["self_bleu_4"] > 50
+
+
+def test_judge_budget():
+  assert judge_lib.judge_budget(steps=500) == judge_lib.JudgeConfig(max_steps=500, time_limit_minutes=0.0)
+  assert judge_lib.judge_budget(2.5).time_limit_minutes == 2.5
+  with pytest.raises(ValueError, match="steps"):
+    judge_lib.judge_budget(steps=-1)
+  with pytest.raises(ValueError, match="minutes"):
+    judge_lib.judge_budget(0.0)
