@@ -42,7 +42,8 @@ class Embedder(nn.Module):
 
   def readout(self, x: Array) -> Array:
     """Tied read-out logits `x . E^T + b`, [..., vocab]: ranks by dot product, not L2 distance."""
-    return jnp.einsum("...d,vd->...v", x, self.embeddings()) + self.readout_bias
+    flat = x.reshape(-1, x.shape[-1])  # as rows: a plain matmul in the backward too (see `rows`)
+    return (flat @ self.embeddings().T + self.readout_bias).reshape(x.shape[:-1] + (-1,))
 
 
 class DiffusionLM(nn.Module):
@@ -85,7 +86,8 @@ class DiffusionLM(nn.Module):
     else:  # CDCD score interpolation: the expected embedding under the predicted distribution
       logits = self.embedder.readout(raw)
       raw = logits
-      x0_hat = jnp.einsum("blv,vd->bld", jax.nn.softmax(logits, axis=-1), self.embeddings())
+      probs = jax.nn.softmax(logits, axis=-1)
+      x0_hat = (probs.reshape(-1, probs.shape[-1]) @ self.embeddings()).reshape(x_t.shape)
     if cond is not None:
       x0_hat = jnp.where(cond_mask[..., None], cond, x0_hat)
     return DenoiserOutput(x0_hat=x0_hat, raw=raw, logits=logits)

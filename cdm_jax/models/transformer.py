@@ -20,6 +20,13 @@ def sinusoidal_features(values: Array, dim: int, max_period: float = 10_000.0) -
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def rows(dense: nn.Dense, x: Array) -> Array:
+  """Applies `dense` to x [..., in] as one [rows, in] matrix. The same function as calling it on
+  x, but XLA:CPU then computes the kernel gradient as one plain matmul; contracting over
+  [batch, length] instead costs transposed copies of the activations (benchmarks/NOTES.md)."""
+  return dense(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1] + (dense.features,))
+
+
 def attention_bias(mask: Array | None, length: int, causal: bool) -> Array | None:
   """Additive bias [batch or 1, 1, length, length] from a key mask [batch, length] and causality."""
   bias = None
@@ -48,7 +55,7 @@ class Block(nn.Module):
     else:
       shift1 = scale1 = shift2 = scale2 = 0.0
     h = nn.LayerNorm(dtype=dtype, name="ln_attn")(x) * (1 + scale1) + shift1
-    qkv = nn.Dense(3 * width, dtype=dtype, name="qkv")(h)  # [batch, length, 3 * width]
+    qkv = rows(nn.Dense(3 * width, dtype=dtype, name="qkv"), h)  # [batch, length, 3 * width]
     # Heads move ahead of positions once, so both attention products are plain batched matmuls
     # over [batch, heads] (on XLA:CPU about half the time of the head-interleaved einsums).
     qkv = qkv.reshape(batch, length, 3, cfg.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
@@ -60,10 +67,10 @@ class Block(nn.Module):
     weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
     attended = jnp.matmul(weights, v).transpose(0, 2, 1, 3).reshape(batch, length, width)
     x = x + nn.Dropout(cfg.dropout_rate)(
-        nn.Dense(width, dtype=dtype, name="attn_out")(attended), deterministic=deterministic)
+        rows(nn.Dense(width, dtype=dtype, name="attn_out"), attended), deterministic=deterministic)
     h = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x) * (1 + scale2) + shift2
-    h = nn.gelu(nn.Dense(cfg.mlp_dim, dtype=dtype, name="mlp_in")(h))
-    h = nn.Dense(width, dtype=dtype, name="mlp_out")(h)
+    h = nn.gelu(rows(nn.Dense(cfg.mlp_dim, dtype=dtype, name="mlp_in"), h))
+    h = rows(nn.Dense(width, dtype=dtype, name="mlp_out"), h)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return x, None
 
@@ -106,7 +113,7 @@ class TransformerDenoiser(nn.Module):
     if x0_selfcond is None:
       x0_selfcond = jnp.zeros_like(x_t)
     inputs = jnp.concatenate([x_t, x0_selfcond], axis=-1) if cfg.self_conditioning else x_t
-    h = nn.Dense(cfg.width, dtype=dtype, name="in_proj")(inputs.astype(dtype))
+    h = rows(nn.Dense(cfg.width, dtype=dtype, name="in_proj"), inputs.astype(dtype))
     pos = self.param("pos_embedding", nn.initializers.normal(0.02), (cfg.seq_len, cfg.width))
     h = h + pos[None, :length].astype(dtype)
     if cfg.conditioning:  # a learned marker on the positions whose latents are given
@@ -124,7 +131,7 @@ class TransformerDenoiser(nn.Module):
     block_cond = None if cfg.time_conditioning == "add" else nn.silu(t_emb)  # [batch, width]
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
     h = Stack(cfg, name="stack")(h, block_cond, attention_bias(mask, length, False), not train)
-    out = nn.Dense(self.out_dim, dtype=dtype, name="out_proj")(h)
+    out = rows(nn.Dense(self.out_dim, dtype=dtype, name="out_proj"), h)
     return out.astype(jnp.float32)
 
 
@@ -144,5 +151,7 @@ class TransformerLM(nn.Module):
     h = (embed(tokens) + pos[None, :length]).astype(dtype)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
     h = Stack(cfg, name="stack")(h, None, attention_bias(None, length, True), not train)
-    logits = embed.attend(h.astype(jnp.float32))  # [batch, length, vocab]
-    return (logits, h.astype(jnp.float32)) if return_hidden else logits
+    hidden = h.astype(jnp.float32)
+    logits = embed.attend(hidden.reshape(-1, cfg.width))  # as rows, see `rows`
+    logits = logits.reshape(hidden.shape[:-1] + (-1,))  # [batch, length, vocab]
+    return (logits, hidden) if return_hidden else logits
