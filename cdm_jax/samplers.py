@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from cdm_jax import registry, schedules as schedules_lib, vocab_ops
 
 Array = jax.Array
-DenoiseFn = Callable[[Array, Array, Array], Array]  # (x_t, t [batch], x0_selfcond) -> x0_hat
+DenoiseFn = Callable[[Array, Array, Array], Array]  # (x_t, t [batch] or [batch, m], x0_selfcond) -> x0_hat
 
 
 class StepInput(NamedTuple):
