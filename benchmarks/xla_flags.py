@@ -3,9 +3,10 @@
   python benchmarks/xla_flags.py                      # bench_peer, the flags of NOTES.md
   python benchmarks/xla_flags.py --config=configs/wordnet.py --flags="" --flags="--xla_cpu_use_onednn=true"
 
-XLA reads XLA_FLAGS once per process, so each setting runs in its own child. Each child builds the
-train step as `bench.py` does, calls it once (compile), times `--steps` more calls and a 2048^3
-float32 matmul, and prints one line. Compare settings only within one run on an idle machine.
+XLA reads XLA_FLAGS once per process, so each setting runs in its own child. Each child times the
+train step with `bench.py`'s `time_train_steps` (one compiling call, then `--steps` more) and its
+2048^3 float32 matmul peak, and prints one line. Compare settings only within one run on an idle
+machine.
 """
 
 import argparse
@@ -22,44 +23,14 @@ DEFAULT_FLAGS = ["", "--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn
 
 def child(config_path: str, steps: int):
   import runpy
-  import time
 
-  import jax
   import numpy as np
 
-  from cdm_jax import parallel, train
-  from cdm_jax.models import DiffusionLM
-
-  config = runpy.run_path(config_path)["get_config"]()
-  model = DiffusionLM(train.model_config(config))
-  tx = train.make_optimizer(config.train)
-  mesh = parallel.make_mesh()
-  batch_size = config.train.batch_size
-  step_fn = parallel.make_train_step(model, tx, train.make_schedule(config), train.loss_config(config),
-                                     mesh, batch_size, config.train.ema_decay, 1)
-  state = jax.device_put(train.init_state(config, model, tx), parallel.replicated(mesh))
-  tokens = np.random.default_rng(0).integers(4, config.data.vocab_size,
-                                             (batch_size, config.data.seq_len)).astype(np.int32)
-  batch = (parallel.shard_batch(tokens, mesh, 0), parallel.shard_batch(tokens > 0, mesh, 0))
-  start = time.perf_counter()
-  state, metrics = step_fn(state, *batch)
-  jax.block_until_ready(metrics)
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = step_fn(state, *batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  a = np.ones((2048, 2048), np.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  matmul(a).block_until_ready()
-  start = time.perf_counter()
-  for _ in range(5):
-    matmul(a).block_until_ready()
-  gflops = 2 * 2048**3 / ((time.perf_counter() - start) / 5) / 1e9
+  bench = runpy.run_path(str(ROOT / "benchmarks/bench.py"), run_name="bench")
+  _, first, times = bench["time_train_steps"](runpy.run_path(config_path)["get_config"](), steps)
   print(f"train step median {np.median(times):.3f} s, min {min(times):.3f} s (first call "
-        f"{first:.1f} s); 2048^3 matmul {gflops:.0f} GFLOP/s", flush=True)
+        f"{first:.1f} s); 2048^3 matmul {bench['matmul_peak_gflops'](repeats=5):.0f} GFLOP/s",
+        flush=True)
 
 
 def main():
