@@ -23,10 +23,12 @@ def test_q_sample_moments():
 
 
 class OracleModel:
-  """Duck-typed DiffusionLM whose denoiser returns params["x0_hat"] (the truth, or zeros)."""
+  """Duck-typed DiffusionLM whose denoiser returns params["x0_hat"] (the truth, or zeros; zeros
+  when absent), appending its (x_t, log_snr) inputs to `seen` when given."""
 
-  def __init__(self, config):
+  def __init__(self, config, seen=None):
     self.config = config
+    self.seen = seen
 
   def apply(self, params, *args, method, **kwargs):
     table = params["table"]
@@ -37,7 +39,10 @@ class OracleModel:
     if method == "readout_weights":
       return table, None
     if method == "denoise":
-      return DenoiserOutput(x0_hat=params["x0_hat"], raw=params["x0_hat"], logits=None)
+      if self.seen is not None:
+        self.seen.append(args[:2])
+      x0_hat = params.get("x0_hat", jnp.zeros_like(args[0]))
+      return DenoiserOutput(x0_hat=x0_hat, raw=x0_hat, logits=None)
     raise ValueError(method)
 
 

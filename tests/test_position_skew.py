@@ -7,6 +7,7 @@ import pytest
 
 from cdm_jax import diffusion, samplers, schedules
 from cdm_jax.models import DenoiserOutput, DiffusionLM, ModelConfig
+from test_diffusion import OracleModel  # tests/ is on sys.path (pytest's default import mode)
 
 
 def np_position_times(t, length, w):
@@ -47,30 +48,10 @@ def test_bound_times_integrate_every_position_over_the_whole_schedule(w):
   np.testing.assert_allclose(integral, expected, rtol=2e-3)
 
 
-class RecordingModel:
-  """Duck-typed DiffusionLM: embeds with a table, records the denoiser's inputs, returns zeros."""
-
-  def __init__(self, config, seen):
-    self.config = config
-    self.seen = seen
-
-  def apply(self, params, *args, method, **kwargs):
-    table = params["table"]
-    if method == "embed":
-      return table[args[0]]
-    if method == "readout_weights":
-      return table, None
-    if method == "denoise":
-      self.seen.append(args[:2])  # (x_t, log_snr)
-      zeros = jnp.zeros_like(args[0])
-      return DenoiserOutput(x0_hat=zeros, raw=zeros, logits=None)
-    raise ValueError(method)
-
-
 def test_training_noises_each_position_at_its_own_time():
   config = ModelConfig(vocab_size=12, seq_len=6, embed_dim=4, self_conditioning=False)
   seen = []
-  model = RecordingModel(config, seen)
+  model = OracleModel(config, seen)
   table = jax.random.normal(jax.random.PRNGKey(0), (12, 4))
   tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 6), 0, 12)
   t = jnp.array([0.2, 0.5, 0.9])
@@ -99,7 +80,7 @@ def test_bound_with_constant_error_agrees_across_skews():
   noise = jax.random.normal(jax.random.PRNGKey(2), (2, batch, 6, 4))
   terms = []
   for w in (0.0, 1.0, 3.0):
-    model = RecordingModel(config, [])
+    model = OracleModel(config)
     terms.append(float(diffusion.likelihood_bound(model, {"table": table}, tokens, tau, noise,
                                                   skewed(w), log_snr_max=4.0)["diffusion"]))
   sched = skewed(0.0)
