@@ -23,7 +23,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdm_jax import parallel, samplers, train  # pylint: disable=g-import-not-at-top
+from cdm_jax import host, parallel, samplers, train  # pylint: disable=g-import-not-at-top
 from cdm_jax.models import DiffusionLM
 
 
@@ -86,7 +86,8 @@ def apply_sets(config, sets: list[str]):
 
 def time_train_steps(config, num_steps: int):
   """Builds the config's sharded train step on random tokens and times it: (state, compile seconds,
-  seconds per optimizer step for each of `num_steps` dispatches)."""
+  seconds per optimizer step for each of `num_steps` dispatches, minor page faults per optimizer
+  step over those dispatches)."""
   model = DiffusionLM(train.model_config(config))
   schedule = train.make_schedule(config)
   tx = train.make_optimizer(config.train)
@@ -106,23 +107,25 @@ def time_train_steps(config, num_steps: int):
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(num_steps):
     start = time.perf_counter()
     state, metrics = step_fn(state, *batch)
     jax.block_until_ready(metrics)
     times.append((time.perf_counter() - start) / k)
-  return state, compile_s, times
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+  return state, compile_s, times, faults / (num_steps * k)
 
 
 def bench_config(path: str, args, peak: float) -> dict:
   config = apply_sets(runpy.run_path(path)["get_config"](), args.set)
   config.train.steps_per_call = args.steps_per_call or config.train.steps_per_call
-  state, compile_s, times = time_train_steps(config, args.train_steps)
+  state, compile_s, times, faults = time_train_steps(config, args.train_steps)
   step_s = float(np.median(times))
   flops = model_flops_per_step(config)
   result = {
       "config": path, "overrides": args.set, "params_M": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
-      "train_step_s": step_s, "train_compile_s": compile_s,
+      "train_step_s": step_s, "train_compile_s": compile_s, "train_page_faults": faults,
       "tokens_per_s": config.train.batch_size * config.data.seq_len / step_s,
       "train_model_gflop": flops["train"] / 1e9, "train_gflops": flops["train"] / step_s / 1e9,
       "train_mfu": flops["train"] / step_s / 1e9 / peak,
@@ -190,16 +193,17 @@ def main():
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results/bench.json"))
   args = parser.parse_args()
   configs = args.config or [str(ROOT / "configs/bench_peer.py"), str(ROOT / "configs/wordnet.py")]
+  malloc_tuned = host.tune_malloc()  # as the CLIs do; CDM_JAX_TUNE_MALLOC=0 measures without
   peak = matmul_peak_gflops()
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; float32 matmul peak "
-        f"{peak:.0f} GFLOP/s (2048^2, in-process)")
+        f"{peak:.0f} GFLOP/s (2048^2, in-process); malloc tuned: {malloc_tuned}")
   results = [bench_config(path, args, peak) for path in configs]
   peak_after = matmul_peak_gflops()
   rows = [
       ("params (M)", "params_M", "{:.2f}"), ("train step (s)", "train_step_s", "{:.3f}"),
       ("tokens/s", "tokens_per_s", "{:.0f}"), ("model GFLOP/step", "train_model_gflop", "{:.1f}"),
       ("GFLOP/s", "train_gflops", "{:.0f}"), ("MFU vs peak", "train_mfu", "{:.0%}"),
-      ("compile (s)", "train_compile_s", "{:.1f}"), ("sample step (s)", "sample_step_s", "{:.3f}"),
+      ("compile (s)", "train_compile_s", "{:.1f}"), ("page faults/step", "train_page_faults", "{:.0f}"), ("sample step (s)", "sample_step_s", "{:.3f}"),
       ("denoiser forward (s)", "denoiser_forward_s", "{:.3f}"),
       ("loop overhead (vs N forwards)", "loop_overhead", "{:.1%}"),
       ("  of which loop machinery", "loop_machinery_share", "{:.1%}"),
@@ -217,6 +221,7 @@ def main():
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"peak_gflops": peak, "peak_gflops_after": peak_after,
+                             "malloc_tuned": malloc_tuned,
                              "device": jax.devices()[0].device_kind, "results": results}, indent=2))
 
 

@@ -27,7 +27,9 @@ def child(config_path: str, steps: int):
   import numpy as np
 
   bench = runpy.run_path(str(ROOT / "benchmarks/bench.py"), run_name="bench")
-  _, first, times = bench["time_train_steps"](runpy.run_path(config_path)["get_config"](), steps)
+  from cdm_jax import host  # pylint: disable=g-import-not-at-top
+  host.tune_malloc()  # as bench.py does
+  _, first, times, _ = bench["time_train_steps"](runpy.run_path(config_path)["get_config"](), steps)
   print(f"train step median {np.median(times):.3f} s, min {min(times):.3f} s (first call "
         f"{first:.1f} s); 2048^3 matmul {bench['matmul_peak_gflops'](repeats=5):.0f} GFLOP/s",
         flush=True)

@@ -3,6 +3,13 @@
 __version__ = "0.1.0"
 
 
+def tune_malloc() -> bool:
+  """Faster XLA:CPU steps: glibc keeps and reuses freed memory. Call before the first JAX
+  computation; see `cdm_jax.host`."""
+  from cdm_jax import host
+  return host.tune_malloc()
+
+
 def load(workdir: str, **kwargs):
   """Loads a trained workdir and returns a `cdm_jax.sample.Generator`."""
   from cdm_jax import sample  # imported lazily: keeps `import cdm_jax` light

@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cdm_jax import checkpointing, parallel, schedules, train
+from cdm_jax import checkpointing, host, parallel, schedules, train
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM
 
@@ -78,6 +78,7 @@ class Generator:
 def load(workdir: str, use_ema: bool = True, step: int | None = None,
          num_devices: int | None = None) -> Generator:
   """Restores the latest (or given) checkpoint of `workdir` onto the visible devices."""
+  host.tune_malloc()  # before any JAX call, or it cannot apply
   config = load_config(workdir)
   mesh = parallel.make_mesh(num_devices)
   model = DiffusionLM(train.model_config(config))

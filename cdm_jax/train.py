@@ -19,7 +19,8 @@ import numpy as np
 import optax
 import tqdm
 
-from cdm_jax import checkpointing, diffusion, embedding_stats, metric_writers, parallel, schedules
+from cdm_jax import (checkpointing, diffusion, embedding_stats, host, metric_writers, parallel,
+                     schedules)
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM, ModelConfig
 
@@ -135,6 +136,7 @@ def write_samples(path: pathlib.Path, texts: list[str]):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the diffusion LM in `workdir`; returns the last logged metrics."""
+  host.tune_malloc()  # before any JAX call, or it cannot apply
   workdir_path = pathlib.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
