@@ -38,10 +38,11 @@ def timed(fn, *args, repeats: int):
   return float(np.median(times))
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
-  f = jax.jit(lambda a, b: a @ b)
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:
+  """GFLOP/s of one size^3 matmul with `dtype` operands (float32 accumulation and result)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size)).astype(dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size)).astype(dtype)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
   return 2 * size**3 / timed(f, a, b, repeats=repeats) / 1e9
 
 
@@ -117,7 +118,7 @@ def time_train_steps(config, num_steps: int):
   return state, compile_s, times, faults / (num_steps * k)
 
 
-def bench_config(path: str, args, peak: float) -> dict:
+def bench_config(path: str, args, peak: float, bf16_peak: float) -> dict:
   config = apply_sets(runpy.run_path(path)["get_config"](), args.set)
   config.train.steps_per_call = args.steps_per_call or config.train.steps_per_call
   state, compile_s, times, faults = time_train_steps(config, args.train_steps)
@@ -129,6 +130,10 @@ def bench_config(path: str, args, peak: float) -> dict:
       "tokens_per_s": config.train.batch_size * config.data.seq_len / step_s,
       "train_model_gflop": flops["train"] / 1e9, "train_gflops": flops["train"] / step_s / 1e9,
       "train_mfu": flops["train"] / step_s / 1e9 / peak,
+      "matmul_dtype": config.model.matmul_dtype,
+      # against the peak of the dtype the matmuls run in (bfloat16 operands: the bf16 peak)
+      "train_mfu_own_dtype": flops["train"] / step_s / 1e9 / (
+          bf16_peak if config.model.matmul_dtype == "bfloat16" else peak),
       "train_metric_gflop": flops["metric_readout"] / 1e9,
   }
 
@@ -195,15 +200,20 @@ def main():
   configs = args.config or [str(ROOT / "configs/bench_peer.py"), str(ROOT / "configs/wordnet.py")]
   malloc_tuned = host.tune_malloc()  # as the CLIs do; CDM_JAX_TUNE_MALLOC=0 measures without
   peak = matmul_peak_gflops()
+  bf16_peak = matmul_peak_gflops(dtype=jnp.bfloat16)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; float32 matmul peak "
-        f"{peak:.0f} GFLOP/s (2048^2, in-process); malloc tuned: {malloc_tuned}")
-  results = [bench_config(path, args, peak) for path in configs]
+        f"{peak:.0f} GFLOP/s, bfloat16 operands {bf16_peak:.0f} (2048^3, in-process); "
+        f"malloc tuned: {malloc_tuned}")
+  results = [bench_config(path, args, peak, bf16_peak) for path in configs]
   peak_after = matmul_peak_gflops()
   rows = [
       ("params (M)", "params_M", "{:.2f}"), ("train step (s)", "train_step_s", "{:.3f}"),
       ("tokens/s", "tokens_per_s", "{:.0f}"), ("model GFLOP/step", "train_model_gflop", "{:.1f}"),
-      ("GFLOP/s", "train_gflops", "{:.0f}"), ("MFU vs peak", "train_mfu", "{:.0%}"),
-      ("compile (s)", "train_compile_s", "{:.1f}"), ("page faults/step", "train_page_faults", "{:.0f}"), ("sample step (s)", "sample_step_s", "{:.3f}"),
+      ("GFLOP/s", "train_gflops", "{:.0f}"), ("MFU vs float32 peak", "train_mfu", "{:.0%}"),
+      ("matmul operands", "matmul_dtype", "{}"),
+      ("MFU vs their dtype's peak", "train_mfu_own_dtype", "{:.0%}"),
+      ("compile (s)", "train_compile_s", "{:.1f}"), ("page faults/step", "train_page_faults", "{:.0f}"),
+      ("sample step (s)", "sample_step_s", "{:.3f}"),
       ("denoiser forward (s)", "denoiser_forward_s", "{:.3f}"),
       ("loop overhead (vs N forwards)", "loop_overhead", "{:.1%}"),
       ("  of which loop machinery", "loop_machinery_share", "{:.1%}"),
@@ -221,6 +231,7 @@ def main():
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"peak_gflops": peak, "peak_gflops_after": peak_after,
+                             "bf16_peak_gflops": bf16_peak,
                              "malloc_tuned": malloc_tuned,
                              "device": jax.devices()[0].device_kind, "results": results}, indent=2))
 

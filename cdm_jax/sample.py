@@ -76,10 +76,14 @@ class Generator:
 
 
 def load(workdir: str, use_ema: bool = True, step: int | None = None,
-         num_devices: int | None = None) -> Generator:
-  """Restores the latest (or given) checkpoint of `workdir` onto the visible devices."""
+         num_devices: int | None = None, matmul_dtype: str | None = None) -> Generator:
+  """Restores the latest (or given) checkpoint of `workdir` onto the visible devices;
+  `matmul_dtype` overrides the config's `model.matmul_dtype` for sampling (parameters stay as
+  trained, e.g. "bfloat16" operands for a model trained in float32)."""
   host.tune_malloc()  # before any JAX call, or it cannot apply
   config = load_config(workdir)
+  if matmul_dtype is not None:
+    config.model.matmul_dtype = matmul_dtype
   mesh = parallel.make_mesh(num_devices)
   model = DiffusionLM(train.model_config(config))
   tx = train.make_optimizer(config.train)
@@ -99,12 +103,13 @@ def main(argv=None):
   flags.DEFINE_string("decoder", None, "readout | l2 | cosine.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_bool("raw_params", False, "Use the raw parameters instead of the EMA.")
+  flags.DEFINE_string("matmul_dtype", None, "Override model.matmul_dtype (e.g. bfloat16).")
   flags.DEFINE_string("output", None, "Also write the samples to this file, one per line.")
 
   def run(unused_argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     f = flags.FLAGS
-    generator = load(f.workdir, use_ema=not f.raw_params)
+    generator = load(f.workdir, use_ema=not f.raw_params, matmul_dtype=f.matmul_dtype)
     texts = generator.sample(f.num_samples, f.steps, f.sampler, f.seed, f.clamp, decoder=f.decoder)
     for text in texts:
       print(text)

@@ -55,3 +55,35 @@ def test_block_matches_float64_numpy(causal):
   want = np_block(f64, np.asarray(x, np.float64), np.asarray(cond, np.float64),
                   np.asarray(bias, np.float64), cfg.num_heads)
   np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_matmuls_track_float32_and_lower_to_bfloat16_dots():
+  """model.matmul_dtype=bfloat16: same parameters; the Dense matmuls take bf16 operands (float32
+  accumulation); outputs and gradients stay within bf16 rounding of the float32 block."""
+  cfg32 = ModelConfig(vocab_size=11, seq_len=6, embed_dim=4, width=16, num_heads=4, mlp_dim=32)
+  cfg16 = ModelConfig(**{**cfg32.__dict__, "matmul_dtype": "bfloat16"})
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 16))
+  cond = jax.random.normal(jax.random.PRNGKey(1), (3, 16))
+  params = transformer.Block(cfg32).init(jax.random.PRNGKey(2), x, cond, None, True)
+  assert jax.tree.structure(params) == jax.tree.structure(
+      transformer.Block(cfg16).init(jax.random.PRNGKey(2), x, cond, None, True))
+
+  def loss(cfg):
+    return lambda p, x: jnp.sum(jnp.square(transformer.Block(cfg).apply(p, x, cond, None, True)[0]))
+
+  lowered = jax.jit(loss(cfg16)).lower(params, x).as_text()
+  assert "xbf16>) -> tensor<" in lowered  # a dot_general with bf16 operands and f32 result
+  assert "xbf16>" not in jax.jit(loss(cfg32)).lower(params, x).as_text()
+  out32 = transformer.Block(cfg32).apply(params, x, cond, None, True)[0]
+  out16 = transformer.Block(cfg16).apply(params, x, cond, None, True)[0]
+  assert out16.dtype == jnp.float32
+  err = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+  assert 0 < err < 2e-2, err
+  g32, g16 = (jax.grad(loss(c))(params, x) for c in (cfg32, cfg16))
+  for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
+    assert float(jnp.linalg.norm(a - b)) <= 3e-2 * float(jnp.linalg.norm(a)) + 1e-6
+
+
+def test_model_config_rejects_unknown_matmul_dtype():
+  with pytest.raises(ValueError, match="matmul_dtype"):
+    ModelConfig(matmul_dtype="int4")

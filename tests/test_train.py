@@ -76,6 +76,9 @@ def test_generator_same_seed_same_text_on_any_device_count(trained):
   assert one.sample(num_samples=5, steps=6, seed=3) == texts
   assert cdm_jax.load(str(workdir), num_devices=2).sample(num_samples=5, steps=6, seed=3) == texts
   assert one.step == 20
+  fast = cdm_jax.load(str(workdir), matmul_dtype="bfloat16")  # the float32-trained parameters
+  assert fast.model.config.matmul_dtype == "bfloat16"
+  assert fast.sample(num_samples=5, steps=6, seed=3) == fast.sample(num_samples=5, steps=6, seed=3)
   with pytest.raises(ValueError, match="num_samples"):
     one.sample(num_samples=0)
 

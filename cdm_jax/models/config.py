@@ -27,6 +27,8 @@ class ModelConfig:
   embed_scale: float = 1.0      # rows have norm ~ embed_scale * sqrt(embed_dim)
   output: str = "x0"            # what the denoiser predicts: "x0", "eps", "v" or "logits"
   dtype: str = "float32"        # compute dtype; parameters stay float32
+  matmul_dtype: str = "float32"  # operand dtype of the transformers' Dense matmuls; they always
+                                 # accumulate in float32 (benchmarks/NOTES.md)
   scan_layers: bool = False     # nn.scan over layers (cuts compile time for deep models)
 
   def __post_init__(self):
@@ -36,12 +38,18 @@ class ModelConfig:
       raise ValueError(f"model.time_conditioning must be adaln or add, got {self.time_conditioning!r}.")
     if self.width % self.num_heads:
       raise ValueError(f"model.width={self.width} is not divisible by num_heads={self.num_heads}.")
-    if self.dtype not in _DTYPES:
-      raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
+    for field in ("dtype", "matmul_dtype"):
+      if getattr(self, field) not in _DTYPES:
+        raise ValueError(f"model.{field} must be one of {sorted(_DTYPES)}, got "
+                         f"{getattr(self, field)!r}.")
 
   @property
   def compute_dtype(self) -> Any:
     return _DTYPES[self.dtype]
+
+  @property
+  def matmul_operand_dtype(self) -> Any:
+    return _DTYPES[self.matmul_dtype]
 
   @classmethod
   def from_dict(cls, values: dict):

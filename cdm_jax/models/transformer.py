@@ -1,5 +1,6 @@
 """Pre-LN transformer blocks: the bidirectional denoiser and the causal judge LM share them."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -20,11 +21,31 @@ def sinusoidal_features(values: Array, dim: int, max_period: float = 10_000.0) -
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-def rows(dense: nn.Dense, x: Array) -> Array:
-  """Applies `dense` to x [..., in] as one [rows, in] matrix. The same function as calling it on
+def _cast_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, *,
+                      operand_dtype):
+  """lax.dot_general on operands cast to `operand_dtype`, accumulated and returned in float32,
+  then cast to lhs's dtype."""
+  del preferred_element_type  # the accumulation is float32 whatever the caller prefers
+  out = jax.lax.dot_general(lhs.astype(operand_dtype), rhs.astype(operand_dtype), dimension_numbers,
+                            precision=precision, preferred_element_type=jnp.float32)
+  return out.astype(lhs.dtype)
+
+
+def dense(cfg: ModelConfig, features: int, name: str, **kwargs) -> nn.Dense:
+  """nn.Dense in the compute dtype. With `model.matmul_dtype` different from `model.dtype`, its
+  matmul takes operands of matmul_dtype (accumulating in float32): bfloat16 operands run on the
+  bfloat16/AMX units of recent x86 CPUs (and on TPU/GPU). Same parameters, same names."""
+  dot_general = None
+  if cfg.matmul_dtype != cfg.dtype:
+    dot_general = functools.partial(_cast_dot_general, operand_dtype=cfg.matmul_operand_dtype)
+  return nn.Dense(features, dtype=cfg.compute_dtype, dot_general=dot_general, name=name, **kwargs)
+
+
+def rows(layer: nn.Dense, x: Array) -> Array:
+  """Applies `layer` to x [..., in] as one [rows, in] matrix. The same function as calling it on
   x, but XLA:CPU then computes the kernel gradient as one plain matmul; contracting over
   [batch, length] instead costs transposed copies of the activations (benchmarks/NOTES.md)."""
-  return dense(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1] + (dense.features,))
+  return layer(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1] + (layer.features,))
 
 
 def attention_bias(mask: Array | None, length: int, causal: bool) -> Array | None:
@@ -50,12 +71,12 @@ class Block(nn.Module):
     batch, length, width = x.shape
     head_dim = width // cfg.num_heads
     if cond is not None:  # adaLN: zero-initialised so every block starts as a plain pre-LN block
-      mod = nn.Dense(4 * width, kernel_init=nn.initializers.zeros, dtype=dtype, name="adaln")(cond)
+      mod = dense(cfg, 4 * width, "adaln", kernel_init=nn.initializers.zeros)(cond)
       shift1, scale1, shift2, scale2 = jnp.split(mod[:, None, :], 4, axis=-1)
     else:
       shift1 = scale1 = shift2 = scale2 = 0.0
     h = nn.LayerNorm(dtype=dtype, name="ln_attn")(x) * (1 + scale1) + shift1
-    qkv = rows(nn.Dense(3 * width, dtype=dtype, name="qkv"), h)  # [batch, length, 3 * width]
+    qkv = rows(dense(cfg, 3 * width, "qkv"), h)  # [batch, length, 3 * width]
     # Heads move ahead of positions once, so both attention products are plain batched matmuls
     # over [batch, heads] (on XLA:CPU about half the time of the head-interleaved einsums).
     qkv = qkv.reshape(batch, length, 3, cfg.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
@@ -67,10 +88,10 @@ class Block(nn.Module):
     weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
     attended = jnp.matmul(weights, v).transpose(0, 2, 1, 3).reshape(batch, length, width)
     x = x + nn.Dropout(cfg.dropout_rate)(
-        rows(nn.Dense(width, dtype=dtype, name="attn_out"), attended), deterministic=deterministic)
+        rows(dense(cfg, width, "attn_out"), attended), deterministic=deterministic)
     h = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x) * (1 + scale2) + shift2
-    h = nn.gelu(rows(nn.Dense(cfg.mlp_dim, dtype=dtype, name="mlp_in"), h))
-    h = rows(nn.Dense(width, dtype=dtype, name="mlp_out"), h)
+    h = nn.gelu(rows(dense(cfg, cfg.mlp_dim, "mlp_in"), h))
+    h = rows(dense(cfg, width, "mlp_out"), h)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return x, None
 
@@ -113,7 +134,7 @@ class TransformerDenoiser(nn.Module):
     if x0_selfcond is None:
       x0_selfcond = jnp.zeros_like(x_t)
     inputs = jnp.concatenate([x_t, x0_selfcond], axis=-1) if cfg.self_conditioning else x_t
-    h = rows(nn.Dense(cfg.width, dtype=dtype, name="in_proj"), inputs.astype(dtype))
+    h = rows(dense(cfg, cfg.width, "in_proj"), inputs.astype(dtype))
     pos = self.param("pos_embedding", nn.initializers.normal(0.02), (cfg.seq_len, cfg.width))
     h = h + pos[None, :length].astype(dtype)
     if cfg.conditioning:  # a learned marker on the positions whose latents are given
@@ -121,8 +142,8 @@ class TransformerDenoiser(nn.Module):
       if cond_mask is not None:
         h = h + cond_mask[..., None].astype(dtype) * flag.astype(dtype)
     t_emb = sinusoidal_features(log_snr, cfg.width)
-    t_emb = nn.Dense(cfg.width, dtype=dtype, name="time_mlp_in")(t_emb)
-    t_emb = nn.Dense(cfg.width, dtype=dtype, name="time_mlp_out")(nn.silu(t_emb))
+    t_emb = dense(cfg, cfg.width, "time_mlp_in")(t_emb)
+    t_emb = dense(cfg, cfg.width, "time_mlp_out")(nn.silu(t_emb))
     if log_snr.ndim == 2:  # one noise level per position: each position's embedding is added to
       h = h + t_emb        # its input, and the blocks' conditioning is their mean over positions
       t_emb = jnp.mean(t_emb, axis=1)
@@ -131,7 +152,7 @@ class TransformerDenoiser(nn.Module):
     block_cond = None if cfg.time_conditioning == "add" else nn.silu(t_emb)  # [batch, width]
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
     h = Stack(cfg, name="stack")(h, block_cond, attention_bias(mask, length, False), not train)
-    out = rows(nn.Dense(self.out_dim, dtype=dtype, name="out_proj"), h)
+    out = rows(dense(cfg, self.out_dim, "out_proj"), h)
     return out.astype(jnp.float32)
 
 
