@@ -21,14 +21,49 @@ def sinusoidal_features(values: Array, dim: int, max_period: float = 10_000.0) -
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _low_precision_matmul(x: Array, kernel: Array, operand_dtype) -> Array:
+  """x [rows, in] @ kernel [in, out] (both float32) on `operand_dtype` operands, accumulated in
+  float32.
+
+  Its own backward: d_x is the same kind of product (the cotangent, cast, contracted with the
+  kernel's output axis: XLA:CPU runs that bf16 product on AMX as it is, whereas the float32
+  cotangent of plain autodiff makes it a float32 product); d_kernel stays float32 (a bf16 product
+  contracting over the rows ran slower than float32 here; benchmarks/NOTES.md).
+  """
+  return jax.lax.dot_general(x.astype(operand_dtype), kernel.astype(operand_dtype),
+                             (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _low_precision_matmul_fwd(x, kernel, operand_dtype):
+  x_low, kernel_low = x.astype(operand_dtype), kernel.astype(operand_dtype)
+  out = jax.lax.dot_general(x_low, kernel_low, (((1,), (0,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+  return out, (x_low, kernel_low)
+
+
+def _low_precision_matmul_bwd(operand_dtype, residuals, grad):
+  x_low, kernel_low = residuals
+  d_x = jax.lax.dot_general(grad.astype(operand_dtype), kernel_low, (((1,), (1,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+  d_kernel = jax.lax.dot_general(x_low.astype(jnp.float32), grad.astype(jnp.float32),
+                                 (((0,), (0,)), ((), ())))
+  return d_x, d_kernel
+
+
+_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
+
+
 def _cast_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, *,
                       operand_dtype):
-  """lax.dot_general on operands cast to `operand_dtype`, accumulated and returned in float32,
-  then cast to lhs's dtype."""
-  del preferred_element_type  # the accumulation is float32 whatever the caller prefers
-  out = jax.lax.dot_general(lhs.astype(operand_dtype), rhs.astype(operand_dtype), dimension_numbers,
-                            precision=precision, preferred_element_type=jnp.float32)
-  return out.astype(lhs.dtype)
+  """nn.Dense's dot_general ([..., in] x [in, out]) on `operand_dtype` operands with float32
+  accumulation, returned in lhs's dtype."""
+  del precision, preferred_element_type  # float32 accumulation whatever the caller prefers
+  if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or rhs.ndim != 2:
+    raise ValueError(f"expected a Dense contraction, got {dimension_numbers} for {rhs.shape}.")
+  out = _low_precision_matmul(lhs.reshape(-1, lhs.shape[-1]).astype(jnp.float32),
+                              rhs.astype(jnp.float32), operand_dtype)
+  return out.reshape(lhs.shape[:-1] + (rhs.shape[1],)).astype(lhs.dtype)
 
 
 def dense(cfg: ModelConfig, features: int, name: str, **kwargs) -> nn.Dense:
