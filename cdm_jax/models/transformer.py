@@ -31,8 +31,7 @@ def _low_precision_matmul(x: Array, kernel: Array, operand_dtype) -> Array:
   cotangent of plain autodiff makes it a float32 product); d_kernel stays float32 (a bf16 product
   contracting over the rows ran slower than float32 here; benchmarks/NOTES.md).
   """
-  return jax.lax.dot_general(x.astype(operand_dtype), kernel.astype(operand_dtype),
-                             (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return _low_precision_matmul_fwd(x, kernel, operand_dtype)[0]
 
 
 def _low_precision_matmul_fwd(x, kernel, operand_dtype):
