@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from cdm_jax import diffusion, host, text_metrics, train
+from cdm_jax import diffusion, text_metrics, train
 from cdm_jax import judge as judge_lib
 from cdm_jax import sample as sample_lib
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
@@ -195,7 +195,6 @@ def main(argv=None):
   def run(unused_argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("cdm_jax").setLevel(logging.INFO)
-    host.tune_malloc()
     f = flags.FLAGS
     result = evaluate(f.workdir, f.num_samples, f.sampler, f.steps, f.clamp, f.seed,
                       judge_lib.judge_budget(f.judge_minutes, f.judge_steps),

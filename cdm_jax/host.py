@@ -9,7 +9,7 @@ or trims, the freed memory is reused as it is: 0-30k faults, and the step is 7-9
 heap fragments (peak RSS 1.8 -> 2.5 GiB for the bench_peer step).
 
 Must run before JAX's first computation: the runtime's worker threads pick their malloc arena at
-their first allocation. The CLIs, `train.train_and_evaluate` and `cdm_jax.load` call it; set
+their first allocation. `train.train_and_evaluate` and `cdm_jax.load` (so every CLI) call it; set
 CDM_JAX_TUNE_MALLOC=0 to leave the allocator alone.
 """
 

@@ -6,7 +6,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cdm_jax import host, train
+from cdm_jax import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).",
@@ -23,7 +23,6 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax and JAX are chatty at INFO
   pylogging.getLogger("cdm_jax").setLevel(pylogging.INFO)
-  host.tune_malloc()
   if FLAGS.multihost:
     jax.distributed.initialize()
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -149,10 +149,8 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
       return x0_hat
     if clamp_max_t >= 1.0:
       return clamp_fn(x0_hat)
-    # All examples share the step's time(s): a cond skips the vocabulary-sized clamp while every
-    # position is above clamp_max_t; with per-position times only those at or below it are clamped.
-    if t.ndim == 1:
-      return jax.lax.cond(t[0] <= clamp_max_t, clamp_fn, lambda x: x, x0_hat)
+    # A cond skips the vocabulary-sized clamp while every position is above clamp_max_t; then only
+    # positions at or below it are clamped (all of them unless the schedule is position-skewed).
     return jax.lax.cond(jnp.min(t) <= clamp_max_t,
                         lambda x: jnp.where(_b(t <= clamp_max_t, x), clamp_fn(x), x),
                         lambda x: x, x0_hat)
