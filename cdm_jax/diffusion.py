@@ -85,6 +85,10 @@ def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight:
   def denoise(x0_selfcond):
     return apply("denoise", x_t, log_snr, x0_selfcond, train=train)
 
+  def readout_ce(x):  # per-position read-out CE, its logits in the model's matmul precision
+    return vocab_ops.readout_cross_entropy(x, *apply("readout_weights"), tokens,
+                                           operand_dtype=cfg.matmul_operand_dtype)
+
   zeros = jnp.zeros_like(x0)
   if cfg.self_conditioning:
     x0_selfcond = jax.lax.cond(
@@ -110,13 +114,11 @@ def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight:
     t_min = jnp.full_like(t, schedule.t_min)
     gamma0 = schedule.gamma(t_min)[:, None, None]
     z0 = q_sample(x0, t_min, noise[1], schedule) / gamma0
-    rounding = jnp.sum(vocab_ops.readout_cross_entropy(z0, *apply("readout_weights"), tokens)
-                       * loss_mask)
+    rounding = jnp.sum(readout_ce(z0) * loss_mask)
     loss_sum += config.rounding_weight * rounding
     metrics["rounding_loss"] = rounding
   if config.anchor_weight:
-    anchor = jnp.sum(vocab_ops.readout_cross_entropy(out.x0_hat, *apply("readout_weights"), tokens)
-                     * loss_mask)
+    anchor = jnp.sum(readout_ce(out.x0_hat) * loss_mask)
     loss_sum += config.anchor_weight * anchor
     metrics["anchor_loss"] = anchor
   # Read-out accuracy of x0_hat, a monitoring metric: on a few examples only, since the read-out

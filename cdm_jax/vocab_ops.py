@@ -30,34 +30,48 @@ def row_blocks(fn: Callable[[Array], Array], x: Array, block: int = ROW_BLOCK) -
   return out.reshape(lead + out.shape[1:])
 
 
-def first_argmax(scores: Array) -> Array:
-  """argmax over the last axis as max + first index reaching it: two plain reductions, which
-  XLA:CPU runs faster than its variadic argmax reduction on row blocks (the peer-sized hard clamp:
-  175 against 256 ms in a micro-benchmark; benchmarks/NOTES.md)."""
-  vocab = scores.shape[-1]
-  top = jnp.max(scores, axis=-1, keepdims=True)
-  index = jnp.min(jnp.where(scores >= top, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
-  return jnp.minimum(index, vocab - 1)  # all-NaN rows: no score reaches the max
+def first_argmax(scores: Array, axis: int = -1) -> Array:
+  """argmax over `axis` as max + first index reaching it: two plain reductions, which XLA:CPU runs
+  faster than its variadic argmax reduction (the peer-sized hard clamp: 175 against 256 ms in a
+  micro-benchmark; benchmarks/NOTES.md)."""
+  size = scores.shape[axis]
+  iota = jax.lax.broadcasted_iota(jnp.int32, scores.shape, axis % scores.ndim)
+  top = jnp.max(scores, axis=axis, keepdims=True)
+  index = jnp.min(jnp.where(scores >= top, iota, size), axis=axis)
+  return jnp.minimum(index, size - 1)  # all-NaN rows: no score reaches the max
 
 
 def argmax_scores(x: Array, table: Array, column_bias: Array | None = None) -> Array:
-  """argmax_v (x . table[v] + column_bias[v]) for every row of x [..., d] -> [...] int32."""
+  """argmax_v (x . table[v] + column_bias[v]) for every row of x [..., d] -> [...] int32.
+
+  Each block's scores are laid out [vocab, rows] (table . rows^T) and reduced over the leading
+  axis: XLA:CPU vectorizes those reductions across the rows, 75-85 against 90-97 ms for the
+  peer-sized clamp with [rows, vocab] (benchmarks/NOTES.md, session 5).
+  """
   def block(rows):
-    scores = rows @ table.T
-    return first_argmax(scores if column_bias is None else scores + column_bias)
+    scores = jax.lax.dot_general(table, rows, (((1,), (1,)), ((), ())))  # [vocab, rows]
+    return first_argmax(scores if column_bias is None else scores + column_bias[:, None], axis=0)
   return row_blocks(block, x)
 
 
 def readout_cross_entropy(x: Array, table: Array, bias: Array | None, tokens: Array,
-                          block: int = 256) -> Array:
+                          block: int = 256, operand_dtype=None) -> Array:
   """-log softmax(x.E^T + b)[token] per position, [...]: the tied read-out's cross-entropy.
 
   The label logit is a gather; the log-normalizer runs in row blocks, rematerialized in the
   backward pass, so no [tokens, vocab] logits or gradients are stored between the passes.
+  `operand_dtype` (e.g. bfloat16) rounds the logits matmul's operands to it, accumulating in
+  float32 (the model's `matmul_dtype`); the label logit and the softmax stay float32.
   """
   bias = jnp.zeros(table.shape[0], x.dtype) if bias is None else bias
   x = x.astype(jnp.float32)
   label = jnp.sum(x * jnp.take(table, tokens, axis=0), axis=-1) + jnp.take(bias, tokens)
-  log_norm = row_blocks(jax.checkpoint(lambda rows: jax.nn.logsumexp(rows @ table.T + bias, -1)),
-                        x, block=block)
+  if operand_dtype is None or jnp.dtype(operand_dtype) == jnp.float32:
+    logits = lambda rows: rows @ table.T + bias
+  else:
+    logits = lambda rows: jax.lax.dot_general(
+        rows.astype(operand_dtype), table.astype(operand_dtype), (((1,), (1,)), ((), ())),
+        preferred_element_type=jnp.float32) + bias
+  log_norm = row_blocks(jax.checkpoint(lambda rows: jax.nn.logsumexp(logits(rows), -1)), x,
+                        block=block)
   return log_norm - label

@@ -161,6 +161,8 @@ def test_blocked_decoders_match_float64_brute_force(rows):
 def test_decoder_ties_pick_the_first_index():
   table = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
   np.testing.assert_array_equal(samplers.decode(jnp.array([[2.0, 0.0]]), table), [0])
+  # A NaN latent matches no score: the last index, not an out-of-range one.
+  np.testing.assert_array_equal(samplers.decode(jnp.array([[jnp.nan, 0.0], [0.0, 3.0]]), table), [2, 2])
 
 
 def test_clamp_applies_only_below_clamp_max_t():
