@@ -162,7 +162,8 @@ def bench_config(path: str, args, peak: float, bf16_peak: float) -> dict:
   forward = jax.jit(lambda p, x, t: model.apply(p, x, schedule.log_snr(t), x, method="denoise").x0_hat)
   forward_s = timed(forward, params, x, t, repeats=args.repeats)
   table, bias = model.apply(params, method="readout_weights")
-  clamp_fn = samplers.make_clamp_fn(sample_cfg.clamp, table, bias, sample_cfg.decoder)
+  clamp_fn = samplers.make_clamp_fn(sample_cfg.clamp, table, bias, sample_cfg.decoder,
+                                    operand_dtype=model.config.matmul_operand_dtype)
   clamp_s = 0.0 if clamp_fn is None else timed(jax.jit(clamp_fn), x, repeats=args.repeats)
   decode_s = timed(jax.jit(lambda x: samplers.decode(x, table, bias, sample_cfg.decoder)), x,
                    repeats=args.repeats)

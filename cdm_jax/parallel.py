@@ -172,7 +172,9 @@ def make_sample_fn(model, schedule: schedules_lib.Schedule, mesh, num_samples: i
 
   def per_device(params, keys):
     table, bias = model.apply(params, method="readout_weights")
-    clamp_fn = samplers.make_clamp_fn(clamp, table, bias, decoder, clamp_temperature)
+    # The clamp's vocabulary matmul follows the model's matmul precision; the final decode is exact.
+    clamp_fn = samplers.make_clamp_fn(clamp, table, bias, decoder, clamp_temperature,
+                                      cfg.matmul_operand_dtype)
     x_init = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(keys)
     loop_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
 

@@ -41,15 +41,26 @@ def first_argmax(scores: Array, axis: int = -1) -> Array:
   return jnp.minimum(index, size - 1)  # all-NaN rows: no score reaches the max
 
 
-def argmax_scores(x: Array, table: Array, column_bias: Array | None = None) -> Array:
+def dot_rows(a: Array, b: Array, operand_dtype=None) -> Array:
+  """a . b^T over the last axes, [m, d] x [n, d] -> [m, n] float32. With `operand_dtype` (e.g.
+  bfloat16, the model's `matmul_dtype`) both operands are rounded to it first and the products
+  accumulate in float32."""
+  if operand_dtype is not None and jnp.dtype(operand_dtype) != jnp.float32:
+    a, b = a.astype(operand_dtype), b.astype(operand_dtype)
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def argmax_scores(x: Array, table: Array, column_bias: Array | None = None,
+                  operand_dtype=None) -> Array:
   """argmax_v (x . table[v] + column_bias[v]) for every row of x [..., d] -> [...] int32.
 
   Each block's scores are laid out [vocab, rows] (table . rows^T) and reduced over the leading
-  axis: XLA:CPU vectorizes those reductions across the rows, 75-85 against 90-97 ms for the
-  peer-sized clamp with [rows, vocab] (benchmarks/NOTES.md, session 5).
+  axis: XLA:CPU vectorizes those reductions across the rows (the peer-sized clamp alone: 82
+  against 90 ms with [rows, vocab]; benchmarks/NOTES.md, session 5). A bfloat16 `operand_dtype`
+  makes the result approximate: near-ties within bf16 rounding may pick a neighbour.
   """
   def block(rows):
-    scores = jax.lax.dot_general(table, rows, (((1,), (1,)), ((), ())))  # [vocab, rows]
+    scores = dot_rows(table, rows, operand_dtype)  # [vocab, rows]
     return first_argmax(scores if column_bias is None else scores + column_bias[:, None], axis=0)
   return row_blocks(block, x)
 
@@ -66,12 +77,7 @@ def readout_cross_entropy(x: Array, table: Array, bias: Array | None, tokens: Ar
   bias = jnp.zeros(table.shape[0], x.dtype) if bias is None else bias
   x = x.astype(jnp.float32)
   label = jnp.sum(x * jnp.take(table, tokens, axis=0), axis=-1) + jnp.take(bias, tokens)
-  if operand_dtype is None or jnp.dtype(operand_dtype) == jnp.float32:
-    logits = lambda rows: rows @ table.T + bias
-  else:
-    logits = lambda rows: jax.lax.dot_general(
-        rows.astype(operand_dtype), table.astype(operand_dtype), (((1,), (1,)), ((), ())),
-        preferred_element_type=jnp.float32) + bias
-  log_norm = row_blocks(jax.checkpoint(lambda rows: jax.nn.logsumexp(logits(rows), -1)), x,
-                        block=block)
+  log_norm = row_blocks(
+      jax.checkpoint(lambda rows: jax.nn.logsumexp(dot_rows(rows, table, operand_dtype) + bias, -1)),
+      x, block=block)
   return log_norm - label

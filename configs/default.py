@@ -33,8 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.embed_scale = 1.0      # row norm ~ embed_scale * sqrt(embed_dim)
   model.output = "x0"          # x0 | eps | v (MSE targets) | logits (cross-entropy, CDCD)
   model.dtype = "float32"      # compute dtype: float32 on CPU, bfloat16 on TPU/GPU
-  model.matmul_dtype = "float32"  # operands of the Dense matmuls (float32 accumulation): bfloat16
-                                  # uses AMX on recent Xeons (2x faster sampling forward here)
+  model.matmul_dtype = "float32"  # operands of the Dense matmuls, the read-out CE's logits and the
+                                  # sampling clamp (float32 accumulation): bfloat16 uses AMX on
+                                  # recent Xeons (2x faster sampling forward here)
   model.scan_layers = False    # nn.scan over layers: faster compile for deep models
 
   config.diffusion = diff = ml_collections.ConfigDict()

@@ -158,6 +158,24 @@ def test_blocked_decoders_match_float64_brute_force(rows):
                              rtol=1e-4, atol=1e-5)
 
 
+def test_bfloat16_clamp_is_a_bf16_dot_and_agrees_away_from_ties():
+  """operand_dtype=bfloat16 (the model's matmul_dtype): the clamp's vocabulary matmul lowers to a
+  bf16-operand dot; on latents near one embedding (no near-ties) it snaps to the same rows."""
+  rng = np.random.default_rng(0)
+  table = jnp.asarray(rng.normal(size=(300, 16)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=300), jnp.float32)
+  ids = rng.integers(0, 300, size=(3, 50))
+  x = table[ids] + 0.05 * jnp.asarray(rng.normal(size=(3, 50, 16)), jnp.float32)
+  for decoder in ("l2", "readout", "cosine"):
+    exact = samplers.make_clamp_fn("hard", table, bias, decoder)
+    fast = samplers.make_clamp_fn("hard", table, bias, decoder, operand_dtype=jnp.bfloat16)
+    assert "xbf16>) -> tensor<" in jax.jit(fast).lower(x).as_text()
+    assert "bf16" not in jax.jit(exact).lower(x).as_text()
+    np.testing.assert_array_equal(fast(x), exact(x))
+  soft = samplers.make_clamp_fn("soft", table, bias, operand_dtype=jnp.bfloat16)(x)
+  np.testing.assert_allclose(soft, samplers.make_clamp_fn("soft", table, bias)(x), atol=0.05)
+
+
 def test_decoder_ties_pick_the_first_index():
   table = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
   np.testing.assert_array_equal(samplers.decode(jnp.array([[2.0, 0.0]]), table), [0])
