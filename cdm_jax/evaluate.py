@@ -169,12 +169,24 @@ def evaluate(workdir: str, num_samples: int = 1000, sampler: str | None = None,
     out = pathlib.Path(workdir) / "eval"
     out.mkdir(exist_ok=True)
     name = f"eval_{sampler}_{steps}_{clamp}_n{n}_seed{seed}.json"
-    (out / name).write_text(json.dumps(result, indent=2))
+    (out / name).write_text(to_json(result))
   return result
 
 
-def _json_default(value):
-  return None if isinstance(value, float) and math.isnan(value) else str(value)
+def _finite_or_none(value):
+  if isinstance(value, dict):
+    return {key: _finite_or_none(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_none(item) for item in value]
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  return value
+
+
+def to_json(result: dict) -> str:
+  """Strict JSON of an evaluation result: non-finite numbers (e.g. the judge perplexity of samples
+  that are all empty) become null, since JSON has no NaN."""
+  return json.dumps(_finite_or_none(result), indent=2, allow_nan=False, default=str)
 
 
 def main(argv=None):
@@ -199,7 +211,7 @@ def main(argv=None):
     result = evaluate(f.workdir, f.num_samples, f.sampler, f.steps, f.clamp, f.seed,
                       judge_lib.judge_budget(f.judge_minutes, f.judge_steps),
                       f.ar_temperature, f.ar_top_p)
-    print(json.dumps(result, indent=2, default=_json_default))
+    print(to_json(result))
 
   app.run(run, argv=argv or sys.argv)
 

@@ -104,7 +104,7 @@ def main():
                                    judge_config=judge_lib.judge_budget(args.judge_minutes,
                                                                        args.judge_steps))
         eval_file.parent.mkdir(parents=True, exist_ok=True)
-        eval_file.write_text(json.dumps(result, indent=2))
+        eval_file.write_text(evaluate.to_json(result))
       row.update(headline(result))
     rows.append(row)
     write_tables(root, rows)
