@@ -5,6 +5,7 @@ runs memory-bound and every later pass (max, softmax, gradients) streams it agai
 few hundred rows the scores stay in cache; no [.., vocab, dim] tensor is ever formed either.
 """
 
+import functools
 from typing import Callable
 
 import jax
@@ -65,19 +66,52 @@ def argmax_scores(x: Array, table: Array, column_bias: Array | None = None,
   return row_blocks(block, x)
 
 
+def _log_normalizer(rows: Array, table: Array, bias: Array, operand_dtype) -> Array:
+  return jax.nn.logsumexp(dot_rows(rows, table, operand_dtype) + bias, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _block_log_normalizer(rows: Array, table: Array, bias: Array, operand_dtype) -> Array:
+  """log sum_v exp(rows . table[v] + bias[v]) for one block of rows [block, d] -> [block].
+
+  Its backward keeps only the block's log-normalizer from the forward and recomputes the logits
+  once: softmax = exp(logits - log-normalizer) is one pass over them, where autodiff of a
+  rematerialized logsumexp took four (bias, max, exp, sum; ~8% of the read-out's time,
+  benchmarks/NOTES.md, session 6)."""
+  return _log_normalizer(rows, table, bias, operand_dtype)
+
+
+def _block_log_normalizer_fwd(rows, table, bias, operand_dtype):
+  log_norm = _log_normalizer(rows, table, bias, operand_dtype)
+  return log_norm, (rows, table, bias, log_norm)
+
+
+def _block_log_normalizer_bwd(operand_dtype, residuals, grad):
+  rows, table, bias, log_norm = residuals
+  probs = jnp.exp(dot_rows(rows, table, operand_dtype) + bias - log_norm[:, None]) * grad[:, None]
+  low = (lambda a: a) if operand_dtype is None else (lambda a: a.astype(operand_dtype))
+  d_rows = jax.lax.dot_general(low(probs), low(table), (((1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+  d_table = jax.lax.dot_general(probs, rows, (((0,), (0,)), ((), ())))  # float32, like Dense kernels
+  return d_rows, d_table, jnp.sum(probs, 0)
+
+
+_block_log_normalizer.defvjp(_block_log_normalizer_fwd, _block_log_normalizer_bwd)
+
+
 def readout_cross_entropy(x: Array, table: Array, bias: Array | None, tokens: Array,
                           block: int = 256, operand_dtype=None) -> Array:
   """-log softmax(x.E^T + b)[token] per position, [...]: the tied read-out's cross-entropy.
 
-  The label logit is a gather; the log-normalizer runs in row blocks, rematerialized in the
-  backward pass, so no [tokens, vocab] logits or gradients are stored between the passes.
-  `operand_dtype` (e.g. bfloat16) rounds the logits matmul's operands to it, accumulating in
-  float32 (the model's `matmul_dtype`); the label logit and the softmax stay float32.
+  The label logit is a gather; the log-normalizer runs in row blocks whose backward recomputes
+  the logits from the block's rows, so no [tokens, vocab] logits or gradients are stored between
+  the passes. `operand_dtype` (e.g. bfloat16) rounds the logits matmul's operands to it,
+  accumulating in float32 (the model's `matmul_dtype`); the label logit and the softmax stay
+  float32.
   """
   bias = jnp.zeros(table.shape[0], x.dtype) if bias is None else bias
   x = x.astype(jnp.float32)
   label = jnp.sum(x * jnp.take(table, tokens, axis=0), axis=-1) + jnp.take(bias, tokens)
-  log_norm = row_blocks(
-      jax.checkpoint(lambda rows: jax.nn.logsumexp(dot_rows(rows, table, operand_dtype) + bias, -1)),
-      x, block=block)
+  log_norm = row_blocks(lambda rows: _block_log_normalizer(rows, table, bias, operand_dtype), x,
+                        block=block)
   return log_norm - label

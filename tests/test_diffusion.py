@@ -152,7 +152,7 @@ def test_embedding_statistics_against_numpy_and_subsampling():
 
 @pytest.mark.parametrize("rows", [5, 300])
 def test_readout_cross_entropy_and_gradients_match_float64(rows):
-  """The row-blocked, rematerialized read-out CE and its gradients against float64 NumPy."""
+  """The row-blocked read-out CE (own backward) and its gradients against float64 NumPy."""
   rng = np.random.default_rng(rows)
   x, table, bias = rng.normal(size=(rows, 2, 6)), rng.normal(size=(23, 6)), rng.normal(size=23)
   tokens = rng.integers(0, 23, size=(rows, 2))
@@ -165,10 +165,16 @@ def test_readout_cross_entropy_and_gradients_match_float64(rows):
   # d/dx sum CE = (softmax - onehot) E; d/dE = (softmax - onehot)^T x.
   probs = np.exp(logits - log_z[..., None])
   delta = probs - np.eye(23)[tokens]
-  gx, gt = jax.grad(lambda x, t: jnp.sum(vocab_ops.readout_cross_entropy(x, t, j(bias), jnp.asarray(tokens),
-                                                                         block=64)), (0, 1))(j(x), j(table))
+  gx, gt, gb = jax.grad(lambda x, t, b: jnp.sum(vocab_ops.readout_cross_entropy(
+      x, t, b, jnp.asarray(tokens), block=64)), (0, 1, 2))(j(x), j(table), j(bias))
   np.testing.assert_allclose(gx, delta @ table, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(gt, np.einsum("nlv,nld->vd", delta, x), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(gb, delta.sum((0, 1)), rtol=1e-4, atol=1e-4)
+  # A cotangent other than ones reaches every gradient: weights w per position.
+  w = rng.uniform(0.5, 2.0, size=tokens.shape)
+  gx_w = jax.grad(lambda x: jnp.sum(j(w) * vocab_ops.readout_cross_entropy(
+      x, j(table), j(bias), jnp.asarray(tokens), block=64)))(j(x))
+  np.testing.assert_allclose(gx_w, (w[..., None] * delta) @ table, rtol=1e-4, atol=1e-4)
 
 
 def test_readout_cross_entropy_bfloat16_operands():
