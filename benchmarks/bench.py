@@ -4,11 +4,14 @@
       [--train_steps=10 --sample_batch=64 --out=benchmarks/results/bench.json]
 
 Only shapes come from the config (random tokens, no corpus). Run on an idle machine: with two
-cores, anything else running halves the figures. The peak is measured in the same process.
+cores, anything else running halves the figures. The matmul peak is measured in the same process
+before and after the runs, and MFU is taken against the higher reading; the sampling figures are
+medians over rounds of interleaved timings (`--repeats`), differenced within each round.
 """
 
 import argparse
 import ast
+import functools
 import json
 import pathlib
 import resource
@@ -36,6 +39,21 @@ def timed(fn, *args, repeats: int):
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+def interleaved_times(fns: dict, repeats: int) -> dict:
+  """{name: [seconds per blocked call]} for argument-free callables, timed in turn `repeats`
+  times after one warm-up call each: slow drift of a shared machine then hits all of them alike,
+  and differences taken within one round cancel most of it."""
+  for fn in fns.values():
+    jax.block_until_ready(fn())
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return times
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:
@@ -118,7 +136,7 @@ def time_train_steps(config, num_steps: int):
   return state, compile_s, times, faults / (num_steps * k)
 
 
-def bench_config(path: str, args, peak: float, bf16_peak: float) -> dict:
+def bench_config(path: str, args) -> dict:
   config = apply_sets(runpy.run_path(path)["get_config"](), args.set)
   config.train.steps_per_call = args.steps_per_call or config.train.steps_per_call
   state, compile_s, times, faults = time_train_steps(config, args.train_steps)
@@ -129,38 +147,33 @@ def bench_config(path: str, args, peak: float, bf16_peak: float) -> dict:
       "train_step_s": step_s, "train_compile_s": compile_s, "train_page_faults": faults,
       "tokens_per_s": config.train.batch_size * config.data.seq_len / step_s,
       "train_model_gflop": flops["train"] / 1e9, "train_gflops": flops["train"] / step_s / 1e9,
-      "train_mfu": flops["train"] / step_s / 1e9 / peak,
       "matmul_dtype": config.model.matmul_dtype,
-      # against the peak of the dtype the matmuls run in (bfloat16 operands: the bf16 peak)
-      "train_mfu_own_dtype": flops["train"] / step_s / 1e9 / (
-          bf16_peak if config.model.matmul_dtype == "bfloat16" else peak),
       "train_metric_gflop": flops["metric_readout"] / 1e9,
   }
 
-  # Sampling: per-step time from two loop lengths, against one denoiser forward; the clamp's
-  # share of a step is the difference to the same loop without it (its cost inside the loop).
+  # Sampling: per-step time from two loop lengths (the difference cancels the loop's fixed costs),
+  # with and without the clamp (the clamp's cost inside the loop), and one denoiser forward; all
+  # timed round-robin and differenced within each round, then the median over rounds.
   params = state.ema_params
   model, schedule, mesh = DiffusionLM(train.model_config(config)), train.make_schedule(config), parallel.make_mesh()
   batch_size = args.sample_batch
   sample_cfg = config.sample
   n = args.sample_steps
-
-  def loop_times(clamp: str) -> dict:
-    out = {}
-    for steps in (n, 2 * n):
-      fn = parallel.make_sample_fn(model, schedule, mesh, batch_size, steps, sample_cfg.sampler,
-                                   clamp, sample_cfg.decoder, clamp_max_t=sample_cfg.clamp_max_t)
-      out[steps] = timed(fn, params, jax.random.PRNGKey(0), repeats=args.repeats)
-    return out
-
-  loops = loop_times(sample_cfg.clamp)
-  bare = loops if sample_cfg.clamp == "none" else loop_times("none")
-  per_step = (loops[2 * n] - loops[n]) / n
-  clamp_per_step = per_step - (bare[2 * n] - bare[n]) / n
   x = jax.random.normal(jax.random.PRNGKey(0), (batch_size, config.data.seq_len, config.model.embed_dim))
   t = jnp.full((batch_size,), 0.5)
   forward = jax.jit(lambda p, x, t: model.apply(p, x, schedule.log_snr(t), x, method="denoise").x0_hat)
-  forward_s = timed(forward, params, x, t, repeats=args.repeats)
+  calls = {"forward": lambda: forward(params, x, t)}
+  for clamp in dict.fromkeys((sample_cfg.clamp, "none")):
+    for steps in (n, 2 * n):
+      fn = parallel.make_sample_fn(model, schedule, mesh, batch_size, steps, sample_cfg.sampler,
+                                   clamp, sample_cfg.decoder, clamp_max_t=sample_cfg.clamp_max_t)
+      calls[clamp, steps] = functools.partial(fn, params, jax.random.PRNGKey(0))
+  times = {k: np.asarray(v) for k, v in interleaved_times(calls, args.repeats).items()}
+  step_rounds = (times[sample_cfg.clamp, 2 * n] - times[sample_cfg.clamp, n]) / n
+  bare_rounds = (times["none", 2 * n] - times["none", n]) / n
+  per_step = float(np.median(step_rounds))
+  clamp_per_step = float(np.median(step_rounds - bare_rounds))
+  forward_s = float(np.median(times["forward"]))
   table, bias = model.apply(params, method="readout_weights")
   clamp_fn = samplers.make_clamp_fn(sample_cfg.clamp, table, bias, sample_cfg.decoder,
                                     operand_dtype=model.config.matmul_operand_dtype)
@@ -171,14 +184,15 @@ def bench_config(path: str, args, peak: float, bf16_peak: float) -> dict:
   # the default number of steps.
   vocab_per_step = clamp_per_step + decode_s / sample_cfg.num_steps
   evals = samplers.evaluations_per_step(sample_cfg.sampler)
-  loop_s = loops[n]
+  loop_s = float(np.median(times[sample_cfg.clamp, n]))
+  bare_s = float(np.median(times["none", n]))
   ideal = (n * evals + 1) * forward_s
   result.update({
       "sample_batch": batch_size, "sampler": sample_cfg.sampler, "clamp": sample_cfg.clamp,
       "clamp_max_t": sample_cfg.clamp_max_t,
       "sample_step_s": per_step, "denoiser_forward_s": forward_s,
       "loop_s": loop_s, "loop_steps": n, "loop_overhead": (loop_s - ideal) / loop_s,
-      "loop_machinery_share": (bare[n] - ideal) / loop_s, "clamp_in_loop_s": clamp_per_step,
+      "loop_machinery_share": (bare_s - ideal) / loop_s, "clamp_in_loop_s": clamp_per_step,
       "clamp_s": clamp_s, "decode_s": decode_s, "decode_clamp_share": vocab_per_step / per_step,
       "default_steps": sample_cfg.num_steps,
       "time_to_64_samples_s": per_step * sample_cfg.num_steps * 64 / batch_size,
@@ -195,18 +209,23 @@ def main():
   parser.add_argument("--set", action="append", default=[], help="config override a.b=value")
   parser.add_argument("--sample_batch", type=int, default=64)
   parser.add_argument("--sample_steps", type=int, default=10)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=5, help="timing rounds for sampling")
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results/bench.json"))
   args = parser.parse_args()
   configs = args.config or [str(ROOT / "configs/bench_peer.py"), str(ROOT / "configs/wordnet.py")]
   malloc_tuned = host.tune_malloc()  # as the CLIs do; CDM_JAX_TUNE_MALLOC=0 measures without
-  peak = matmul_peak_gflops()
-  bf16_peak = matmul_peak_gflops(dtype=jnp.bfloat16)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; float32 matmul peak "
-        f"{peak:.0f} GFLOP/s, bfloat16 operands {bf16_peak:.0f} (2048^3, in-process); "
-        f"malloc tuned: {malloc_tuned}")
-  results = [bench_config(path, args, peak, bf16_peak) for path in configs]
-  peak_after = matmul_peak_gflops()
+  peaks = {"float32": [matmul_peak_gflops()], "bfloat16": [matmul_peak_gflops(dtype=jnp.bfloat16)]}
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; malloc tuned: {malloc_tuned}")
+  results = [bench_config(path, args) for path in configs]
+  for dtype, readings in peaks.items():
+    readings.append(matmul_peak_gflops(dtype=jnp.dtype(dtype)))
+  # The peak is the best the machine did: the higher of the readings before and after the runs
+  # (a single reading on a shared VM can come out 10-20% low and inflate the MFU).
+  peak, bf16_peak = max(peaks["float32"]), max(peaks["bfloat16"])
+  for r in results:
+    r["train_mfu"] = r["train_gflops"] / peak
+    # against the peak of the dtype the matmuls run in (bfloat16 operands: the bf16 peak)
+    r["train_mfu_own_dtype"] = r["train_gflops"] / (bf16_peak if r["matmul_dtype"] == "bfloat16" else peak)
   rows = [
       ("params (M)", "params_M", "{:.2f}"), ("train step (s)", "train_step_s", "{:.3f}"),
       ("tokens/s", "tokens_per_s", "{:.0f}"), ("model GFLOP/step", "train_model_gflop", "{:.1f}"),
@@ -228,12 +247,13 @@ def main():
   for label, key, fmt in rows:
     keys = key if isinstance(key, tuple) else (key,)
     print(f"| {label} | " + " | ".join(fmt.format(*(r[k] for k in keys)) for r in results) + " |")
-  print(f"(peak re-measured after the runs: {peak_after:.0f} GFLOP/s)")
+  print("2048^3 matmul peak, GFLOP/s (before, after the runs; MFU uses the higher): float32 "
+        + ", ".join(f"{g:.0f}" for g in peaks["float32"]) + "; bfloat16 operands "
+        + ", ".join(f"{g:.0f}" for g in peaks["bfloat16"]))
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"peak_gflops": peak, "peak_gflops_after": peak_after,
-                             "bf16_peak_gflops": bf16_peak,
-                             "malloc_tuned": malloc_tuned,
+  out.write_text(json.dumps({"peak_gflops": peak, "bf16_peak_gflops": bf16_peak,
+                             "peak_readings_gflops": peaks, "malloc_tuned": malloc_tuned,
                              "device": jax.devices()[0].device_kind, "results": results}, indent=2))
 
 
