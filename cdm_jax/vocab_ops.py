@@ -76,7 +76,7 @@ def _block_log_normalizer(rows: Array, table: Array, bias: Array, operand_dtype)
 
   Its backward keeps only the block's log-normalizer from the forward and recomputes the logits
   once: softmax = exp(logits - log-normalizer) is one pass over them, where autodiff of a
-  rematerialized logsumexp took four (bias, max, exp, sum; ~8% of the read-out's time,
+  rematerialized logsumexp took four (bias, max, exp, sum; ~9% of the read-out's time,
   benchmarks/NOTES.md, session 6)."""
   return _log_normalizer(rows, table, bias, operand_dtype)
 

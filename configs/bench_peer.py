@@ -2,7 +2,7 @@
 
 Batch 64 x length 64, 6 layers x width 256, MLP 1024, 4 heads, embedding dim 128, vocabulary
 11,043, x0-MSE + rounding loss, the time embedding added to the inputs once (the reference's
-BERT-style denoiser; our default modulates every LayerNorm instead, adaLN, which costs 3-8% of a
+BERT-style denoiser; our default modulates every LayerNorm instead, adaLN, which costs 3-4% of a
 training step here: benchmarks/NOTES.md). Only shapes matter to the benchmark (it feeds random
 tokens).
 """

@@ -170,7 +170,7 @@ def test_readout_cross_entropy_and_gradients_match_float64(rows):
   np.testing.assert_allclose(gx, delta @ table, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(gt, np.einsum("nlv,nld->vd", delta, x), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(gb, delta.sum((0, 1)), rtol=1e-4, atol=1e-4)
-  # A cotangent other than ones reaches every gradient: weights w per position.
+  # A cotangent other than ones (a weight per position) scales each position's gradient.
   w = rng.uniform(0.5, 2.0, size=tokens.shape)
   gx_w = jax.grad(lambda x: jnp.sum(j(w) * vocab_ops.readout_cross_entropy(
       x, j(table), j(bias), jnp.asarray(tokens), block=64)))(j(x))
