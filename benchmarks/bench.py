@@ -210,15 +210,20 @@ def main():
   parser.add_argument("--sample_batch", type=int, default=64)
   parser.add_argument("--sample_steps", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=5, help="timing rounds for sampling")
+  parser.add_argument("--peak_size", type=int, default=2048,
+                      help="n of the n^3 matmul that measures the peak (8192 or more on a GPU/TPU, "
+                           "where 2048^3 is too short to reach it)")
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results/bench.json"))
   args = parser.parse_args()
   configs = args.config or [str(ROOT / "configs/bench_peer.py"), str(ROOT / "configs/wordnet.py")]
   malloc_tuned = host.tune_malloc()  # as the CLIs do; CDM_JAX_TUNE_MALLOC=0 measures without
-  peaks = {"float32": [matmul_peak_gflops()], "bfloat16": [matmul_peak_gflops(dtype=jnp.bfloat16)]}
+  def peak_gflops(dtype):
+    return matmul_peak_gflops(args.peak_size, dtype=jnp.dtype(dtype))
+  peaks = {"float32": [peak_gflops("float32")], "bfloat16": [peak_gflops("bfloat16")]}
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; malloc tuned: {malloc_tuned}")
   results = [bench_config(path, args) for path in configs]
   for dtype, readings in peaks.items():
-    readings.append(matmul_peak_gflops(dtype=jnp.dtype(dtype)))
+    readings.append(peak_gflops(dtype))
   # The peak is the best the machine did: the higher of the readings before and after the runs
   # (a single reading on a shared VM can come out 10-20% low and inflate the MFU).
   peak, bf16_peak = max(peaks["float32"]), max(peaks["bfloat16"])
@@ -247,7 +252,7 @@ def main():
   for label, key, fmt in rows:
     keys = key if isinstance(key, tuple) else (key,)
     print(f"| {label} | " + " | ".join(fmt.format(*(r[k] for k in keys)) for r in results) + " |")
-  print("2048^3 matmul peak, GFLOP/s (before, after the runs; MFU uses the higher): float32 "
+  print(f"{args.peak_size}^3 matmul peak, GFLOP/s (before, after the runs; MFU uses the higher): float32 "
         + ", ".join(f"{g:.0f}" for g in peaks["float32"]) + "; bfloat16 operands "
         + ", ".join(f"{g:.0f}" for g in peaks["bfloat16"]))
   out = pathlib.Path(args.out)
