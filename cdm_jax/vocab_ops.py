@@ -57,10 +57,21 @@ def argmax_scores(x: Array, table: Array, column_bias: Array | None = None,
 
   Each block's scores are laid out [vocab, rows] (table . rows^T) and reduced over the leading
   axis: XLA:CPU vectorizes those reductions across the rows (the peer-sized clamp alone: 82
-  against 90 ms with [rows, vocab]; benchmarks/NOTES.md, session 5). A bfloat16 `operand_dtype`
-  makes the result approximate: near-ties within bf16 rounding may pick a neighbour.
+  against 90 ms with [rows, vocab]; benchmarks/NOTES.md, session 5). In float32 the bias rides in
+  the matmul as one more column of the table against a column of ones, which spares XLA:CPU a
+  pass over the scores (same argmax up to float32 rounding of near-ties; session 6). A bfloat16
+  `operand_dtype` makes the result approximate: near-ties within bf16 rounding may pick a
+  neighbour; its bias is added in float32 after the product.
   """
+  fold_bias = column_bias is not None and (operand_dtype is None
+                                           or jnp.dtype(operand_dtype) == jnp.float32)
+  if fold_bias:
+    table = jnp.concatenate([table, column_bias[:, None].astype(table.dtype)], axis=1)
+
   def block(rows):
+    if fold_bias:
+      rows = jnp.concatenate([rows, jnp.ones((rows.shape[0], 1), rows.dtype)], axis=1)
+      return first_argmax(dot_rows(table, rows), axis=0)
     scores = dot_rows(table, rows, operand_dtype)  # [vocab, rows]
     return first_argmax(scores if column_bias is None else scores + column_bias[:, None], axis=0)
   return row_blocks(block, x)
