@@ -30,17 +30,6 @@ from cdm_jax import host, parallel, samplers, train  # pylint: disable=g-import-
 from cdm_jax.models import DiffusionLM
 
 
-def timed(fn, *args, repeats: int):
-  """Median seconds of `fn(*args)` (blocked) over `repeats` runs, after one warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def interleaved_times(fns: dict, repeats: int) -> dict:
   """{name: [seconds per blocked call]} for argument-free callables, timed in turn `repeats`
   times after one warm-up call each: slow drift of a shared machine then hits all of them alike,
@@ -54,6 +43,11 @@ def interleaved_times(fns: dict, repeats: int) -> dict:
       jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
   return times
+
+
+def timed(fn, *args, repeats: int):
+  """Median seconds of `fn(*args)` (blocked) over `repeats` runs, after one warm-up call."""
+  return float(np.median(interleaved_times({"fn": lambda: fn(*args)}, repeats)["fn"]))
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:

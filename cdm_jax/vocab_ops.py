@@ -42,11 +42,16 @@ def first_argmax(scores: Array, axis: int = -1) -> Array:
   return jnp.minimum(index, size - 1)  # all-NaN rows: no score reaches the max
 
 
+def _rounds_operands(operand_dtype) -> bool:
+  """Whether `operand_dtype` (None: float32) rounds float32 matmul operands."""
+  return operand_dtype is not None and jnp.dtype(operand_dtype) != jnp.float32
+
+
 def dot_rows(a: Array, b: Array, operand_dtype=None) -> Array:
   """a . b^T over the last axes, [m, d] x [n, d] -> [m, n] float32. With `operand_dtype` (e.g.
   bfloat16, the model's `matmul_dtype`) both operands are rounded to it first and the products
   accumulate in float32."""
-  if operand_dtype is not None and jnp.dtype(operand_dtype) != jnp.float32:
+  if _rounds_operands(operand_dtype):
     a, b = a.astype(operand_dtype), b.astype(operand_dtype)
   return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
@@ -63,8 +68,7 @@ def argmax_scores(x: Array, table: Array, column_bias: Array | None = None,
   `operand_dtype` makes the result approximate: near-ties within bf16 rounding may pick a
   neighbour; its bias is added in float32 after the product.
   """
-  fold_bias = column_bias is not None and (operand_dtype is None
-                                           or jnp.dtype(operand_dtype) == jnp.float32)
+  fold_bias = column_bias is not None and not _rounds_operands(operand_dtype)
   if fold_bias:
     table = jnp.concatenate([table, column_bias[:, None].astype(table.dtype)], axis=1)
 
@@ -100,7 +104,7 @@ def _block_log_normalizer_fwd(rows, table, bias, operand_dtype):
 def _block_log_normalizer_bwd(operand_dtype, residuals, grad):
   rows, table, bias, log_norm = residuals
   probs = jnp.exp(dot_rows(rows, table, operand_dtype) + bias - log_norm[:, None]) * grad[:, None]
-  low = (lambda a: a) if operand_dtype is None else (lambda a: a.astype(operand_dtype))
+  low = (lambda a: a.astype(operand_dtype)) if _rounds_operands(operand_dtype) else (lambda a: a)
   d_rows = jax.lax.dot_general(low(probs), low(table), (((1,), (0,)), ((), ())),
                                preferred_element_type=jnp.float32)
   d_table = jax.lax.dot_general(probs, rows, (((0,), (0,)), ((), ())))  # float32, like Dense kernels
