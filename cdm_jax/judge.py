@@ -148,8 +148,10 @@ def train_judge(train_tokens: np.ndarray, vocab_size: int, config: JudgeConfig) 
   seq_len = train_tokens.shape[1]
   model = _judge_model(vocab_size, seq_len, config)
   params = model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, seq_len), jnp.int32))
-  lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps,
-                                          config.max_steps, 0.1 * config.learning_rate)
+  # A short step budget (e.g. --judge_steps=10) warms up over its first tenth at most.
+  warmup = min(config.warmup_steps, max(1, config.max_steps // 10))
+  lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
+                                          max(config.max_steps, warmup + 1), 0.1 * config.learning_rate)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, b2=0.99, weight_decay=0.01))
   opt_state = tx.init(params)
 

@@ -55,15 +55,22 @@ class Generator:
                     seed: int = 0, clamp: str | None = None, decoder: str | None = None,
                     clamp_temperature: float | None = None, time_grid: str | None = None,
                     clamp_max_t: float | None = None) -> np.ndarray:
-    """Token ids [num_samples, seq_len]; defaults come from the training config's `sample` block."""
+    """Token ids [num_samples, seq_len]; arguments left None come from the training config's
+    `sample` block."""
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     s = self.config.sample
-    fn = self.make_sample_fn(num_samples, steps or s.num_steps, sampler or s.sampler,
-                             clamp or s.clamp, decoder or s.decoder,
-                             float(clamp_temperature or s.clamp_temperature),
-                             time_grid or s.time_grid,
-                             float(clamp_max_t if clamp_max_t is not None else s.get("clamp_max_t", 1.0)))
+    pick = lambda value, default: default if value is None else value
+    steps = int(pick(steps, s.num_steps))
+    clamp_temperature = float(pick(clamp_temperature, s.clamp_temperature))
+    if steps < 1:
+      raise ValueError(f"steps must be >= 1, got {steps}.")
+    if clamp_temperature <= 0:
+      raise ValueError(f"clamp_temperature must be > 0, got {clamp_temperature}.")
+    fn = self.make_sample_fn(num_samples, steps, pick(sampler, s.sampler), pick(clamp, s.clamp),
+                             pick(decoder, s.decoder), clamp_temperature,
+                             pick(time_grid, s.time_grid),
+                             float(pick(clamp_max_t, s.get("clamp_max_t", 1.0))))
     return np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed))))
 
   def decode(self, tokens: np.ndarray) -> list[str]:

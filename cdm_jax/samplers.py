@@ -99,21 +99,26 @@ def euler_step(denoise, inp: StepInput, schedule):
 def heun_step(denoise, inp: StepInput, schedule):
   """Heun's second-order method (trapezoid with an Euler predictor): two evaluations per step.
 
-  The step that ends at t_min stays Euler (as in Karras et al. 2022): there sigma(s) is tiny and
-  the corrector's eps_hat = (x - gamma x0_hat) / sigma(s) would amplify any x0_hat error.
+  A step into the last time stays Euler (as in Karras et al. 2022): there sigma(s) is tiny and the
+  corrector's eps_hat = (x - gamma x0_hat) / sigma(s) would amplify any x0_hat error. With a
+  position-skewed schedule each position reaches its last time at its own step: per position.
   """
   x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
   velocity = _ode_velocity(schedule, inp.x_t, x0_hat, inp.t)
   dt = _b(inp.s - inp.t, inp.x_t)
   x_pred = inp.x_t + dt * velocity
+  batch, length = inp.x_t.shape[:2]
+  final = jnp.maximum(schedule.position_times(jnp.full((batch,), schedule.t_min), length),
+                      schedule.t_min)  # each position's last time, like s
+  into_last = _b(inp.s <= final * (1.0 + 1e-4) + 1e-7, inp.x_t)
 
   def corrected(_):
     x0_pred = denoise(x_pred, inp.s, x0_hat)
     velocity_pred = _ode_velocity(schedule, x_pred, x0_pred, inp.s)
-    return inp.x_t + dt * 0.5 * (velocity + velocity_pred), x0_pred
+    x_corrected = inp.x_t + dt * 0.5 * (velocity + velocity_pred)
+    return jnp.where(into_last, x_pred, x_corrected), jnp.where(into_last, x0_hat, x0_pred)
 
-  is_last = jnp.max(inp.s) <= schedule.t_min * (1.0 + 1e-4) + 1e-7
-  return jax.lax.cond(is_last, lambda _: (x_pred, x0_hat), corrected, None)
+  return jax.lax.cond(jnp.all(into_last), lambda _: (x_pred, x0_hat), corrected, None)
 
 
 def evaluations_per_step(sampler: str) -> int:

@@ -5,3 +5,37 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import runpy  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORDS = "the a cat dog sat ran on under mat log big small red blue green tree house bird".split()
+
+
+def tiny_config(corpus_path, **train_overrides):
+  config = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
+  config.data.path = str(corpus_path)
+  config.train.update(train_overrides)
+  return config
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+  path.write_text("\n".join(" ".join(rng.choice(WORDS, rng.integers(2, 7))) for _ in range(600)))
+  return path
+
+
+@pytest.fixture(scope="session")
+def trained(corpus, tmp_path_factory):
+  """A workdir trained with configs/tiny.py (20 steps), shared by the tests that only read it."""
+  from cdm_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("run")
+  metrics = train.train_and_evaluate(tiny_config(corpus), str(workdir))
+  return workdir, metrics

@@ -103,3 +103,48 @@ def test_batch_iterator_resumes_and_shards_by_process():
   assert len(np.unique(np.concatenate(first[:6])[:, 0])) == 48  # no repeats within an epoch
   halves = [pipeline.BatchIterator(tokens, 8, seed=1, process_index=p, process_count=2) for p in (0, 1)]
   np.testing.assert_array_equal(np.concatenate([next(h) for h in halves]), first[0])
+
+
+def test_text_corpus_with_bom_crlf_and_unicode_separators(tmp_path):
+  """Only \n (with an optional \r before it) ends an example; a BOM is not part of the first one;
+  U+2028, U+0085, \x0b and \x0c are whitespace inside their example (collapsed to one space)."""
+  path = tmp_path / "c.txt"
+  path.write_bytes("\ufeffalpha beta\r\ngamma\u2028delta\r\nepsilon\x85zeta\x0beta\x0ctheta\n"
+                   "last line".encode("utf-8"))
+  assert corpora.read_corpus("text", str(path)) == [
+      "alpha beta", "gamma delta", "epsilon zeta eta theta", "last line"]
+
+
+def test_jsonl_corpus_with_bom_and_a_line_separator_in_a_record(tmp_path):
+  path = tmp_path / "c.jsonl"
+  records = [{"text": "first record"}, {"text": "two\u2028halves stay one"}, {"text": "third"}]
+  lines = [json.dumps(r, ensure_ascii=False) for r in records]
+  path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+  assert "\u2028" in path.read_text(encoding="utf-8")  # written raw, not as an escape
+  assert corpora.read_corpus("jsonl", str(path)) == ["first record", "two halves stay one", "third"]
+
+
+@pytest.mark.parametrize("corpus,content", [("text", b"fine\nalso fine\nbro\x00ken\n"),
+                                            ("jsonl", b'{"text": "a"}\n{"text": "b"}\n{"text": "\x00"}\n')])
+def test_nul_bytes_are_refused_with_the_line(tmp_path, corpus, content):
+  path = tmp_path / "c.bin"
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match="line 3 holds a NUL byte"):
+    corpora.read_corpus(corpus, str(path))
+
+
+def test_missing_path_says_to_set_it():
+  with pytest.raises(FileNotFoundError, match="set data.path"):
+    corpora.read_corpus("text", "")
+
+
+def test_max_examples_keeps_the_first_non_empty_ones(tmp_path):
+  path = tmp_path / "c.txt"
+  path.write_text("one\n\n  \ntwo\nthree\nfour\n")
+  assert corpora.read_corpus("text", str(path), max_examples=3) == ["one", "two", "three"]
+  assert corpora.read_corpus("text", str(path), max_examples=0) == ["one", "two", "three", "four"]
+
+
+def test_split_that_leaves_no_training_examples_is_an_error():
+  with pytest.raises(ValueError, match="leaves no training examples"):
+    pipeline.split_examples(["a", "b", "c"], 100.0)

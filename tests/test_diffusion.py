@@ -76,21 +76,68 @@ def tiny_model(**overrides):
   return model, params
 
 
+class FixedOutputModel(OracleModel):
+  """Duck-typed DiffusionLM whose network output is params["raw"] whatever its input."""
+
+  def apply(self, params, *args, method, **kwargs):
+    if method != "denoise":
+      return super().apply(params, *args, method=method, **kwargs)
+    raw = params["raw"]
+    logits = raw if self.config.output == "logits" else None
+    return DenoiserOutput(x0_hat=params["x0_hat"], raw=raw, logits=logits)
+
+
+def np_cross_entropy(logits, tokens):
+  log_z = np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1)) + logits.max(-1)
+  return log_z - np.take_along_axis(logits, tokens[..., None], -1)[..., 0]
+
+
 @pytest.mark.parametrize("output", ["x0", "eps", "v", "logits"])
-def test_training_losses_are_finite_and_padding_mask_counts(output):
-  model, params = tiny_model(output=output, normalize_embeddings=output == "logits")
-  tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 8), 0, 30)
-  mask = jnp.arange(8)[None, :] < jnp.array([[8], [5], [3], [1]])
-  s = schedules.get_schedule("cosine")
-  t = jnp.array([0.1, 0.3, 0.6, 0.9])
-  noise = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 8, 8))
-  for mask_padding, expected_tokens in [(True, 17.0), (False, 32.0)]:
-    cfg = diffusion.LossConfig(mask_padding=mask_padding, anchor_weight=0.5)
+def test_training_losses_match_numpy(output):
+  """Every term of the training loss against float64 NumPy: the MSE target of each
+  parameterization (x0, eps = noise, v = gamma noise - sigma x0) or the CE on logits, the rounding
+  term at t_min, the anchor term, and the padding mask's counts."""
+  vocab, batch, length, dim = 30, 4, 8, 6
+  config = ModelConfig(vocab_size=vocab, seq_len=length, embed_dim=dim, output=output)
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(vocab, dim))
+  tokens = rng.integers(0, vocab, size=(batch, length))
+  mask = np.arange(length)[None, :] < np.array([[8], [5], [3], [1]])
+  t = np.array([0.1, 0.3, 0.6, 0.9])
+  noise = rng.normal(size=(2, batch, length, dim))
+  raw = rng.normal(size=(batch, length, vocab if output == "logits" else dim))
+  x0_hat = rng.normal(size=(batch, length, dim))
+  params = {k: jnp.asarray(v, jnp.float32) for k, v in
+            {"table": table, "raw": raw, "x0_hat": x0_hat}.items()}
+  sched = schedules.get_schedule("cosine")
+
+  x0 = table[tokens]
+  gamma, sigma = np.cos(np.pi * t / 2)[:, None, None], np.sin(np.pi * t / 2)[:, None, None]
+  if output == "logits":
+    per_token = np_cross_entropy(raw, tokens)
+  else:
+    target = {"x0": x0, "eps": noise[0], "v": gamma * noise[0] - sigma * x0}[output]
+    per_token = np.mean((raw - target) ** 2, axis=-1)
+  g0 = np.cos(np.pi * sched.t_min / 2)
+  z0 = (g0 * x0 + np.sin(np.pi * sched.t_min / 2) * noise[1]) / g0
+  rounding = np_cross_entropy(z0 @ table.T, tokens)
+  anchor = np_cross_entropy(x0_hat @ table.T, tokens)
+
+  for mask_padding in (True, False):
+    weights = mask.astype(np.float64) if mask_padding else np.ones_like(mask, np.float64)
+    cfg = diffusion.LossConfig(mask_padding=mask_padding, rounding_weight=0.7, anchor_weight=0.5)
     loss, (metrics, per_example) = diffusion.training_losses(
-        model, params, tokens, mask, t, jnp.ones(4), noise, jnp.array(True), s, cfg, train=False)
-    assert np.isfinite(float(loss)) and per_example.shape == (4,)
-    assert float(metrics["tokens"]) == expected_tokens
-    assert {"rounding_loss", "anchor_loss", "diffusion_loss"} <= set(metrics)
+        FixedOutputModel(config), params, jnp.asarray(tokens), jnp.asarray(mask),
+        jnp.asarray(t, jnp.float32), jnp.ones(batch), jnp.asarray(noise, jnp.float32),
+        jnp.array(False), sched, cfg, train=False)
+    want = {"diffusion_loss": np.sum(per_token * weights), "rounding_loss": np.sum(rounding * weights),
+            "anchor_loss": np.sum(anchor * weights), "tokens": weights.sum()}
+    for key, value in want.items():
+      np.testing.assert_allclose(float(metrics[key]), value, rtol=2e-4, err_msg=key)
+    total = want["diffusion_loss"] + 0.7 * want["rounding_loss"] + 0.5 * want["anchor_loss"]
+    np.testing.assert_allclose(float(loss), total, rtol=2e-4)
+    np.testing.assert_allclose(per_example, np.sum(per_token * weights, -1) /
+                               np.maximum(weights.sum(-1), 1), rtol=2e-4)
 
 
 def test_ce_with_normalized_embeddings_keeps_norms_fixed():

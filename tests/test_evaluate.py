@@ -1,5 +1,6 @@
 """The judge must discriminate: real held-out text scores like real text, shuffled text does not."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -22,9 +23,15 @@ def sentences(rng, count):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  import os
-  os.environ["CDM_JAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+def judge_cache(tmp_path_factory):
+  """CDM_JAX_CACHE pointed at a temporary folder for this module, restored afterwards."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("CDM_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+
+
+@pytest.fixture(scope="module")
+def setup(judge_cache):
   rng = np.random.default_rng(0)
   train_text, held_out = sentences(rng, 3000), sentences(rng, 400)
   tokenizer = tokenizer_lib.train_tokenizer(train_text, 48)
@@ -49,11 +56,19 @@ def test_real_text_scores_like_real_and_shuffled_text_does_not(setup):
   assert real_scores["empty_fraction"] == 0.0
 
 
-def test_judge_is_cached_and_samples_like_the_corpus(setup):
+def test_judge_is_cached_and_samples_like_the_corpus(setup, monkeypatch):
   judge, scorer, _, tokenizer, train_rows, config = setup
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("the judge was trained again instead of loaded from the cache")
+
+  monkeypatch.setattr(judge_lib, "train_judge", no_training)
   again = judge_lib.get_judge(tokenizer, train_rows, "synthetic", config)
   assert again.info["cache"] == judge.info["cache"] and again.info["steps"] == judge.info["steps"]
-  np.testing.assert_allclose(again.score(train_rows[:8])["nll"], judge.score(train_rows[:8])["nll"], rtol=1e-5)
+  jax.tree.map(np.testing.assert_array_equal, again.params, judge.params)
+  # Another corpus id is another judge: that one would have to be trained.
+  with pytest.raises(AssertionError, match="trained again"):
+    judge_lib.get_judge(tokenizer, train_rows, "another corpus", config)
   rows = judge.sample(64, seed=0)
   assert rows.shape == (64, 32) and np.all(rows[:, 0] == tokenizer_lib.BOS_ID)
   texts = [tokenizer_lib.decode_tokens(tokenizer, r) for r in rows]

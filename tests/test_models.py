@@ -87,3 +87,58 @@ def test_bfloat16_matmuls_track_float32_and_lower_to_bfloat16_dots():
 def test_model_config_rejects_unknown_matmul_dtype():
   with pytest.raises(ValueError, match="matmul_dtype"):
     ModelConfig(matmul_dtype="int4")
+
+
+def np_sinusoidal(values, dim):
+  half = dim // 2
+  freqs = np.exp(-np.log(10_000.0) * np.arange(half) / half)
+  angles = 5.0 * values[..., None] * freqs
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
+
+
+def np_diffusion_lm(p, tokens, log_snr, cfg):
+  """DiffusionLM.__call__ in float64: embed (normalized or not), denoise with x0 as the
+  self-conditioning input, the time embedding through adaLN, the parameterization, the read-out."""
+  dense = lambda h, q: h @ q["kernel"] + q["bias"]
+  silu = lambda v: v / (1 + np.exp(-v))
+  table = p["embedder"]["table"]
+  if cfg.normalize_embeddings:
+    table = table / np.linalg.norm(table, axis=-1, keepdims=True) * cfg.embed_scale * np.sqrt(cfg.embed_dim)
+  x0 = table[tokens]
+  d = p["denoiser"]
+  h = dense(np.concatenate([x0, x0], -1), d["in_proj"]) + d["pos_embedding"][None, :tokens.shape[1]]
+  t_emb = dense(silu(dense(np_sinusoidal(log_snr, cfg.width), d["time_mlp_in"])), d["time_mlp_out"])
+  bias = np.zeros((1, 1, tokens.shape[1], tokens.shape[1]))
+  for i in range(cfg.num_layers):
+    h = np_block(d["stack"][f"layer_{i}"], h, silu(t_emb), bias, cfg.num_heads)
+  raw = dense(np_layer_norm(h, d["stack"]["ln_final"]), d["out_proj"])
+  gamma = np.sqrt(1 / (1 + np.exp(-log_snr)))[:, None, None]
+  sigma = np.sqrt(1 / (1 + np.exp(log_snr)))[:, None, None]
+  readout = lambda x: x @ table.T + p["embedder"]["readout_bias"]
+  if cfg.output == "logits":
+    logits = readout(raw)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    x0_hat = (probs / probs.sum(-1, keepdims=True)) @ table
+  else:
+    x0_hat = {"x0": raw, "eps": (x0 - sigma * raw) / gamma, "v": gamma * x0 - sigma * raw}[cfg.output]
+  return readout(x0_hat)
+
+
+@pytest.mark.parametrize("output", ["x0", "eps", "v", "logits"])
+def test_diffusion_lm_matches_float64_numpy(output):
+  from cdm_jax.models import DiffusionLM
+  cfg = ModelConfig(vocab_size=13, seq_len=5, embed_dim=4, width=16, num_layers=2, num_heads=2,
+                    mlp_dim=32, output=output, normalize_embeddings=output == "logits",
+                    embed_scale=0.7)
+  model = DiffusionLM(cfg)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 5), 0, 13)
+  log_snr = jnp.array([-3.0, 0.5, 4.0])
+  params = model.init(jax.random.PRNGKey(1), tokens, log_snr)
+  # Random values everywhere (adaLN and biases start at zero and would hide their terms).
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+  params = jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, v.shape) for k, v in zip(keys, leaves)])
+  got = model.apply(params, tokens, log_snr)
+  f64 = jax.tree.map(lambda v: np.asarray(v, np.float64), params["params"])
+  want = np_diffusion_lm(f64, np.asarray(tokens), np.asarray(log_snr, np.float64), cfg)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)

@@ -8,6 +8,7 @@ import pytest
 from cdm_jax import diffusion, samplers, schedules
 from cdm_jax.models import DenoiserOutput, DiffusionLM, ModelConfig
 from test_diffusion import OracleModel  # tests/ is on sys.path (pytest's default import mode)
+from test_samplers import check_two_point_samples, two_point_denoiser
 
 
 def np_position_times(t, length, w):
@@ -91,12 +92,13 @@ def test_bound_with_constant_error_agrees_across_skews():
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "euler", "heun"])
-def test_oracle_lands_on_x0_with_skew(sampler):
-  x0 = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 2))
-  x_init = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
-  out = samplers.sample_loop(lambda x, t, c: x0, x_init, jax.random.PRNGKey(2), skewed(2.0), 30,
-                             sampler)
-  np.testing.assert_allclose(out, x0, atol=1e-3)
+def test_exact_denoiser_samples_the_two_point_data_with_skew(sampler):
+  sched = skewed(2.0)
+  x_init = jax.random.normal(jax.random.PRNGKey(1), (128, 6, 3))
+  calls = []
+  out = samplers.sample_loop(two_point_denoiser(sched, calls), x_init, jax.random.PRNGKey(2), sched,
+                             90, sampler)
+  check_two_point_samples(out, calls, sched)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "euler", "heun"])

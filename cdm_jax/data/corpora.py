@@ -4,6 +4,7 @@ Each reader returns a list of non-empty example strings. Bad input fails loudly:
 an empty corpus raises with the fix, undecodable bytes raise with the file and line.
 """
 
+import codecs
 import json
 import os
 import pathlib
@@ -42,17 +43,28 @@ def read_corpus(name: str, path: str = "", field: str = "text", hf_split: str = 
 
 
 def _read_lines(path: str) -> list[str]:
+  """The file's lines: UTF-8 (a leading BOM dropped), split on \\n only (a trailing \\r removed),
+  so U+2028, U+0085, \\x0b and \\x0c stay inside their line; NUL bytes are refused."""
   file = pathlib.Path(path).expanduser()
+  if not path:
+    raise FileNotFoundError("No corpus file given: set data.path to a text or JSONL file.")
   if not file.is_file():
     raise FileNotFoundError(f"Corpus file {str(file)!r} does not exist (set data.path).")
   raw = file.read_bytes()
+  if raw.startswith(codecs.BOM_UTF8):
+    raw = raw[len(codecs.BOM_UTF8):]
+  nul = raw.find(b"\x00")
+  if nul >= 0:
+    line = raw[:nul].count(b"\n") + 1
+    raise ValueError(f"{file}: line {line} holds a NUL byte (byte {nul}): not a text file, or "
+                     f"UTF-16; re-encode it as UTF-8.")
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as err:
     line = raw[:err.start].count(b"\n") + 1
     raise ValueError(f"{file}: line {line} is not valid UTF-8 (byte {err.start}: "
                      f"{raw[err.start:err.start + 1]!r}). Re-encode the file as UTF-8.") from None
-  return text.splitlines()
+  return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 @register("text")

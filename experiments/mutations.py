@@ -1,0 +1,121 @@
+"""Do the tests fail when the behaviour they name is broken? Breaks the code on purpose, one way at
+a time, in a copy of the repository, and runs the test that should catch it.
+
+python experiments/mutations.py [--only NAME ...] [--keep]
+
+Each mutation replaces one exact snippet of a source file (it must occur exactly once). The copy
+goes first on PYTHONPATH, so the tests (and the CLIs they start) import the broken code. The
+script also runs every named test on the real code, which must pass. Prints a table and exits
+non-zero when a mutation survives or a test fails on the real code.
+"""
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  name: str
+  file: str
+  old: str
+  new: str
+  test: str  # a pytest node id
+
+
+MUTATIONS = [
+    Mutation("sampler ignores x_t (ddim)", "cdm_jax/samplers.py",
+             "def ddim_step(denoise, inp: StepInput, schedule):\n  x0_hat = denoise(inp.x_t,",
+             "def ddim_step(denoise, inp: StepInput, schedule):\n  x0_hat = denoise(0 * inp.x_t,",
+             "tests/test_samplers.py::test_exact_denoiser_samples_the_two_point_data[ddim]"),
+    Mutation("heun corrector into a skewed position's last time", "cdm_jax/samplers.py",
+             "into_last = _b(inp.s <= final * (1.0 + 1e-4) + 1e-7, inp.x_t)",
+             "into_last = _b(jnp.max(inp.s) <= schedule.t_min * (1.0 + 1e-4) + 1e-7, inp.x_t)",
+             "tests/test_position_skew.py::test_exact_denoiser_samples_the_two_point_data_with_skew[heun]"),
+    Mutation("wrong v target", "cdm_jax/diffusion.py",
+             '"v": gamma * noise[0] - sigma * x0}', '"v": sigma * noise[0] - gamma * x0}',
+             "tests/test_diffusion.py::test_training_losses_match_numpy[v]"),
+    Mutation("wrong eps -> x0 conversion in the model", "cdm_jax/models/diffusion_lm.py",
+             "x0_hat = (x_t - sigma * raw) / gamma", "x0_hat = (x_t - gamma * raw) / sigma",
+             "tests/test_models.py::test_diffusion_lm_matches_float64_numpy[eps]"),
+    Mutation("resume drops the EMA", "cdm_jax/train.py",
+             "    state, data_state, start = restored\n",
+             "    state, data_state, start = restored\n    state = state.replace(ema_params=state.params)\n",
+             "tests/test_train.py::test_resume_continues_exactly"),
+    Mutation("resume forgets the data position", "cdm_jax/train.py",
+             "    batches.set_state(data_state)\n", "",
+             "tests/test_train.py::test_resume_continues_exactly"),
+    Mutation("judge cache always retrains", "cdm_jax/judge.py",
+             "  if info_file.is_file():", "  if False:",
+             "tests/test_evaluate.py::test_judge_is_cached_and_samples_like_the_corpus"),
+    Mutation("evaluate CLI prints non-JSON", "cdm_jax/evaluate.py",
+             "    print(to_json(result))", "    print(result)",
+             "tests/test_cli.py::test_evaluate_cli_prints_strict_json_and_writes_the_same"),
+    Mutation("BOM kept in the first example", "cdm_jax/data/corpora.py",
+             "  if raw.startswith(codecs.BOM_UTF8):", "  if False:",
+             "tests/test_data.py::test_text_corpus_with_bom_crlf_and_unicode_separators"),
+    Mutation("lines split with str.splitlines()", "cdm_jax/data/corpora.py",
+             'for line in text.split("\\n")]', "for line in text.splitlines()]",
+             "tests/test_data.py::test_jsonl_corpus_with_bom_and_a_line_separator_in_a_record"),
+]
+
+
+def copy_repo(dest: pathlib.Path):
+  ignore = shutil.ignore_patterns(".venv", ".git", "workdirs", "__pycache__", "*.egg-info")
+  shutil.copytree(ROOT, dest, ignore=ignore)
+
+
+def run_test(repo: pathlib.Path, test: str) -> tuple[bool, float, str]:
+  env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+  start = time.perf_counter()
+  result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test],
+                          cwd=repo, env=env, capture_output=True, text=True)
+  lines = [l for l in result.stdout.splitlines() if l.startswith(("E ", "FAILED", "ERROR"))]
+  return result.returncode == 0, time.perf_counter() - start, (lines[0] if lines else "")[:110]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--only", nargs="*", help="run only mutations whose name contains one of these")
+  parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
+  args = parser.parse_args()
+  chosen = [m for m in MUTATIONS if not args.only or any(o in m.name for o in args.only)]
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix="cdm_jax_mutations_"))
+  real = tmp / "real"
+  copy_repo(real)
+  rows, ok = [], True
+  for test in dict.fromkeys(m.test for m in chosen):
+    passed, seconds, _ = run_test(real, test)
+    ok &= passed
+    print(f"real code   {'pass' if passed else 'FAIL'}  {seconds:5.0f} s  {test}", flush=True)
+  for i, mutation in enumerate(chosen):
+    repo = tmp / f"mutant_{i}"
+    copy_repo(repo)
+    path = repo / mutation.file
+    source = path.read_text()
+    if source.count(mutation.old) != 1:
+      raise SystemExit(f"{mutation.name}: the snippet occurs {source.count(mutation.old)} times in "
+                       f"{mutation.file}; update the mutation.")
+    path.write_text(source.replace(mutation.old, mutation.new))
+    passed, seconds, first_error = run_test(repo, mutation.test)
+    ok &= not passed
+    rows.append((mutation.name, "SURVIVED" if passed else "caught", seconds, mutation.test, first_error))
+    print(f"{mutation.name:50s} {rows[-1][1]:8s} {seconds:5.0f} s  {first_error}", flush=True)
+  print("\n| mutation | result | test | first error line |\n|---|---|---|---|")
+  for name, result, _, test, error in rows:
+    print(f"| {name} | {result} | `{test.split('::')[1]}` | `{error}` |")
+  if not args.keep:
+    shutil.rmtree(tmp)
+  sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+  main()
