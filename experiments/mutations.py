@@ -3,8 +3,8 @@ a time, in a copy of the repository, and runs the test that should catch it.
 
 python experiments/mutations.py [--only NAME ...] [--keep]
 
-Each mutation replaces one exact snippet of a source file (it must occur exactly once). The copy
-goes first on PYTHONPATH, so the tests (and the CLIs they start) import the broken code. The
+Each mutation replaces one exact snippet of a source file (it must occur exactly once) in a copy
+of the committed tree (HEAD). The copy goes first on PYTHONPATH, so the tests (and the CLIs they start) import the broken code. The
 script also runs every named test on the real code, which must pass. Prints a table and exits
 non-zero when a mutation survives or a test fails on the real code.
 """
@@ -69,8 +69,10 @@ MUTATIONS = [
 
 
 def copy_repo(dest: pathlib.Path):
-  ignore = shutil.ignore_patterns(".venv", ".git", "workdirs", "__pycache__", "*.egg-info")
-  shutil.copytree(ROOT, dest, ignore=ignore)
+  """The committed tree (HEAD), so edits in the working tree during a run do not leak in."""
+  dest.mkdir(parents=True)
+  archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True)
+  subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
 
 
 def run_test(repo: pathlib.Path, test: str) -> tuple[bool, float, str]:
