@@ -26,8 +26,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdm_jax import host, parallel, samplers, train  # pylint: disable=g-import-not-at-top
-from cdm_jax.models import DiffusionLM
+from cdm_jax import builders, generate, host, parallel, samplers, steps  # pylint: disable=g-import-not-at-top
+from cdm_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
 
 def interleaved_times(fns: dict, repeats: int) -> dict:
@@ -58,27 +58,6 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -
   return 2 * size**3 / timed(f, a, b, repeats=repeats) / 1e9
 
 
-def model_flops_per_step(config) -> dict:
-  """Analytic matmul FLOPs of one training step (forward x3 for fwd+bwd, plus self-cond passes)."""
-  m, d = config.model, config.data
-  batch, length, width = config.train.batch_size, d.seq_len, m.width
-  tokens = batch * length
-  per_token_layer = 2 * (4 * width * width + 2 * width * m.mlp_dim) + 2 * 2 * length * width
-  in_dim = 2 * m.embed_dim if m.self_conditioning else m.embed_dim
-  denoiser = tokens * (m.num_layers * per_token_layer + 2 * in_dim * width + 2 * width * m.embed_dim
-                       + 2 * 2 * width * width)
-  readout = 2 * tokens * m.embed_dim * d.vocab_size
-  forward = denoiser + (readout if m.output == "logits" else 0)
-  train_flops = 3 * forward
-  if config.diffusion.rounding_weight:
-    train_flops += 3 * readout
-  if config.diffusion.anchor_weight:
-    train_flops += 3 * readout
-  if m.self_conditioning:
-    train_flops += config.diffusion.self_cond_prob * forward
-  return {"train": train_flops, "metric_readout": readout, "denoiser_forward": denoiser}
-
-
 def apply_sets(config, sets: list[str]):
   """Applies `a.b=value` overrides (value parsed as a Python literal when it is one)."""
   for item in sets:
@@ -101,14 +80,15 @@ def time_train_steps(config, num_steps: int):
   """Builds the config's sharded train step on random tokens and times it: (state, compile seconds,
   seconds per optimizer step for each of `num_steps` dispatches, minor page faults per optimizer
   step over those dispatches)."""
-  model = DiffusionLM(train.model_config(config))
-  schedule = train.make_schedule(config)
-  tx = train.make_optimizer(config.train)
+  model = builders.make_model(config)
+  schedule = builders.make_schedule(config)
+  tx = builders.make_optimizer(config.train)
   mesh = parallel.make_mesh()
   k = config.train.steps_per_call
-  step_fn = parallel.make_train_step(model, tx, schedule, train.loss_config(config), mesh,
-                                     config.train.batch_size, config.train.ema_decay, k)
-  state = jax.device_put(train.init_state(config, model, tx), parallel.replicated(mesh))
+  step_fn = steps.make_train_step(model, tx, schedule, builders.loss_config(config), mesh,
+                                  global_batch=config.train.batch_size,
+                                  ema_decay=config.train.ema_decay, steps_per_call=k)
+  state = jax.device_put(builders.init_state(config, model, tx), parallel.replicated(mesh))
   shape = (config.train.batch_size, config.data.seq_len) if k == 1 else (k, config.train.batch_size,
                                                                           config.data.seq_len)
   tokens = np.random.default_rng(0).integers(4, config.data.vocab_size, shape).astype(np.int32)
@@ -135,7 +115,7 @@ def bench_config(path: str, args) -> dict:
   config.train.steps_per_call = args.steps_per_call or config.train.steps_per_call
   state, compile_s, times, faults = time_train_steps(config, args.train_steps)
   step_s = float(np.median(times))
-  flops = model_flops_per_step(config)
+  flops = flops_lib.diffusion_train_flops(config)
   result = {
       "config": path, "overrides": args.set, "params_M": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
       "train_step_s": step_s, "train_compile_s": compile_s, "train_page_faults": faults,
@@ -149,19 +129,19 @@ def bench_config(path: str, args) -> dict:
   # with and without the clamp (the clamp's cost inside the loop), and one denoiser forward; all
   # timed round-robin and differenced within each round, then the median over rounds.
   params = state.ema_params
-  model, schedule, mesh = DiffusionLM(train.model_config(config)), train.make_schedule(config), parallel.make_mesh()
+  model, schedule, mesh = builders.make_model(config), builders.make_schedule(config), parallel.make_mesh()
   batch_size = args.sample_batch
-  sample_cfg = config.sample
+  sample_cfg = builders.sample_config(config)
   n = args.sample_steps
   x = jax.random.normal(jax.random.PRNGKey(0), (batch_size, config.data.seq_len, config.model.embed_dim))
   t = jnp.full((batch_size,), 0.5)
   forward = jax.jit(lambda p, x, t: model.apply(p, x, schedule.log_snr(t), x, method="denoise").x0_hat)
   calls = {"forward": lambda: forward(params, x, t)}
   for clamp in dict.fromkeys((sample_cfg.clamp, "none")):
-    for steps in (n, 2 * n):
-      fn = parallel.make_sample_fn(model, schedule, mesh, batch_size, steps, sample_cfg.sampler,
-                                   clamp, sample_cfg.decoder, clamp_max_t=sample_cfg.clamp_max_t)
-      calls[clamp, steps] = functools.partial(fn, params, jax.random.PRNGKey(0))
+    for num_steps in (n, 2 * n):
+      fn = generate.make_sample_fn(model, schedule, mesh, sample_cfg.replace(
+          num_samples=batch_size, num_steps=num_steps, clamp=clamp))
+      calls[clamp, num_steps] = functools.partial(fn, params, jax.random.PRNGKey(0))
   times = {k: np.asarray(v) for k, v in interleaved_times(calls, args.repeats).items()}
   step_rounds = (times[sample_cfg.clamp, 2 * n] - times[sample_cfg.clamp, n]) / n
   bare_rounds = (times["none", 2 * n] - times["none", n]) / n
@@ -169,7 +149,7 @@ def bench_config(path: str, args) -> dict:
   clamp_per_step = float(np.median(step_rounds - bare_rounds))
   forward_s = float(np.median(times["forward"]))
   table, bias = model.apply(params, method="readout_weights")
-  clamp_fn = samplers.make_clamp_fn(sample_cfg.clamp, table, bias, sample_cfg.decoder,
+  clamp_fn = samplers.make_clamp_fn(sample_cfg.clamp, table, bias, decoder=sample_cfg.decoder,
                                     operand_dtype=model.config.matmul_operand_dtype)
   clamp_s = 0.0 if clamp_fn is None else timed(jax.jit(clamp_fn), x, repeats=args.repeats)
   decode_s = timed(jax.jit(lambda x: samplers.decode(x, table, bias, sample_cfg.decoder)), x,

@@ -11,6 +11,6 @@ def tune_malloc() -> bool:
 
 
 def load(workdir: str, **kwargs):
-  """Loads a trained workdir and returns a `cdm_jax.sample.Generator`."""
-  from cdm_jax import sample  # imported lazily: keeps `import cdm_jax` light
-  return sample.load(workdir, **kwargs)
+  """Loads a trained workdir and returns a `cdm_jax.generate.Generator` (see `generate.load`)."""
+  from cdm_jax import generate  # imported lazily: keeps `import cdm_jax` light
+  return generate.load(workdir, **kwargs)

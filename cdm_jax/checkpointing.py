@@ -33,17 +33,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
   return restored["state"], restored["data"], step
 
 
-def restore_state_only(workdir: str, abstract_state, step: int | None = None):
-  """The train state at `step` (default latest) for inference; raises if there is none."""
+def restore_subtree(workdir: str, abstract: dict, step: int | None = None):
+  """Only the named fields of the saved train state (e.g. {"ema_params": ..., "warp": ...}) at
+  `step` (default: the latest), as (dict, step): no optimizer state is read. Raises if there is
+  no checkpoint."""
   manager = make_manager(workdir, async_save=False)
   step = manager.latest_step() if step is None else step
+  manager.close()
   if step is None:
     raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints: train first "
                             f"(python -m cdm_jax.main --workdir={workdir} ...).")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  manager.close()
-  return restored["state"], step
+  path = pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+  args = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+  return ocp.PyTreeCheckpointer().restore(path, args=args), step
 
 
 def abstract_like(tree, sharding):

@@ -8,22 +8,24 @@ averaging gradients over devices equals the gradient of the global batch.
 import dataclasses
 import math
 
+import flax
 import jax
 import jax.numpy as jnp
 
-from cdm_jax import registry, schedules as schedules_lib, vocab_ops
+from cdm_jax import parameterization, registry, schedules as schedules_lib, vocab_ops
+from cdm_jax.parameterization import expand_like
 
 Array = jax.Array
 
-
-def _expand(values: Array, like: Array) -> Array:
-  return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+# metric -> the summed count it averages over (`steps.summarize_metrics` divides once per log)
+METRIC_DENOMINATORS = {"loss": "positions", "diffusion_loss": "tokens", "rounding_loss": "tokens",
+                       "anchor_loss": "tokens", "token_accuracy": "accuracy_tokens"}
 
 
 def q_sample(x0: Array, t: Array, noise: Array, schedule: schedules_lib.Schedule) -> Array:
   """x_t = gamma(t) x0 + sigma(t) noise; x0 [batch, m, d], t [batch], noise like x0."""
   gamma, sigma = schedule.alpha_sigma(t)
-  return _expand(gamma, x0) * x0 + _expand(sigma, x0) * noise
+  return expand_like(gamma, x0) * x0 + expand_like(sigma, x0) * noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +43,6 @@ class LossConfig:
     return registry.dataclass_from_dict(cls, values, "loss config")
 
 
-def token_cross_entropy(logits: Array, tokens: Array) -> Array:
-  """-log softmax(logits)[token], [batch, length]."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
-
-
 def sample_times(u0: Array, example_index: Array, global_batch: int,
                  warp: schedules_lib.TimeWarp | None) -> tuple[Array, Array]:
   """Training times [batch] (low-discrepancy, optionally warped) and importance weights [batch]."""
@@ -56,82 +52,97 @@ def sample_times(u0: Array, example_index: Array, global_batch: int,
   return warp.inverse_cdf(u)
 
 
-def training_losses(model, params, tokens: Array, mask: Array, t: Array, weight: Array,
-                    noise: Array, self_cond: Array, schedule: schedules_lib.Schedule,
-                    config: LossConfig, rngs: dict | None = None, train: bool = True):
-  """The denoising loss of one (local) batch.
+@flax.struct.dataclass
+class LossInputs:
+  """One (local) batch and its randomness, as the loss takes them."""
+  tokens: Array     # [batch, length] int
+  mask: Array       # [batch, length] bool, True on non-PAD positions
+  t: Array          # [batch] diffusion times (per position through the schedule's position_skew)
+  weight: Array     # [batch] importance weights of t (used with time warping)
+  noise: Array      # [2, batch, length, dim] standard normals: the diffusion's, the rounding term's
+  self_cond: Array  # scalar bool: whether this batch trains with self-conditioning
 
-  Args:
-    model: a `DiffusionLM`; params: its variables.
-    tokens, mask: [batch, length] int tokens and bool non-PAD mask.
-    t, weight: [batch] diffusion times and importance weights (with the schedule's position_skew,
-      t is the global time and each position gets its own, `schedule.position_times`).
-    noise: [2, batch, length, dim] standard normals (the diffusion's and the rounding term's).
-    self_cond: scalar bool, whether this batch trains with self-conditioning.
-  Returns:
-    (loss_sum, metrics): `loss_sum` summed over examples (divide by a constant before
-    differentiating); metrics are sums with `tokens` (and `positions`) as denominators, plus
-    `per_example_loss` [batch] for fitting the time warp.
+
+def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.Schedule,
+                    config: LossConfig, *, rngs: dict | None = None, train: bool = True):
+  """The denoising loss of one (local) batch for a `DiffusionLM` and its variables `params`.
+
+  Returns (loss_sum, (metrics, per_example_loss)): `loss_sum` summed over examples (divide by a
+  constant before differentiating); metric sums whose denominators `METRIC_DENOMINATORS` names;
+  `per_example_loss` [batch] per token, for fitting the time warp.
   """
   cfg = model.config
   apply = lambda method, *args, **kw: model.apply(params, *args, method=method, rngs=rngs, **kw)
-  x0 = apply("embed", tokens)  # [batch, length, dim]
-  t_pos = schedule.position_times(t, tokens.shape[1])  # t, or [batch, length] with position_skew
-  x_t = q_sample(x0, t_pos, noise[0], schedule)
-  log_snr = schedule.log_snr(t_pos)
-  loss_mask = mask if config.mask_padding else jnp.ones_like(mask)
+  x0 = apply("embed", inputs.tokens)  # [batch, length, dim]
+  t_pos = schedule.position_times(inputs.t, inputs.tokens.shape[1])  # [batch] or [batch, length]
+  x_t = q_sample(x0, t_pos, inputs.noise[0], schedule)
+  loss_mask = inputs.mask if config.mask_padding else jnp.ones_like(inputs.mask)
   loss_mask = loss_mask.astype(jnp.float32)
-
-  def denoise(x0_selfcond):
-    return apply("denoise", x_t, log_snr, x0_selfcond, train=train)
-
-  def readout_ce(x):  # per-position read-out CE, its logits in the model's matmul precision
-    return vocab_ops.readout_cross_entropy(x, *apply("readout_weights"), tokens,
-                                           operand_dtype=cfg.matmul_operand_dtype)
-
-  zeros = jnp.zeros_like(x0)
-  if cfg.self_conditioning:
-    x0_selfcond = jax.lax.cond(
-        self_cond, lambda: jax.lax.stop_gradient(denoise(zeros).x0_hat), lambda: zeros)
-  else:
-    x0_selfcond = zeros
-  out = denoise(x0_selfcond)
-
-  if cfg.output == "logits":
-    per_token = token_cross_entropy(out.logits, tokens)
-  else:
-    gamma, sigma = schedule.alpha_sigma(t_pos)
-    gamma, sigma = _expand(gamma, x0), _expand(sigma, x0)
-    target = {"x0": x0, "eps": noise[0], "v": gamma * noise[0] - sigma * x0}[cfg.output]
-    per_token = jnp.mean(jnp.square(out.raw - target), axis=-1)
+  out = _denoise(apply, x_t, schedule.log_snr(t_pos), inputs.self_cond, cfg.self_conditioning, train)
+  per_token = _denoising_loss(cfg.output, out, x0, inputs, schedule.alpha_sigma(t_pos))
   per_example = jnp.sum(per_token * loss_mask, axis=-1)  # [batch]
-  weighted = per_example * weight if config.time_warp and config.importance_weight else per_example
+  weighted = per_example * inputs.weight if config.time_warp and config.importance_weight else per_example
   loss_sum = jnp.sum(weighted)
   metrics = {"diffusion_loss": jnp.sum(per_example), "tokens": jnp.sum(loss_mask),
              "positions": jnp.asarray(loss_mask.size, jnp.float32)}
-
-  if config.rounding_weight:
-    t_min = jnp.full_like(t, schedule.t_min)
-    gamma0 = schedule.gamma(t_min)[:, None, None]
-    z0 = q_sample(x0, t_min, noise[1], schedule) / gamma0
-    rounding = jnp.sum(readout_ce(z0) * loss_mask)
-    loss_sum += config.rounding_weight * rounding
-    metrics["rounding_loss"] = rounding
-  if config.anchor_weight:
-    anchor = jnp.sum(readout_ce(out.x0_hat) * loss_mask)
-    loss_sum += config.anchor_weight * anchor
-    metrics["anchor_loss"] = anchor
-  # Read-out accuracy of x0_hat, a monitoring metric: on a few examples only, since the read-out
-  # costs a [tokens, dim] x [dim, vocab] matmul that does no training work.
-  k = min(config.accuracy_examples, tokens.shape[0])
-  table, bias = jax.lax.stop_gradient(apply("readout_weights"))
-  correct = vocab_ops.argmax_scores(jax.lax.stop_gradient(out.x0_hat[:k]), table, bias) == tokens[:k]
-  metrics["token_accuracy"] = jnp.sum(correct.astype(jnp.float32) * loss_mask[:k])
-  metrics["accuracy_tokens"] = jnp.sum(loss_mask[:k])
+  for name, weight, value in _readout_terms(apply, cfg, config, x0, out, inputs, schedule):
+    value = jnp.sum(value * loss_mask)
+    loss_sum += weight * value
+    metrics[name] = value
+  metrics.update(_accuracy(apply, out.x0_hat, inputs.tokens, loss_mask, config.accuracy_examples))
   metrics["loss"] = loss_sum
   # Per-token normalisation (by positions) keeps the warp independent of the padding share.
   per_example_loss = per_example / jnp.maximum(jnp.sum(loss_mask, axis=-1), 1.0)
   return loss_sum, (metrics, per_example_loss)
+
+
+def _denoise(apply, x_t, log_snr, self_cond, self_conditioning: bool, train: bool):
+  """The denoiser's output; with self-conditioning on and `self_cond` true, its input is a first,
+  gradient-stopped estimate of x0 (zeros otherwise)."""
+  zeros = jnp.zeros_like(x_t)
+  x0_selfcond = zeros
+  if self_conditioning:
+    x0_selfcond = jax.lax.cond(
+        self_cond, lambda: jax.lax.stop_gradient(apply("denoise", x_t, log_snr, zeros, train=train).x0_hat),
+        lambda: zeros)
+  return apply("denoise", x_t, log_snr, x0_selfcond, train=train)
+
+
+def _denoising_loss(output: str, out, x0, inputs: LossInputs, alpha_sigma) -> Array:
+  """Per position [batch, length]: cross-entropy on logits, or the MSE against the
+  parameterization's target."""
+  param = parameterization.get(output)
+  if param.predicts_logits:
+    return vocab_ops.token_cross_entropy(out.logits, inputs.tokens)
+  gamma, sigma = (expand_like(v, x0) for v in alpha_sigma)
+  target = param.target(x0, inputs.noise[0], gamma, sigma)
+  return jnp.mean(jnp.square(out.raw - target), axis=-1)
+
+
+def _readout_terms(apply, cfg, config: LossConfig, x0, out, inputs: LossInputs, schedule):
+  """(name, weight, per-position read-out CE) of the rounding term -log p(w | z_tmin) and the
+  anchor term on x0_hat, those with a non-zero weight; logits in the model's matmul precision."""
+  def readout_ce(x):
+    return vocab_ops.readout_cross_entropy(x, *apply("readout_weights"), inputs.tokens,
+                                           operand_dtype=cfg.matmul_operand_dtype)
+  terms = []
+  if config.rounding_weight:
+    t_min = jnp.full_like(inputs.t, schedule.t_min)
+    z0 = q_sample(x0, t_min, inputs.noise[1], schedule) / schedule.gamma(t_min)[:, None, None]
+    terms.append(("rounding_loss", config.rounding_weight, readout_ce(z0)))
+  if config.anchor_weight:
+    terms.append(("anchor_loss", config.anchor_weight, readout_ce(out.x0_hat)))
+  return terms
+
+
+def _accuracy(apply, x0_hat, tokens, loss_mask, num_examples: int) -> dict:
+  """Read-out accuracy of x0_hat, a monitoring metric: on a few examples only, since the read-out
+  costs a [tokens, dim] x [dim, vocab] matmul that does no training work."""
+  k = min(num_examples, tokens.shape[0])
+  table, bias = jax.lax.stop_gradient(apply("readout_weights"))
+  correct = vocab_ops.argmax_scores(jax.lax.stop_gradient(x0_hat[:k]), table, bias) == tokens[:k]
+  return {"token_accuracy": jnp.sum(correct.astype(jnp.float32) * loss_mask[:k]),
+          "accuracy_tokens": jnp.sum(loss_mask[:k])}
 
 
 def bound_times(schedule: schedules_lib.Schedule, tau: Array, length: int) -> tuple[Array, Array]:
@@ -149,7 +160,7 @@ def bound_times(schedule: schedules_lib.Schedule, tau: Array, length: int) -> tu
   return schedule.clip(raw), jnp.where(inside, 1.0 + schedule.position_skew, 0.0)
 
 
-def likelihood_bound(model, params, tokens: Array, t: Array, noise: Array,
+def likelihood_bound(model, params, tokens: Array, *, t: Array, noise: Array,
                      schedule: schedules_lib.Schedule, log_snr_max: float | None = None):
   """Continuous-time variational bound on -log p(w) (VDM, Kingma et al. 2021), as sums.
 
@@ -177,7 +188,7 @@ def likelihood_bound(model, params, tokens: Array, t: Array, noise: Array,
   small = g < 1e-2
   g_safe = jnp.where(small, 0.5, g)
   variance_term = jnp.where(small, g**2 / 2 + g**3 / 3 + g**4 / 4, -g_safe - jnp.log1p(-g_safe))
-  prior = 0.5 * (jnp.sum(_expand(g, x0) * x0**2) + jnp.sum(variance_term) * x0[0].size)
+  prior = 0.5 * (jnp.sum(expand_like(g, x0) * x0**2) + jnp.sum(variance_term) * x0[0].size)
 
   gamma0 = schedule.gamma(t_min)[:, None, None]
   z0 = q_sample(x0, t_min, noise[1], schedule) / gamma0
@@ -191,7 +202,7 @@ def likelihood_bound(model, params, tokens: Array, t: Array, noise: Array,
     x0_hat = apply("denoise", x_t, log_snr, x0_hat).x0_hat
   sq_err = jnp.sum(jnp.square(x0 - x0_hat), axis=-1)  # [batch, length]
   snr_rate = -schedule.dlog_snr_dt(t) * jnp.exp(log_snr) * dt_dtau  # -d SNR / d tau
-  diffusion = 0.5 * jnp.sum(_expand(snr_rate, sq_err) * sq_err)
+  diffusion = 0.5 * jnp.sum(expand_like(snr_rate, sq_err) * sq_err)
   return {"prior": prior, "reconstruction": reconstruction, "diffusion": diffusion,
           "total": prior + reconstruction + diffusion,
           "positions": jnp.asarray(tokens.size, jnp.float32)}

@@ -8,6 +8,7 @@ self-BLEU, novelty and copying against the training set, length, empties and MAU
 features; beside them the diffusion model's likelihood bound and the judge's NLL on the valid split.
 """
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,9 +19,8 @@ import time
 import jax
 import numpy as np
 
-from cdm_jax import diffusion, text_metrics, train
+from cdm_jax import diffusion, generate, steps, text_metrics
 from cdm_jax import judge as judge_lib
-from cdm_jax import sample as sample_lib
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 0) -
 class Scorer:
   """Scores sets of texts against one reference set of real held-out text."""
 
-  def __init__(self, judge: judge_lib.Judge, tokenizer, seq_len: int, reference_texts: list[str],
+  def __init__(self, judge: judge_lib.Judge, tokenizer, seq_len: int, reference_texts: list[str], *,
                train_index: text_metrics.TrainingSetIndex | None, seed: int = 0):
     self.judge, self.tokenizer, self.seq_len, self.seed = judge, tokenizer, seq_len, seed
     self.index = train_index
@@ -69,7 +69,7 @@ class Scorer:
             **text_metrics.text_statistics(texts, self.index)}
 
 
-def likelihood_on_valid(generator: sample_lib.Generator, judge: judge_lib.Judge, valid: np.ndarray,
+def likelihood_on_valid(generator: generate.Generator, judge: judge_lib.Judge, valid: np.ndarray, *,
                         batch_size: int, max_batches: int, seed: int) -> dict:
   """The diffusion bound and the judge's NLL on the same valid rows, both per real token.
 
@@ -86,8 +86,9 @@ def likelihood_on_valid(generator: sample_lib.Generator, judge: judge_lib.Judge,
   # Every lower end gives a valid bound; report the tightest of a fixed set (and all of them).
   bounds = {}
   for log_snr_max in LOG_SNR_CAPS:
-    eval_fn = train.make_eval_fn(generator.model, generator.schedule, mesh, log_snr_max)
-    sums = train.bound_sums(eval_fn, generator.params, rows, batch_size, num_batches, seed, mesh)
+    bound_fn = steps.make_bound_fn(generator.model, generator.schedule, mesh, log_snr_max)
+    sums = steps.bound_sums(bound_fn, generator.params, rows, batch_size=batch_size,
+                            num_batches=num_batches, seed=seed, mesh=mesh)
     bounds[str(log_snr_max)] = float(sums["total"]) / real_tokens
   best_cap = min(bounds, key=bounds.get)
   bound = bounds[best_cap]
@@ -101,12 +102,16 @@ def likelihood_on_valid(generator: sample_lib.Generator, judge: judge_lib.Judge,
 
 
 def load_for_evaluation(workdir: str, judge_config: judge_lib.JudgeConfig):
-  """(generator, dataset, judge) for a workdir; the judge is the cached one for its corpus."""
-  generator = sample_lib.load(workdir)
+  """(generator, dataset, judge) for a workdir; the judge is the cached one for its corpus, with
+  the transformer sizes of the workdir's diffusion model and `judge_config`'s training budget."""
+  generator = generate.load(workdir)
   data_config = generator.config.data
   data = pipeline.prepare_data(data_config, workdir)
   corpus_id = (f"{data_config.corpus}:{data_config.path}:{data_config.max_examples}:"
                f"{data_config.valid_percent}")
+  model = generator.config.model
+  judge_config = dataclasses.replace(judge_config, width=model.width, num_layers=model.num_layers,
+                                     num_heads=model.num_heads, mlp_dim=model.mlp_dim)
   judge = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, judge_config)
   return generator, data, judge
 
@@ -120,55 +125,53 @@ def shuffled_real_sets(valid_text: list[str], n: int, seed: int) -> tuple[list[s
   return [valid_text[i] for i in order[:n]], [valid_text[i] for i in order[n:2 * n]]
 
 
-def evaluate(workdir: str, num_samples: int = 1000, sampler: str | None = None,
-             steps: int | None = None, clamp: str | None = None, seed: int = 0,
+def evaluate(workdir: str, *, num_samples: int = 1000, seed: int = 0,
+             sample_overrides: dict | None = None,
              judge_config: judge_lib.JudgeConfig = judge_lib.JudgeConfig(),
              ar_temperature: float = 1.0, ar_top_p: float = 1.0, bound_batches: int = 16,
              write: bool = True) -> dict:
+  """Scores `num_samples` diffusion samples (the config's sampling options with
+  `sample_overrides`, see `Generator.options`), as many AR-baseline samples and real held-out
+  texts; returns the result (and writes it to DIR/eval/ when `write`)."""
   start = time.perf_counter()
   generator, data, judge = load_for_evaluation(workdir, judge_config)
-  config = generator.config
   n = min(num_samples, len(data.valid_text) // 2)
   if n < num_samples:
     log.warning("Only %d held-out examples: scoring %d samples per set.", len(data.valid_text), n)
+  options = generator.options(num_samples=n, **(sample_overrides or {}))
   references, real_as_samples = shuffled_real_sets(data.valid_text, n, seed)
-  scorer = Scorer(judge, generator.tokenizer, config.data.seq_len, references,
-                  text_metrics.TrainingSetIndex(data.train_text), seed)
-
-  sampler = sampler or config.sample.sampler
-  steps = steps or config.sample.num_steps
-  clamp = clamp or config.sample.clamp
+  scorer = Scorer(judge, generator.tokenizer, generator.config.data.seq_len, references,
+                  train_index=text_metrics.TrainingSetIndex(data.train_text), seed=seed)
+  texts, seconds = {}, {}
   t0 = time.perf_counter()
-  diffusion_texts = generator.sample(n, steps, sampler, seed, clamp)
-  diffusion_seconds = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  ar_texts = generator.decode(judge.sample(n, seed, ar_temperature, ar_top_p))
-  ar_seconds = time.perf_counter() - t0
-
+  texts["diffusion"] = generator.sample(n, seed=seed, **(sample_overrides or {}))
+  seconds["diffusion"], t0 = time.perf_counter() - t0, time.perf_counter()
+  texts["ar_baseline"] = generator.decode(judge.sample(n, seed, ar_temperature, ar_top_p))
+  seconds["ar_baseline"] = time.perf_counter() - t0
+  texts["real"] = real_as_samples
+  scored = {name: scorer.score(group) for name, group in texts.items()}
+  scored["diffusion"]["sampling_seconds"] = seconds["diffusion"]
+  scored["ar_baseline"].update(sampling_seconds=seconds["ar_baseline"], temperature=ar_temperature,
+                               top_p=ar_top_p)
   result = {
-      "corpus": config.data.corpus, "workdir": str(workdir), "checkpoint_step": generator.step,
-      "sampler": sampler, "steps": steps, "clamp": clamp, "seed": seed, "num_samples": n,
-      "judge_ppl_real": scorer.reference_ppl,
+      "corpus": generator.config.data.corpus, "workdir": str(workdir),
+      "checkpoint_step": generator.step, "sampler": options.sampler, "steps": options.num_steps,
+      "clamp": options.clamp, "seed": seed, "num_samples": n, "judge_ppl_real": scorer.reference_ppl,
+      "judge_ppl_samples": scored["diffusion"]["judge_ppl"],
+      "judge_ppl_ratio": scored["diffusion"]["judge_ppl_ratio"], "mauve": scored["diffusion"]["mauve"],
+      **scored,
+      "likelihood": likelihood_on_valid(generator, judge, data.valid,
+                                        batch_size=generator.config.train.batch_size,
+                                        max_batches=bound_batches, seed=seed),
+      "judge": {**judge.info,
+                "diffusion_num_params": int(sum(x.size for x in jax.tree.leaves(generator.params)))},
+      "examples": {name: group[:10] for name, group in texts.items()},
   }
-  scored = {"diffusion": scorer.score(diffusion_texts), "ar_baseline": scorer.score(ar_texts),
-            "real": scorer.score(real_as_samples)}
-  result.update({"judge_ppl_samples": scored["diffusion"]["judge_ppl"],
-                 "judge_ppl_ratio": scored["diffusion"]["judge_ppl_ratio"],
-                 "mauve": scored["diffusion"]["mauve"]})
-  scored["diffusion"]["sampling_seconds"] = diffusion_seconds
-  scored["ar_baseline"].update(sampling_seconds=ar_seconds, temperature=ar_temperature, top_p=ar_top_p)
-  result.update(scored)
-  result["likelihood"] = likelihood_on_valid(generator, judge, data.valid, config.train.batch_size,
-                                             bound_batches, seed)
-  num_params = int(sum(x.size for x in jax.tree.leaves(generator.params)))
-  result["judge"] = {**judge.info, "diffusion_num_params": num_params}
-  result["examples"] = {"diffusion": diffusion_texts[:10], "ar_baseline": ar_texts[:10],
-                        "real": real_as_samples[:10]}
   result["wall_seconds"] = time.perf_counter() - start
   if write:
     out = pathlib.Path(workdir) / "eval"
     out.mkdir(exist_ok=True)
-    name = f"eval_{sampler}_{steps}_{clamp}_n{n}_seed{seed}.json"
+    name = f"eval_{options.sampler}_{options.num_steps}_{options.clamp}_n{n}_seed{seed}.json"
     (out / name).write_text(to_json(result))
   return result
 
@@ -192,11 +195,7 @@ def to_json(result: dict) -> str:
 def main(argv=None):
   from absl import app, flags, logging as absl_logging  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
-  flags.DEFINE_integer("num_samples", 1000, "Samples per set (diffusion, AR baseline, real).")
-  flags.DEFINE_string("sampler", None, "ddpm | ddim | euler | heun (default: the config's).")
-  flags.DEFINE_integer("steps", None, "Sampling steps (default: the config's).")
-  flags.DEFINE_string("clamp", None, "none | hard | soft (default: the config's).")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  generate.define_sampling_flags(flags, num_samples=1000)  # per set: diffusion, AR baseline, real
   flags.DEFINE_float("judge_minutes", judge_lib.JudgeConfig.time_limit_minutes,
                      "Training budget of the judge when it is not cached yet.")
   flags.DEFINE_integer("judge_steps", 0, "> 0: train the judge for exactly this many steps instead "
@@ -208,9 +207,10 @@ def main(argv=None):
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("cdm_jax").setLevel(logging.INFO)
     f = flags.FLAGS
-    result = evaluate(f.workdir, f.num_samples, f.sampler, f.steps, f.clamp, f.seed,
-                      judge_lib.judge_budget(f.judge_minutes, f.judge_steps),
-                      f.ar_temperature, f.ar_top_p)
+    result = evaluate(f.workdir, num_samples=f.num_samples, seed=f.seed,
+                      sample_overrides=generate.sampling_overrides(f),
+                      judge_config=judge_lib.judge_budget(f.judge_minutes, f.judge_steps),
+                      ar_temperature=f.ar_temperature, ar_top_p=f.ar_top_p)
     print(to_json(result))
 
   app.run(run, argv=argv or sys.argv)

@@ -1,12 +1,10 @@
 """Host allocator settings that keep XLA:CPU's per-call buffers out of the kernel's page-fault path.
 
 XLA:CPU allocates each call's temporary buffers with malloc and frees them at the end. glibc hands
-large blocks out as fresh `mmap`s (or trims them back to the OS), so every call touches its
-buffers' pages for the first time again: the bench_peer train step took 238k minor page faults
-(~0.9 GB zeroed by the kernel, 0.39 s of system time) per step. Kept in one arena that never maps
-or trims, the freed memory is reused as it is: 0-30k faults, and the step is 7-9% faster
-(benchmarks/NOTES.md). The cost: the process keeps its peak heap instead of returning it, and the
-heap fragments (peak RSS 1.8 -> 2.5 GiB for the bench_peer step).
+large blocks out as fresh `mmap`s (or trims them back to the OS), so every call page-faults its
+buffers in again. Kept in one arena that never maps or trims, the freed memory is reused as it is,
+and CPU steps get faster; the cost is a process that keeps its peak heap (figures in
+benchmarks/NOTES.md, session 4).
 
 Must run before JAX's first computation: the runtime's worker threads pick their malloc arena at
 their first allocation. `train.train_and_evaluate` and `cdm_jax.load` (so every CLI) call it; set

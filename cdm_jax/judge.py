@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ import numpy as np
 import optax
 import tqdm
 
-from cdm_jax import checkpointing
+from cdm_jax import builders, checkpointing, periodic, vocab_ops
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 from cdm_jax.models import ModelConfig, TransformerLM
 
@@ -71,10 +70,7 @@ class Judge:
   def __post_init__(self):
     def forward(params, tokens):
       logits, hidden = self.model.apply(params, tokens, return_hidden=True)
-      targets = tokens[:, 1:]
-      mask = (targets != tokenizer_lib.PAD_ID).astype(jnp.float32)
-      log_probs = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-      nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+      nll, mask = next_token_nll(logits, tokens)
       # Features for MAUVE: mean of the hidden states over BOS and the real tokens.
       seen = (tokens != tokenizer_lib.PAD_ID).astype(jnp.float32)
       features = jnp.sum(hidden * seen[..., None], 1) / jnp.maximum(jnp.sum(seen, 1, keepdims=True), 1)
@@ -88,10 +84,6 @@ class Judge:
     nll, count, feats = (np.concatenate([np.asarray(o[j]) for o in outs])[:len(tokens)] for j in range(3))
     return {"nll": nll, "tokens": count, "features": feats}
 
-  def perplexity(self, tokens: np.ndarray) -> float:
-    scores = self.score(tokens)
-    return float(np.exp(np.sum(scores["nll"]) / max(np.sum(scores["tokens"]), 1)))
-
   def sample(self, num_samples: int, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
              batch_size: int = 256) -> np.ndarray:
     """Ancestral samples [num_samples, seq_len]: BOS, tokens, EOS, then PAD."""
@@ -99,6 +91,14 @@ class Judge:
     rows = [np.asarray(fn(self.params, jax.random.fold_in(jax.random.PRNGKey(seed), i)))
             for i in range(-(-num_samples // batch_size))]
     return np.concatenate(rows)[:num_samples]
+
+
+def next_token_nll(logits, tokens):
+  """Per-target NLL [batch, length - 1] of tokens[:, 1:] under logits[:, :-1], and the mask of
+  real (non-PAD) targets."""
+  targets = tokens[:, 1:]
+  mask = (targets != tokenizer_lib.PAD_ID).astype(jnp.float32)
+  return vocab_ops.token_cross_entropy(logits[:, :-1], targets), mask
 
 
 def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
@@ -149,32 +149,25 @@ def train_judge(train_tokens: np.ndarray, vocab_size: int, config: JudgeConfig) 
   model = _judge_model(vocab_size, seq_len, config)
   params = model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, seq_len), jnp.int32))
   # A short step budget (e.g. --judge_steps=10) warms up over its first tenth at most.
-  warmup = min(config.warmup_steps, max(1, config.max_steps // 10))
-  lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
-                                          max(config.max_steps, warmup + 1), 0.1 * config.learning_rate)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, b2=0.99, weight_decay=0.01))
+  tx = builders.adamw_cosine(peak_learning_rate=config.learning_rate,
+                             warmup_steps=min(config.warmup_steps, max(1, config.max_steps // 10)),
+                             total_steps=config.max_steps, grad_clip_norm=1.0, weight_decay=0.01)
   opt_state = tx.init(params)
 
   @jax.jit
   def step(params, opt_state, tokens, rng):
     def loss_fn(p):
-      logits = model.apply(p, tokens, train=True, rngs={"dropout": rng})
-      targets = tokens[:, 1:]
-      mask = (targets != tokenizer_lib.PAD_ID).astype(jnp.float32)
-      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), targets[..., None], -1)[..., 0]
+      nll, mask = next_token_nll(model.apply(p, tokens, train=True, rngs={"dropout": rng}), tokens)
       return jnp.sum(nll * mask) / jnp.sum(mask)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   batches = pipeline.BatchIterator(train_tokens, config.batch_size, config.seed)
-  start = time.perf_counter()
+  deadline = periodic.Deadline(config.time_limit_minutes)
   losses, steps = [], 0
   with tqdm.tqdm(total=config.max_steps, desc="judge", mininterval=5.0) as bar:
-    def in_time():
-      return config.time_limit_minutes <= 0 or time.perf_counter() - start < 60 * config.time_limit_minutes
-
-    while steps < config.max_steps and in_time():
+    while steps < config.max_steps and not deadline.passed():
       params, opt_state, loss = step(params, opt_state, next(batches),
                                      jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), steps))
       steps += 1
@@ -182,7 +175,7 @@ def train_judge(train_tokens: np.ndarray, vocab_size: int, config: JudgeConfig) 
       if steps % 100 == 0:
         losses.append(float(loss))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-  info = {"steps": steps, "train_seconds": time.perf_counter() - start,
+  info = {"steps": steps, "train_seconds": deadline.elapsed_seconds(),
           "final_train_loss": losses[-1] if losses else float(loss),
           "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}
   return params, info

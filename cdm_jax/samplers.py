@@ -7,12 +7,14 @@ step i is `fold_in(rng, i)`; `rng` may also be one key per example ([batch, 2]),
 example's noise independent of how the batch is split over devices.
 """
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from cdm_jax import registry, schedules as schedules_lib, vocab_ops
+from cdm_jax.parameterization import eps_from_x0, expand_like as _b
 
 Array = jax.Array
 DenoiseFn = Callable[[Array, Array, Array], Array]  # (x_t, t [batch] or [batch, m], x0_selfcond) -> x0_hat
@@ -30,26 +32,15 @@ SAMPLERS = registry.Registry("sampler")
 register = SAMPLERS.register
 
 
-def available() -> list[str]:
-  return SAMPLERS.names()
-
-
-def _b(values, like):
-  return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
-
-
 def _normal(key: Array, like: Array) -> Array:
   if key.ndim == 2:  # one key per example
     return jax.vmap(lambda k: jax.random.normal(k, like.shape[1:], like.dtype))(key)
   return jax.random.normal(key, like.shape, like.dtype)
 
 
-def eps_from_x0(x_t, x0_hat, gamma_t, sigma_t):
-  return (x_t - _b(gamma_t, x_t) * x0_hat) / _b(sigma_t, x_t)
-
-
-def ddpm_posterior(x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t):
-  """Mean and variance of q(x_s | x_t, x0 = x0_hat) for s < t, for any gamma/sigma."""
+def ddpm_posterior(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t):
+  """Mean and variance of q(x_s | x_t, x0 = x0_hat) for s < t, for any (gamma, sigma) pairs."""
+  (gamma_s, sigma_s), (gamma_t, sigma_t) = alpha_sigma_s, alpha_sigma_t
   gamma_ts = gamma_t / gamma_s
   var_ts = sigma_t**2 - gamma_ts**2 * sigma_s**2
   mean = (_b(gamma_ts * sigma_s**2 / sigma_t**2, x_t) * x_t
@@ -58,8 +49,9 @@ def ddpm_posterior(x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t):
   return mean, var
 
 
-def ddim_update(x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t):
+def ddim_update(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t):
   """Deterministic DDIM (eta = 0): keep the implied noise, move the signal to level s."""
+  (gamma_s, sigma_s), (gamma_t, sigma_t) = alpha_sigma_s, alpha_sigma_t
   eps_hat = eps_from_x0(x_t, x0_hat, gamma_t, sigma_t)
   return _b(gamma_s, x_t) * x0_hat + _b(sigma_s, x_t) * eps_hat
 
@@ -67,18 +59,15 @@ def ddim_update(x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t):
 @register("ddpm")
 def ddpm_step(denoise, inp: StepInput, schedule):
   x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
-  gamma_s, sigma_s = schedule.alpha_sigma(inp.s)
-  gamma_t, sigma_t = schedule.alpha_sigma(inp.t)
-  mean, var = ddpm_posterior(inp.x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t)
+  mean, var = ddpm_posterior(inp.x_t, x0_hat, schedule.alpha_sigma(inp.s),
+                             schedule.alpha_sigma(inp.t))
   return mean + _b(jnp.sqrt(jnp.maximum(var, 0.0)), mean) * _normal(inp.key, mean), x0_hat
 
 
 @register("ddim")
 def ddim_step(denoise, inp: StepInput, schedule):
   x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
-  gamma_s, sigma_s = schedule.alpha_sigma(inp.s)
-  gamma_t, sigma_t = schedule.alpha_sigma(inp.t)
-  return ddim_update(inp.x_t, x0_hat, gamma_s, sigma_s, gamma_t, sigma_t), x0_hat
+  return ddim_update(inp.x_t, x0_hat, schedule.alpha_sigma(inp.s), schedule.alpha_sigma(inp.t)), x0_hat
 
 
 def _ode_velocity(schedule, x_t, x0_hat, t):
@@ -126,8 +115,9 @@ def evaluations_per_step(sampler: str) -> int:
 
 
 def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: schedules_lib.Schedule,
-                num_steps: int, sampler: str = "ddim", clamp_fn: Callable[[Array], Array] | None = None,
-                times: Array | None = None, clamp_max_t: float = 1.0) -> Array:
+                num_steps: int, *, sampler: str = "ddim",
+                clamp_fn: Callable[[Array], Array] | None = None, times: Array | None = None,
+                clamp_max_t: float = 1.0) -> Array:
   """Runs the reverse process from `x_init` (x at t_max) and returns x0_hat [batch, m, d].
 
   Args:
@@ -210,7 +200,7 @@ def decode(x, table, bias=None, method: str = "readout", operand_dtype=None):
   return DECODERS.get(method)(x, table, bias, operand_dtype)
 
 
-def make_clamp_fn(mode: str, table: Array, bias: Array | None = None, decoder: str = "readout",
+def make_clamp_fn(mode: str, table: Array, bias: Array | None = None, *, decoder: str = "readout",
                   temperature: float = 1.0, operand_dtype=None) -> Callable[[Array], Array] | None:
   """"none"; "hard": snap to the decoded embedding (Diffusion-LM); "soft": the read-out's
   expected embedding softmax((x.E^T + b) / temperature) E. `operand_dtype` (the model's
@@ -220,6 +210,9 @@ def make_clamp_fn(mode: str, table: Array, bias: Array | None = None, decoder: s
   if mode == "hard":
     return lambda x: jnp.take(table, decode(x, table, bias, decoder, operand_dtype), axis=0)
   if mode == "soft":
+    if not temperature > 0:
+      raise ValueError(f"The soft clamp's temperature must be > 0, got {temperature}.")
+
     def soft_rows(rows):
       logits = vocab_ops.dot_rows(rows, table, operand_dtype)
       if bias is not None:
@@ -227,3 +220,40 @@ def make_clamp_fn(mode: str, table: Array, bias: Array | None = None, decoder: s
       return jax.nn.softmax(logits / temperature, axis=-1) @ table
     return lambda x: vocab_ops.row_blocks(soft_rows, x)
   raise ValueError(f"Unknown clamp {mode!r}; choose none, hard or soft.")
+
+
+CLAMPS = ("none", "hard", "soft")
+TIME_GRIDS = ("uniform", "warp")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  """The options of one sampling run, validated on construction; `.replace()` derives variants."""
+  num_samples: int = 16
+  num_steps: int = 100
+  sampler: str = "ddim"          # a registered sampler: ddpm | ddim | euler | heun
+  clamp: str = "soft"            # none | hard (nearest embedding) | soft (read-out expectation)
+  clamp_temperature: float = 1.0
+  clamp_max_t: float = 1.0       # clamp only at t <= this
+  decoder: str = "readout"       # a registered decoder: readout | l2 | cosine
+  time_grid: str = "uniform"     # uniform | warp (the learned time warping's quantiles)
+
+  def __post_init__(self):
+    for field in ("num_samples", "num_steps"):
+      if not getattr(self, field) >= 1:
+        raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}.")
+    SAMPLERS.get(self.sampler)
+    DECODERS.get(self.decoder)
+    if self.clamp not in CLAMPS:
+      raise ValueError(f"Unknown clamp {self.clamp!r}; choose one of {list(CLAMPS)}.")
+    if self.time_grid not in TIME_GRIDS:
+      raise ValueError(f"time_grid must be one of {list(TIME_GRIDS)}, got {self.time_grid!r}.")
+    if not self.clamp_temperature > 0:
+      raise ValueError(f"clamp_temperature must be > 0, got {self.clamp_temperature}.")
+
+  def replace(self, **changes) -> "SampleConfig":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "SampleConfig":
+    return registry.dataclass_from_dict(cls, values, "sample config")

@@ -27,10 +27,6 @@ SCHEDULES = registry.Registry("schedule")
 register = SCHEDULES.register
 
 
-def available() -> list[str]:
-  return SCHEDULES.names()
-
-
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """A noise schedule: `x_t = gamma(t) x0 + sigma(t) eps`, with `gamma^2 + sigma^2 = 1`."""
@@ -109,6 +105,20 @@ def get_schedule(name: str, t_min: float | None = None, t_max: float | None = No
   if not 0.0 <= schedule.t_min < schedule.t_max <= 1.0:
     raise ValueError(f"Need 0 <= t_min < t_max <= 1, got {schedule.t_min}, {schedule.t_max}.")
   return schedule
+
+
+# The `config.diffusion` fields each schedule's factory reads (factory argument -> field). A new
+# schedule needs its factory below, its entry here, and its fields in configs/default.py.
+CONFIG_FIELDS = {"tan_d": {"d": "tan_d"},
+                 "ve": {"sigma_min": "ve_sigma_min", "sigma_max": "ve_sigma_max"}}
+
+
+def from_config(diffusion_config) -> Schedule:
+  """The schedule a config's `diffusion` block names, with its fields and position skew."""
+  name = diffusion_config.schedule
+  kwargs = {arg: diffusion_config[field] for arg, field in CONFIG_FIELDS.get(name, {}).items()}
+  # older workdirs' configs lack position_skew
+  return with_position_skew(get_schedule(name, **kwargs), diffusion_config.get("position_skew", 0.0))
 
 
 def with_position_skew(schedule: Schedule, position_skew: float) -> Schedule:
@@ -202,10 +212,6 @@ class TimeWarp:
     bin_index = jnp.clip((t * self.num_bins).astype(jnp.int32), 0, self.num_bins - 1)
     weight = 1.0 / (probs[bin_index] * self.num_bins)
     return t, weight
-
-  def cdf(self, t: Array) -> Array:
-    edges = jnp.linspace(0.0, 1.0, self.num_bins + 1)
-    return jnp.interp(t, edges, self.cdf_knots())
 
   def update(self, t: Array, loss: Array, decay: float = 0.99) -> "TimeWarp":
     """Moves each bin's running loss toward the mean loss of the examples that fell in it."""

@@ -1,5 +1,7 @@
 """Sample-quality statistics on word level: diversity, self-BLEU, novelty, copying, length."""
 
+import collections
+
 import numpy as np
 
 
@@ -51,6 +53,17 @@ class TrainingSetIndex:
     return float(np.mean([" ".join(words(t)) in self.lines for t in nonempty]))
 
 
+def unigram_entropy(texts: list[str]) -> float:
+  """Entropy (nats) of the word distribution pooled over `texts`: low values flag repetitive output
+  that buys a low perplexity (reported beside generative perplexity, as the field does)."""
+  counts = collections.Counter(w for t in texts for w in words(t))
+  total = sum(counts.values())
+  if not total:
+    return 0.0
+  probs = np.array(list(counts.values()), np.float64) / total
+  return float(-np.sum(probs * np.log(probs)))
+
+
 def text_statistics(texts: list[str], index: TrainingSetIndex | None = None) -> dict:
   lengths = [len(words(t)) for t in texts]
   stats = {
@@ -60,6 +73,7 @@ def text_statistics(texts: list[str], index: TrainingSetIndex | None = None) -> 
       "distinct_1": distinct_n(texts, 1),
       "distinct_2": distinct_n(texts, 2),
       "distinct_3": distinct_n(texts, 3),
+      "unigram_entropy": unigram_entropy(texts),
       "self_bleu_4": self_bleu(texts),
   }
   if index is not None:

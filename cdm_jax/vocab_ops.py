@@ -1,8 +1,8 @@
 """Vocabulary-wide operations on latents, in row blocks: argmax of x.E^T + b, and read-out CE.
 
-A [tokens, vocab] score matrix is 181 MB at 4,096 tokens x 11k words; computed whole, its matmul
-runs memory-bound and every later pass (max, softmax, gradients) streams it again. In blocks of a
-few hundred rows the scores stay in cache; no [.., vocab, dim] tensor is ever formed either.
+Computed whole, a [tokens, vocab] score matrix is streamed from memory by every pass over it (max,
+softmax, gradients); in blocks of a few hundred rows it stays in cache, and no [.., vocab, dim]
+tensor is formed. Measurements behind each layout choice: benchmarks/NOTES.md.
 """
 
 import functools
@@ -33,8 +33,7 @@ def row_blocks(fn: Callable[[Array], Array], x: Array, block: int = ROW_BLOCK) -
 
 def first_argmax(scores: Array, axis: int = -1) -> Array:
   """argmax over `axis` as max + first index reaching it: two plain reductions, which XLA:CPU runs
-  faster than its variadic argmax reduction (the peer-sized hard clamp: 175 against 256 ms in a
-  micro-benchmark; benchmarks/NOTES.md)."""
+  faster than its variadic argmax reduction."""
   size = scores.shape[axis]
   iota = jax.lax.broadcasted_iota(jnp.int32, scores.shape, axis % scores.ndim)
   top = jnp.max(scores, axis=axis, keepdims=True)
@@ -60,11 +59,9 @@ def argmax_scores(x: Array, table: Array, column_bias: Array | None = None,
                   operand_dtype=None) -> Array:
   """argmax_v (x . table[v] + column_bias[v]) for every row of x [..., d] -> [...] int32.
 
-  Each block's scores are laid out [vocab, rows] (table . rows^T) and reduced over the leading
-  axis: XLA:CPU vectorizes those reductions across the rows (the peer-sized clamp alone: 82
-  against 90 ms with [rows, vocab]; benchmarks/NOTES.md, session 5). In float32 the bias rides in
-  the matmul as one more column of the table against a column of ones, which spares XLA:CPU a
-  pass over the scores (same argmax up to float32 rounding of near-ties; session 6). A bfloat16
+  Each block's scores are laid out [vocab, rows] and reduced over the leading axis, which XLA:CPU
+  vectorizes across the rows. In float32 the bias rides in the matmul as one more column of the
+  table (one pass fewer over the scores; same argmax up to rounding of near-ties). A bfloat16
   `operand_dtype` makes the result approximate: near-ties within bf16 rounding may pick a
   neighbour; its bias is added in float32 after the product.
   """
@@ -90,9 +87,8 @@ def _block_log_normalizer(rows: Array, table: Array, bias: Array, operand_dtype)
   """log sum_v exp(rows . table[v] + bias[v]) for one block of rows [block, d] -> [block].
 
   Its backward keeps only the block's log-normalizer from the forward and recomputes the logits
-  once: softmax = exp(logits - log-normalizer) is one pass over them, where autodiff of a
-  rematerialized logsumexp took four (bias, max, exp, sum; ~9% of the read-out's time,
-  benchmarks/NOTES.md, session 6)."""
+  once: softmax = exp(logits - log-normalizer) is one pass over them (autodiff of a rematerialized
+  logsumexp makes four)."""
   return _log_normalizer(rows, table, bias, operand_dtype)
 
 
@@ -114,7 +110,7 @@ def _block_log_normalizer_bwd(operand_dtype, residuals, grad):
 _block_log_normalizer.defvjp(_block_log_normalizer_fwd, _block_log_normalizer_bwd)
 
 
-def readout_cross_entropy(x: Array, table: Array, bias: Array | None, tokens: Array,
+def readout_cross_entropy(x: Array, table: Array, bias: Array | None, tokens: Array, *,
                           block: int = 256, operand_dtype=None) -> Array:
   """-log softmax(x.E^T + b)[token] per position, [...]: the tied read-out's cross-entropy.
 
@@ -130,3 +126,9 @@ def readout_cross_entropy(x: Array, table: Array, bias: Array | None, tokens: Ar
   log_norm = row_blocks(lambda rows: _block_log_normalizer(rows, table, bias, operand_dtype), x,
                         block=block)
   return log_norm - label
+
+
+def token_cross_entropy(logits: Array, tokens: Array) -> Array:
+  """-log softmax(logits)[token] per position, [...] for logits [..., vocab] (computed in float32)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]

@@ -7,14 +7,11 @@ training step here: benchmarks/NOTES.md). Only shapes matter to the benchmark (i
 tokens).
 """
 
-import pathlib
-import runpy
-
-default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from cdm_jax import config_base
 
 
 def get_config():
-  config = default["get_config"]()
+  config = config_base.get_config()
   config.data.vocab_size = 11043
   config.data.seq_len = 64
   config.model.update(embed_dim=128, width=256, num_layers=6, num_heads=4, mlp_dim=1024,

@@ -1,13 +1,10 @@
 """A seconds-scale config for tests: a tiny model on a corpus file the test writes."""
 
-import pathlib
-import runpy
-
-default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from cdm_jax import config_base
 
 
 def get_config():
-  config = default["get_config"]()
+  config = config_base.get_config()
   config.data.corpus = "text"
   config.data.vocab_size = 32
   config.data.seq_len = 16

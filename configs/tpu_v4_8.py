@@ -6,14 +6,11 @@ Launch on the TPU VM:
 parameters replicate (~60M parameters fit easily in each chip's HBM).
 """
 
-import pathlib
-import runpy
-
-default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from cdm_jax import config_base
 
 
 def get_config():
-  config = default["get_config"]()
+  config = config_base.get_config()
   config.data.vocab_size = 8000
   config.data.seq_len = 64
   config.model.update(embed_dim=128, width=768, num_layers=12, num_heads=12, mlp_dim=3072,

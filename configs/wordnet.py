@@ -1,13 +1,10 @@
 """The CPU demo: WordNet glosses and examples, 6.8M parameters, 2,000 steps or 17 minutes on 2 cores."""
 
-import pathlib
-import runpy
-
-default = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
+from cdm_jax import config_base
 
 
 def get_config():
-  config = default["get_config"]()
+  config = config_base.get_config()
   config.data.corpus = "wordnet"
   config.data.vocab_size = 4000
   config.data.seq_len = 32

@@ -43,13 +43,13 @@ def main():
   n = min(args.num_samples, len(data.valid_text))
   references, _ = evaluate.shuffled_real_sets(data.valid_text, n, args.seed)
   scorer = evaluate.Scorer(judge, generator.tokenizer, config.data.seq_len, references,
-                           text_metrics.TrainingSetIndex(data.train_text), args.seed)
+                           train_index=text_metrics.TrainingSetIndex(data.train_text), seed=args.seed)
   rows = []
   for sampler in args.samplers.split(","):
     for clamp in args.clamps.split(","):
       for steps in map(int, args.steps.split(",")):
         start = time.perf_counter()
-        texts = generator.sample(n, steps, sampler, args.seed, clamp)
+        texts = generator.sample(n, seed=args.seed, steps=steps, sampler=sampler, clamp=clamp)
         seconds = time.perf_counter() - start
         scores = scorer.score(texts)
         rows.append({"sampler": sampler, "clamp": clamp, "steps": steps, "seconds": seconds, **scores})

@@ -97,10 +97,9 @@ def main():
       if eval_file.is_file():
         result = json.loads(eval_file.read_text())
       else:
+        sampling = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("sample.")}
         result = evaluate.evaluate(str(workdir), num_samples=args.num_samples,
-                                   sampler=overrides.get("sample.sampler"),
-                                   steps=overrides.get("sample.num_steps"),
-                                   clamp=overrides.get("sample.clamp"),
+                                   sample_overrides=sampling,
                                    judge_config=judge_lib.judge_budget(args.judge_minutes,
                                                                        args.judge_steps))
         eval_file.parent.mkdir(parents=True, exist_ok=True)

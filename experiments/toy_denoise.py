@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cdm_jax import diffusion, parallel, schedules
+from cdm_jax import diffusion, generate, parallel, samplers, schedules, steps
 from cdm_jax.models import DiffusionLM, ModelConfig
 
 
@@ -27,8 +27,9 @@ def run(num_steps: int = 800, num_samples: int = 64, log: bool = True) -> dict:
   tx = optax.adam(1e-2)
   mesh = parallel.make_mesh(1)
   schedule = schedules.get_schedule("cosine")
-  step = parallel.make_train_step(model, tx, schedule, diffusion.LossConfig(), mesh, 32, 0.99)
-  state = parallel.init_train_state(params, tx, jax.random.PRNGKey(1))
+  step = steps.make_train_step(model, tx, schedule, diffusion.LossConfig(), mesh, global_batch=32,
+                              ema_decay=0.99)
+  state = steps.init_train_state(params, tx, jax.random.PRNGKey(1))
   losses, window = [], []
   for i in range(num_steps):
     batch = data[rng.integers(0, len(data), 32)]
@@ -39,7 +40,8 @@ def run(num_steps: int = 800, num_samples: int = 64, log: bool = True) -> dict:
       window = []
       if log:
         print(f"step {i + 1}: diffusion loss {losses[-1]:.4f}")
-  sample_fn = parallel.make_sample_fn(model, schedule, mesh, num_samples, 50, "ddpm")
+  sample_fn = generate.make_sample_fn(model, schedule, mesh, samplers.SampleConfig(
+      num_samples=num_samples, num_steps=50, sampler="ddpm", clamp="none"))
   samples = np.asarray(sample_fn(state.ema_params, jax.random.PRNGKey(2)))
   matches = [(row == data).all(axis=1).any() for row in samples]
   result = {"losses": losses, "exact_match_fraction": float(np.mean(matches)),

@@ -32,10 +32,18 @@ def corpus(tmp_path_factory):
   return path
 
 
+def trained_config(corpus_path, **train_overrides):
+  """configs/tiny.py with time warping on: the `trained` workdir's config."""
+  config = tiny_config(corpus_path, **train_overrides)
+  config.diffusion.time_warp = True
+  return config
+
+
 @pytest.fixture(scope="session")
 def trained(corpus, tmp_path_factory):
-  """A workdir trained with configs/tiny.py (20 steps), shared by the tests that only read it."""
+  """A workdir trained with `trained_config` (20 steps, evaluating and sampling every 10), shared
+  by the tests that only read it."""
   from cdm_jax import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("run")
-  metrics = train.train_and_evaluate(tiny_config(corpus), str(workdir))
+  metrics = train.train_and_evaluate(trained_config(corpus), str(workdir))
   return workdir, metrics

@@ -25,7 +25,7 @@ def run_module(module, *args, env=None, timeout=600):
 def test_sample_cli_prints_and_writes_the_generators_samples(trained, tmp_path):
   workdir, _ = trained
   output = tmp_path / "samples.txt"
-  stdout = run_module("cdm_jax.sample", f"--workdir={workdir}", "--num_samples=3", "--steps=4",
+  stdout = run_module("cdm_jax.generate", f"--workdir={workdir}", "--num_samples=3", "--steps=4",
                       "--seed=1", "--sampler=ddpm", f"--output={output}")
   expected = cdm_jax.load(str(workdir)).sample(num_samples=3, steps=4, sampler="ddpm", seed=1)
   assert stdout == "\n".join(expected) + "\n"
@@ -71,6 +71,7 @@ def test_evaluate_cli_prints_strict_json_and_writes_the_same(trained, tmp_path):
 
 
 def test_cli_errors_name_the_problem(tmp_path):
+  # `cdm_jax.sample` is the CLI's earlier name, kept as an alias of `cdm_jax.generate`.
   result = subprocess.run([sys.executable, "-m", "cdm_jax.sample", f"--workdir={tmp_path}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert result.returncode != 0 and "not a cdm_jax workdir" in result.stderr

@@ -54,9 +54,10 @@ def test_likelihood_bound_oracle_far_below_zero_predictor():
   t = jax.random.uniform(jax.random.PRNGKey(2), (16,))
   noise = jax.random.normal(jax.random.PRNGKey(3), (2, 16, 6, 8))
   model = OracleModel(config)
-  oracle = diffusion.likelihood_bound(model, {"table": table, "x0_hat": table[tokens]}, tokens, t, noise, s)
-  zero = diffusion.likelihood_bound(model, {"table": table, "x0_hat": jnp.zeros((16, 6, 8))}, tokens, t,
-                                    noise, s)
+  oracle = diffusion.likelihood_bound(model, {"table": table, "x0_hat": table[tokens]}, tokens, t=t,
+                                      noise=noise, schedule=s)
+  zero = diffusion.likelihood_bound(model, {"table": table, "x0_hat": jnp.zeros((16, 6, 8))}, tokens,
+                                    t=t, noise=noise, schedule=s)
   assert float(oracle["diffusion"]) == 0.0
   per_pos = lambda b: float(b["total"] / b["positions"])
   assert per_pos(oracle) < 0.1 * per_pos(zero)
@@ -126,10 +127,11 @@ def test_training_losses_match_numpy(output):
   for mask_padding in (True, False):
     weights = mask.astype(np.float64) if mask_padding else np.ones_like(mask, np.float64)
     cfg = diffusion.LossConfig(mask_padding=mask_padding, rounding_weight=0.7, anchor_weight=0.5)
+    inputs = diffusion.LossInputs(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask),
+                                  t=jnp.asarray(t, jnp.float32), weight=jnp.ones(batch),
+                                  noise=jnp.asarray(noise, jnp.float32), self_cond=jnp.array(False))
     loss, (metrics, per_example) = diffusion.training_losses(
-        FixedOutputModel(config), params, jnp.asarray(tokens), jnp.asarray(mask),
-        jnp.asarray(t, jnp.float32), jnp.ones(batch), jnp.asarray(noise, jnp.float32),
-        jnp.array(False), sched, cfg, train=False)
+        FixedOutputModel(config), params, inputs, sched, cfg, train=False)
     want = {"diffusion_loss": np.sum(per_token * weights), "rounding_loss": np.sum(rounding * weights),
             "anchor_loss": np.sum(anchor * weights), "tokens": weights.sum()}
     for key, value in want.items():
@@ -154,8 +156,9 @@ def test_ce_with_normalized_embeddings_keeps_norms_fixed():
     k1, k2 = jax.random.split(key)
     t = jax.random.uniform(k1, (8,))
     noise = jax.random.normal(k2, (2, 8, 8, 8))
-    grad = jax.grad(lambda p: diffusion.training_losses(
-        model, p, tokens, tokens >= 0, t, jnp.ones(8), noise, jnp.array(False), s, cfg)[0])(params)
+    inputs = diffusion.LossInputs(tokens=tokens, mask=tokens >= 0, t=t, weight=jnp.ones(8), noise=noise,
+                                  self_cond=jnp.array(False))
+    grad = jax.grad(lambda p: diffusion.training_losses(model, p, inputs, s, cfg)[0])(params)
     updates, opt_state = tx.update(grad, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
@@ -176,7 +179,8 @@ def test_denoiser_variants_and_condition_mask(dtype, time_conditioning, scan_lay
   x_t = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8))
   cond = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8))
   cond_mask = jnp.arange(8)[None, :].repeat(2, 0) < 3  # a known prefix of 3 positions
-  out = model.apply(params, x_t, jnp.array([0.0, 2.0]), None, cond, cond_mask, method="denoise")
+  out = model.apply(params, x_t, jnp.array([0.0, 2.0]), cond=cond, cond_mask=cond_mask,
+                    method="denoise")
   assert out.x0_hat.dtype == jnp.float32 and np.all(np.isfinite(out.x0_hat))
   np.testing.assert_array_equal(out.x0_hat[:, :3], cond[:, :3])  # the prefix is kept as given
   assert not np.allclose(out.x0_hat[:, 3:], cond[:, 3:])

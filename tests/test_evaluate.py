@@ -41,7 +41,7 @@ def setup(judge_cache):
   judge = judge_lib.get_judge(tokenizer, train_rows, "synthetic", config)
   assert judge.info["steps"] == 400  # no time limit: exactly max_steps, however busy the machine
   scorer = evaluate.Scorer(judge, tokenizer, 32, held_out[:200],
-                           text_metrics.TrainingSetIndex(train_text))
+                           train_index=text_metrics.TrainingSetIndex(train_text))
   return judge, scorer, held_out[200:], tokenizer, train_rows, config
 
 
@@ -84,6 +84,9 @@ def test_text_statistics():
   assert stats["copy_rate"] == pytest.approx(0.5)
   assert stats["novelty_4gram"] == pytest.approx(1 / 4)  # only "b c d f" is new
   assert stats["self_bleu_4"] > 50
+  # 10 words: a b c d twice, e and f once each.
+  probs = np.array([0.2] * 4 + [0.1] * 2)
+  assert stats["unigram_entropy"] == pytest.approx(-np.sum(probs * np.log(probs)))
 
 
 def test_judge_budget():

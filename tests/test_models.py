@@ -115,7 +115,9 @@ def np_diffusion_lm(p, tokens, log_snr, cfg):
   gamma = np.sqrt(1 / (1 + np.exp(-log_snr)))[:, None, None]
   sigma = np.sqrt(1 / (1 + np.exp(log_snr)))[:, None, None]
   readout = lambda x: x @ table.T + p["embedder"]["readout_bias"]
-  if cfg.output == "logits":
+  if cfg.output.startswith("logits"):
+    if cfg.output == "logits_prior":  # x_t is x0 here; gamma / sigma^2 x_t . E^T
+      raw = raw + gamma / sigma**2 * x0
     logits = readout(raw)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     x0_hat = (probs / probs.sum(-1, keepdims=True)) @ table
@@ -124,11 +126,11 @@ def np_diffusion_lm(p, tokens, log_snr, cfg):
   return readout(x0_hat)
 
 
-@pytest.mark.parametrize("output", ["x0", "eps", "v", "logits"])
+@pytest.mark.parametrize("output", ["x0", "eps", "v", "logits", "logits_prior"])
 def test_diffusion_lm_matches_float64_numpy(output):
   from cdm_jax.models import DiffusionLM
   cfg = ModelConfig(vocab_size=13, seq_len=5, embed_dim=4, width=16, num_layers=2, num_heads=2,
-                    mlp_dim=32, output=output, normalize_embeddings=output == "logits",
+                    mlp_dim=32, output=output, normalize_embeddings=output.startswith("logits"),
                     embed_scale=0.7)
   model = DiffusionLM(cfg)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (3, 5), 0, 13)
@@ -138,7 +140,7 @@ def test_diffusion_lm_matches_float64_numpy(output):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
   params = jax.tree.unflatten(treedef, [0.3 * jax.random.normal(k, v.shape) for k, v in zip(keys, leaves)])
-  got = model.apply(params, tokens, log_snr)
+  got = jax.jit(model.apply)(params, tokens, log_snr)
   f64 = jax.tree.map(lambda v: np.asarray(v, np.float64), params["params"])
   want = np_diffusion_lm(f64, np.asarray(tokens), np.asarray(log_snr, np.float64), cfg)
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from cdm_jax import diffusion, parallel, schedules
+from cdm_jax import diffusion, generate, parallel, samplers, schedules, steps
 from cdm_jax.models import DiffusionLM, ModelConfig
 
 CONFIG = ModelConfig(vocab_size=40, seq_len=8, embed_dim=8, width=32, num_layers=2, num_heads=2,
@@ -20,9 +20,9 @@ def run_steps(num_devices, num_steps=3, steps_per_call=1):
   tx = optax.adamw(1e-2, eps=1e-3)
   mesh = parallel.make_mesh(num_devices)
   loss_config = diffusion.LossConfig(time_warp=True, anchor_weight=0.1)
-  step = parallel.make_train_step(model, tx, schedules.get_schedule("cosine"), loss_config, mesh,
+  step = steps.make_train_step(model, tx, schedules.get_schedule("cosine"), loss_config, mesh,
                                   global_batch=8, ema_decay=0.99, steps_per_call=steps_per_call)
-  state = jax.device_put(parallel.init_train_state(params, tx, jax.random.PRNGKey(1)),
+  state = jax.device_put(steps.init_train_state(params, tx, jax.random.PRNGKey(1)),
                          parallel.replicated(mesh))
   data = np.random.default_rng(0).integers(0, 40, (num_steps, 8, 8)).astype(np.int32)
   losses = []
@@ -59,8 +59,8 @@ def test_several_steps_per_dispatch_match_single_steps():
 
 def test_batch_must_divide_over_devices():
   with pytest.raises(ValueError, match="not divisible"):
-    parallel.make_train_step(DiffusionLM(CONFIG), optax.sgd(0.1), schedules.get_schedule("cosine"),
-                             diffusion.LossConfig(), parallel.make_mesh(4), 6, 0.9)
+    steps.make_train_step(DiffusionLM(CONFIG), optax.sgd(0.1), schedules.get_schedule("cosine"),
+                          diffusion.LossConfig(), parallel.make_mesh(4), global_batch=6, ema_decay=0.9)
 
 
 def test_sample_fn_same_tokens_on_any_device_count_and_compiles_once():
@@ -69,13 +69,14 @@ def test_sample_fn_same_tokens_on_any_device_count_and_compiles_once():
   sched = schedules.get_schedule("cosine")
   outs = []
   for num_devices in (1, 2, 4):
-    fn = parallel.make_sample_fn(model, sched, parallel.make_mesh(num_devices), num_samples=6,
-                                 num_steps=5, sampler="ddpm", clamp="soft")
+    fn = generate.make_sample_fn(model, sched, parallel.make_mesh(num_devices), samplers.SampleConfig(
+        num_samples=6, num_steps=5, sampler="ddpm", clamp="soft"))
     outs.append(np.asarray(fn(params, jax.random.PRNGKey(7))))
   assert outs[0].shape == (6, 8)
   for out in outs[1:]:
     np.testing.assert_array_equal(out, outs[0])
-  fn = parallel.make_sample_fn(model, sched, parallel.make_mesh(2), num_samples=4, num_steps=5)
+  fn = generate.make_sample_fn(model, sched, parallel.make_mesh(2),
+                               samplers.SampleConfig(num_samples=4, num_steps=5))
   seeds = [np.asarray(fn(params, jax.random.PRNGKey(seed))) for seed in range(3)]
   assert fn._cache_size() == 1  # pylint: disable=protected-access
   assert not np.array_equal(seeds[0], seeds[1])  # the key is an argument, not a constant

@@ -58,9 +58,10 @@ def test_training_noises_each_position_at_its_own_time():
   t = jnp.array([0.2, 0.5, 0.9])
   noise = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 6, 4))
   sched = skewed(2.0)
-  diffusion.training_losses(model, {"table": table}, tokens, tokens >= 0, t, jnp.ones(3), noise,
-                            jnp.array(False), sched, diffusion.LossConfig(rounding_weight=0.0),
-                            train=False)
+  inputs = diffusion.LossInputs(tokens=tokens, mask=tokens >= 0, t=t, weight=jnp.ones(3), noise=noise,
+                                self_cond=jnp.array(False))
+  diffusion.training_losses(model, {"table": table}, inputs, sched,
+                            diffusion.LossConfig(rounding_weight=0.0), train=False)
   x_t, log_snr = seen[-1]
   tn = np.clip(np_position_times(t, 6, 2.0), sched.t_min, sched.t_max)
   gamma, sigma = np.cos(np.pi * tn / 2), np.sin(np.pi * tn / 2)
@@ -82,8 +83,8 @@ def test_bound_with_constant_error_agrees_across_skews():
   terms = []
   for w in (0.0, 1.0, 3.0):
     model = OracleModel(config)
-    terms.append(float(diffusion.likelihood_bound(model, {"table": table}, tokens, tau, noise,
-                                                  skewed(w), log_snr_max=4.0)["diffusion"]))
+    terms.append(float(diffusion.likelihood_bound(model, {"table": table}, tokens, t=tau, noise=noise,
+                                                  schedule=skewed(w), log_snr_max=4.0)["diffusion"]))
   sched = skewed(0.0)
   snr_max = np.exp(4.0)
   snr_min = float(jnp.exp(sched.log_snr(sched.t_max)))
@@ -97,7 +98,7 @@ def test_exact_denoiser_samples_the_two_point_data_with_skew(sampler):
   x_init = jax.random.normal(jax.random.PRNGKey(1), (128, 6, 3))
   calls = []
   out = samplers.sample_loop(two_point_denoiser(sched, calls), x_init, jax.random.PRNGKey(2), sched,
-                             90, sampler)
+                             90, sampler=sampler)
   check_two_point_samples(out, calls, sched)
 
 
@@ -110,7 +111,7 @@ def test_positions_wait_for_their_turn(sampler):
   x_init = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 3))
   times = jnp.array([sched.t_max, 0.9])
   out = samplers.sample_loop(lambda x, t, c: 0.5 * x, x_init, jax.random.PRNGKey(2), sched, 1,
-                             sampler, times=times)
+                             sampler=sampler, times=times)
   still = np_position_times(np.array([0.9]), 6, 2.0)[0] >= sched.t_max
   assert still.any() and not still.all()
   np.testing.assert_array_equal(np.asarray(out)[:, still], 0.5 * np.asarray(x_init)[:, still])
@@ -123,7 +124,7 @@ def test_clamp_applies_only_to_positions_below_clamp_max_t():
   denoise = lambda x, t, c: jnp.zeros_like(x)
 
   times = jnp.array([sched.t_max, 0.8])
-  out = samplers.sample_loop(denoise, x_init, jax.random.PRNGKey(0), sched, 1, "ddim",
+  out = samplers.sample_loop(denoise, x_init, jax.random.PRNGKey(0), sched, 1, sampler="ddim",
                              clamp_fn=lambda x: x + 1.0, times=times, clamp_max_t=0.5)
   final_t = np.clip(np_position_times(np.array([0.8]), 6, 2.0)[0], sched.t_min, sched.t_max)
   assert 0 < np.sum(final_t <= 0.5) < 6

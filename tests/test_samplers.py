@@ -24,11 +24,11 @@ def test_ddpm_posterior_and_ddim_match_numpy(t, s):
   g_s, s_s = np.cos(np.pi * s / 2), np.sin(np.pi * s / 2)
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   as_b = lambda v: jnp.full((3,), v, jnp.float32)
-  mean, var = samplers.ddpm_posterior(f32(x_t), f32(x0), as_b(g_s), as_b(s_s), as_b(g_t), as_b(s_t))
+  mean, var = samplers.ddpm_posterior(f32(x_t), f32(x0), (as_b(g_s), as_b(s_s)), (as_b(g_t), as_b(s_t)))
   ref_mean, ref_var = np_posterior(x_t, x0, g_s, s_s, g_t, s_t)
   np.testing.assert_allclose(mean, ref_mean, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(var, np.full(3, ref_var), rtol=1e-4)
-  ddim = samplers.ddim_update(f32(x_t), f32(x0), as_b(g_s), as_b(s_s), as_b(g_t), as_b(s_t))
+  ddim = samplers.ddim_update(f32(x_t), f32(x0), (as_b(g_s), as_b(s_s)), (as_b(g_t), as_b(s_t)))
   eps = (x_t - g_t * x0) / s_t
   np.testing.assert_allclose(ddim, g_s * x0 + s_s * eps, rtol=1e-4, atol=1e-5)
 
@@ -78,7 +78,7 @@ def test_exact_denoiser_samples_the_two_point_data(sampler):
   x_init = jax.random.normal(jax.random.PRNGKey(1), (256, 4, 3))
   calls = []
   out = samplers.sample_loop(two_point_denoiser(sched, calls), x_init, jax.random.PRNGKey(2), sched,
-                             50, sampler)
+                             50, sampler=sampler)
   check_two_point_samples(out, calls, sched)
 
 
@@ -105,7 +105,7 @@ def test_ode_samplers_follow_the_probability_flow():
   sched, optimal, x_init, expected, _ = gaussian_setup()
   err = {}
   for sampler in ["ddim", "euler", "heun"]:
-    out = samplers.sample_loop(optimal, x_init, jax.random.PRNGKey(0), sched, 50, sampler)
+    out = samplers.sample_loop(optimal, x_init, jax.random.PRNGKey(0), sched, 50, sampler=sampler)
     err[sampler] = float(np.max(np.abs(np.asarray(out, np.float64) - expected)))
   # Heun is second order except for its last (Euler) step into t_min.
   assert err["heun"] < 5e-3, err
@@ -113,21 +113,21 @@ def test_ode_samplers_follow_the_probability_flow():
   assert err["heun"] < err["euler"] / 5, err
   # DDIM and Euler are first order: four times the steps cut the error about four times.
   for sampler in ["ddim", "euler"]:
-    out = samplers.sample_loop(optimal, x_init, jax.random.PRNGKey(0), sched, 200, sampler)
+    out = samplers.sample_loop(optimal, x_init, jax.random.PRNGKey(0), sched, 200, sampler=sampler)
     assert float(np.max(np.abs(np.asarray(out, np.float64) - expected))) < err[sampler] / 3
 
 
 def test_ddpm_samples_have_the_data_distribution():
   sched, optimal, x_init, _, (mu, s0) = gaussian_setup(num=4096)
-  out = np.asarray(samplers.sample_loop(optimal, x_init, jax.random.PRNGKey(0), sched, 100, "ddpm"))
+  out = np.asarray(samplers.sample_loop(optimal, x_init, jax.random.PRNGKey(0), sched, 100, sampler="ddpm"))
   assert abs(out.mean() - mu) < 0.02 and abs(out.std() - s0) < 0.02
 
 
 def test_per_example_keys_do_not_depend_on_the_batch_split():
   sched, optimal, x_init, _, _ = gaussian_setup(num=8)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(jnp.arange(8))
-  whole = samplers.sample_loop(optimal, x_init, keys, sched, 10, "ddpm")
-  halves = [samplers.sample_loop(optimal, x_init[i:i + 4], keys[i:i + 4], sched, 10, "ddpm")
+  whole = samplers.sample_loop(optimal, x_init, keys, sched, 10, sampler="ddpm")
+  halves = [samplers.sample_loop(optimal, x_init[i:i + 4], keys[i:i + 4], sched, 10, sampler="ddpm")
             for i in (0, 4)]
   np.testing.assert_allclose(whole, np.concatenate(halves), atol=1e-6)
 
@@ -147,7 +147,7 @@ def test_sample_loop_traces_the_denoiser_a_fixed_number_of_times(sampler):
       return jnp.tanh(x @ w + c)
 
     jaxpr = jax.make_jaxpr(lambda x, rng: samplers.sample_loop(
-        denoise, x, rng, sched, num_steps, sampler))(jnp.ones((2, 5, 3)), jax.random.PRNGKey(0))
+        denoise, x, rng, sched, num_steps, sampler=sampler))(jnp.ones((2, 5, 3)), jax.random.PRNGKey(0))
     counts[num_steps] = (len(calls), len(str(jaxpr)))
   assert counts[3][0] == counts[40][0] == 1 + samplers.evaluations_per_step(sampler), counts
   assert counts[40][1] < 1.1 * counts[3][1], counts
@@ -166,7 +166,7 @@ def test_decoders_and_clamps():
   np.testing.assert_allclose(soft, hard, atol=1e-4)
   with pytest.raises(ValueError, match="Unknown sampler"):
     samplers.sample_loop(lambda x, t, c: x, x, jax.random.PRNGKey(0), schedules.get_schedule("cosine"),
-                         3, "bogus")
+                         3, sampler="bogus")
 
 
 @pytest.mark.parametrize("rows", [7, vocab_ops.ROW_BLOCK, 3 * vocab_ops.ROW_BLOCK + 5])
@@ -203,8 +203,8 @@ def test_bfloat16_clamp_is_a_bf16_dot_and_agrees_away_from_ties():
   ids = rng.integers(0, 300, size=(3, 50))
   x = table[ids] + 0.05 * jnp.asarray(rng.normal(size=(3, 50, 16)), jnp.float32)
   for decoder in ("l2", "readout", "cosine"):
-    exact = samplers.make_clamp_fn("hard", table, bias, decoder)
-    fast = samplers.make_clamp_fn("hard", table, bias, decoder, operand_dtype=jnp.bfloat16)
+    exact = samplers.make_clamp_fn("hard", table, bias, decoder=decoder)
+    fast = samplers.make_clamp_fn("hard", table, bias, decoder=decoder, operand_dtype=jnp.bfloat16)
     assert "xbf16>) -> tensor<" in jax.jit(fast).lower(x).as_text()
     assert "bf16" not in jax.jit(exact).lower(x).as_text()
     np.testing.assert_array_equal(fast(x), exact(x))
@@ -229,8 +229,8 @@ def test_clamp_applies_only_below_clamp_max_t():
   def ones(x):
     return jnp.ones_like(x)
 
-  always = samplers.sample_loop(denoise, x_init, jax.random.PRNGKey(0), sched, 4, "ddim", ones)
-  never = samplers.sample_loop(denoise, x_init, jax.random.PRNGKey(0), sched, 4, "ddim", ones,
+  always = samplers.sample_loop(denoise, x_init, jax.random.PRNGKey(0), sched, 4, sampler="ddim", clamp_fn=ones)
+  never = samplers.sample_loop(denoise, x_init, jax.random.PRNGKey(0), sched, 4, sampler="ddim", clamp_fn=ones,
                                clamp_max_t=0.0)
   np.testing.assert_allclose(always, 1.0)
   np.testing.assert_allclose(never, 0.0)
@@ -243,8 +243,8 @@ def test_clamp_applies_only_below_clamp_max_t():
     jax.debug.callback(lambda t, c: inputs.append((float(t[0]), float(c.mean()))), t, x0_selfcond)
     return jnp.zeros_like(x_t)
 
-  jax.block_until_ready(samplers.sample_loop(record, x_init, jax.random.PRNGKey(0), sched, 4, "ddim",
-                                             ones, clamp_max_t=0.6))
+  jax.block_until_ready(samplers.sample_loop(record, x_init, jax.random.PRNGKey(0), sched, 4, sampler="ddim",
+                                             clamp_fn=ones, clamp_max_t=0.6))
   jax.effects_barrier()
   assert [c for _, c in inputs] == [0.0, 0.0, 0.0, 1.0, 1.0]
   np.testing.assert_allclose([t for t, _ in inputs], [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-3)

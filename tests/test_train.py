@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 import cdm_jax
-from cdm_jax import checkpointing, parallel, train
-from cdm_jax.models import DiffusionLM
+from cdm_jax import builders, checkpointing, parallel, train
 
-from conftest import ROOT, tiny_config  # tests/ is on sys.path (pytest's default import mode)
+from conftest import ROOT, tiny_config, trained_config  # tests/ is on sys.path
 
 
 def test_training_writes_everything(trained):
@@ -33,8 +32,9 @@ def test_training_writes_everything(trained):
 
 def restore_everything(config, workdir):
   """(train state, data position, step) of the newest checkpoint in `workdir`."""
-  model = DiffusionLM(train.model_config(config))
-  abstract = train.abstract_state(config, model, train.make_optimizer(config.train), parallel.make_mesh())
+  model = builders.make_model(config)
+  abstract = builders.abstract_state(config, model, builders.make_optimizer(config.train),
+                                     parallel.make_mesh())
   manager = checkpointing.make_manager(str(workdir), async_save=False)
   try:
     return checkpointing.restore_latest(manager, abstract)
@@ -42,31 +42,25 @@ def restore_everything(config, workdir):
     manager.close()
 
 
-def test_resume_continues_exactly(corpus, tmp_path):
+def test_resume_continues_exactly(corpus, trained, tmp_path):
   """A run split at step 10 ends in the same train state, bit for bit (parameters, Adam moments,
-  EMA, step, RNG, learned time warp) and the same data position as an uninterrupted run, with
-  evaluation, sampling and time warping on."""
-  def config(**overrides):
-    c = tiny_config(corpus, **overrides)
-    c.diffusion.time_warp = True
-    return c
-
-  train.train_and_evaluate(config(), str(tmp_path / "straight"))
+  EMA, step, RNG, learned time warp) and the same data position as the uninterrupted `trained`
+  run, with evaluation, sampling and time warping on."""
+  straight = trained[0]
   split_dir = tmp_path / "split"
-  assert train.train_and_evaluate(config(stop_at_step=10), str(split_dir))["step"] == 10
-  assert train.train_and_evaluate(config(), str(split_dir))["step"] == 20
+  assert train.train_and_evaluate(trained_config(corpus, stop_at_step=10), str(split_dir))["step"] == 10
+  assert train.train_and_evaluate(trained_config(corpus), str(split_dir))["step"] == 20
   steps = [json.loads(line)["step"] for line in (split_dir / "metrics.jsonl").read_text().splitlines()]
   assert steps == [5, 10, 10, 15, 20, 20]  # the second run started at 10 (train + eval lines)
-  state_a, data_a, step_a = restore_everything(config(), tmp_path / "straight")
-  state_b, data_b, step_b = restore_everything(config(), split_dir)
+  state_a, data_a, step_a = restore_everything(trained_config(corpus), straight)
+  state_b, data_b, step_b = restore_everything(trained_config(corpus), split_dir)
   assert step_a == step_b == 20 and data_a == data_b
   assert float(np.sum(state_a.warp.bin_seen)) > 0  # the warp did learn
   chex.assert_trees_all_equal(state_a, state_b)
   lines = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
   drop_time = lambda m: {k: v for k, v in m.items() if "second" not in k and k != "time"}
-  assert [drop_time(m) for m in lines(tmp_path / "straight")][-2:] == \
-      [drop_time(m) for m in lines(split_dir)][-2:]
-  assert (tmp_path / "straight/samples/step_00000020.txt").read_text() == \
+  assert [drop_time(m) for m in lines(straight)][-2:] == [drop_time(m) for m in lines(split_dir)][-2:]
+  assert (straight / "samples/step_00000020.txt").read_text() == \
       (split_dir / "samples/step_00000020.txt").read_text()
 
 
@@ -79,6 +73,9 @@ def test_generator_same_seed_same_text_on_any_device_count(trained):
   assert one.sample(num_samples=5, steps=6, seed=4) != texts
   assert cdm_jax.load(str(workdir), num_devices=2).sample(num_samples=5, steps=6, seed=3) == texts
   assert one.step == 20
+  # One compiled function per setting, whichever way the setting is spelt.
+  assert one.make_sample_fn(num_samples=5, steps=6) is one.make_sample_fn(
+      one.sample_config.replace(num_samples=5, num_steps=6))
   with pytest.raises(ValueError, match="num_samples"):
     one.sample(num_samples=0)
   with pytest.raises(ValueError, match="steps must be >= 1"):

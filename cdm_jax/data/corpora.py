@@ -26,10 +26,6 @@ READERS = registry.Registry("corpus")
 register = READERS.register
 
 
-def available() -> list[str]:
-  return READERS.names()
-
-
 def read_corpus(name: str, path: str = "", field: str = "text", hf_split: str = "train",
                 max_examples: int = 0) -> list[str]:
   """Reads corpus `name` ("wordnet", "text", "jsonl" or "hf") into a list of examples."""

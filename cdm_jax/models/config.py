@@ -5,7 +5,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from cdm_jax import registry
+from cdm_jax import parameterization, registry
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -25,15 +25,16 @@ class ModelConfig:
   conditioning: bool = False    # accept known latents + mask (prefix / infilling) in denoise()
   normalize_embeddings: bool = False  # L2-normalize rows of E before every use (CDCD)
   embed_scale: float = 1.0      # rows have norm ~ embed_scale * sqrt(embed_dim)
-  output: str = "x0"            # what the denoiser predicts: "x0", "eps", "v" or "logits"
+  output: str = "x0"            # what the denoiser predicts: x0 | eps | v | logits | logits_prior
   dtype: str = "float32"        # compute dtype; parameters stay float32
   matmul_dtype: str = "float32"  # operand dtype of the transformers' Dense matmuls; they always
                                  # accumulate in float32 (benchmarks/NOTES.md)
   scan_layers: bool = False     # nn.scan over layers (cuts compile time for deep models)
 
   def __post_init__(self):
-    if self.output not in ("x0", "eps", "v", "logits"):
-      raise ValueError(f"model.output must be x0, eps, v or logits, got {self.output!r}.")
+    if parameterization.get(self.output).output_prior and not self.normalize_embeddings:
+      raise ValueError(f"model.output={self.output!r} needs model.normalize_embeddings=True (the "
+                       "prior assumes embeddings of equal norm).")
     if self.time_conditioning not in ("adaln", "add"):
       raise ValueError(f"model.time_conditioning must be adaln or add, got {self.time_conditioning!r}.")
     if self.width % self.num_heads:

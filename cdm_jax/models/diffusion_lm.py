@@ -5,7 +5,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cdm_jax import parameterization
 from cdm_jax.models.config import ModelConfig
+from cdm_jax.parameterization import expand_like
 from cdm_jax.models.transformer import TransformerDenoiser
 
 Array = jax.Array
@@ -69,25 +71,25 @@ class DiffusionLM(nn.Module):
     """(E [vocab, dim] as used, read-out bias [vocab]): what decoders and clamps need."""
     return self.embedder.embeddings(), self.embedder.readout_bias
 
-  def denoise(self, x_t, log_snr, x0_selfcond=None, cond=None, cond_mask=None, mask=None,
+  def denoise(self, x_t, log_snr, x0_selfcond=None, *, cond=None, cond_mask=None, mask=None,
               train: bool = False) -> DenoiserOutput:
+    """x0_hat (and the network's raw output) for x_t [batch, length, dim] at log-SNR [batch] or
+    [batch, length]; the output's meaning is `parameterization.get(config.output)`."""
     cfg = self.config
-    raw = self.denoiser(x_t, log_snr, x0_selfcond, cond, cond_mask, mask, train)
-    log_snr = log_snr.reshape(log_snr.shape + (1,) * (x_t.ndim - log_snr.ndim))  # [batch, (length,) 1..]
-    gamma = jnp.sqrt(jax.nn.sigmoid(log_snr))
-    sigma = jnp.sqrt(jax.nn.sigmoid(-log_snr))
+    raw = self.denoiser(x_t, log_snr, x0_selfcond, cond=cond, cond_mask=cond_mask, mask=mask,
+                        train=train)
+    param = parameterization.get(cfg.output)
     logits = None
-    if cfg.output == "x0":
-      x0_hat = raw
-    elif cfg.output == "eps":
-      x0_hat = (x_t - sigma * raw) / gamma
-    elif cfg.output == "v":
-      x0_hat = gamma * x_t - sigma * raw
-    else:  # CDCD score interpolation: the expected embedding under the predicted distribution
-      logits = self.embedder.readout(raw)
-      raw = logits
+    if param.predicts_logits:  # CDCD score interpolation: the expected embedding under the logits
+      if param.output_prior:  # read out together with the network's output: one vocabulary matmul
+        raw = raw + parameterization.prior_shift(x_t, log_snr)
+      logits = raw = self.embedder.readout(raw)
       probs = jax.nn.softmax(logits, axis=-1)
       x0_hat = (probs.reshape(-1, probs.shape[-1]) @ self.embeddings()).reshape(x_t.shape)
+    else:
+      log_snr = expand_like(log_snr, x_t)
+      gamma, sigma = jnp.sqrt(jax.nn.sigmoid(log_snr)), jnp.sqrt(jax.nn.sigmoid(-log_snr))
+      x0_hat = param.to_x0(raw, x_t, gamma, sigma)
     if cond is not None:
       x0_hat = jnp.where(cond_mask[..., None], cond, x0_hat)
     return DenoiserOutput(x0_hat=x0_hat, raw=raw, logits=logits)

@@ -156,7 +156,7 @@ class TransformerDenoiser(nn.Module):
   out_dim: int
 
   @nn.compact
-  def __call__(self, x_t, log_snr, x0_selfcond=None, cond=None, cond_mask=None, mask=None,
+  def __call__(self, x_t, log_snr, x0_selfcond=None, *, cond=None, cond_mask=None, mask=None,
                train: bool = False):
     cfg = self.config
     dtype = cfg.compute_dtype

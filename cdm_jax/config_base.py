@@ -1,0 +1,108 @@
+"""The base configuration, every field documented. `configs/*.py` start from it:
+`from cdm_jax import config_base; config = config_base.get_config()`, then override."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # base PRNG seed: init, noise, data order
+  config.data = _data()
+  config.model = _model()
+  config.diffusion = _diffusion()
+  config.train = _train()
+  config.sample = _sample()
+  return config
+
+
+def _data() -> ml_collections.ConfigDict:
+  data = ml_collections.ConfigDict()
+  data.corpus = "wordnet"      # wordnet | text (one example per line) | jsonl | hf (optional extra)
+  data.path = ""               # file for text/jsonl, dataset name for hf
+  data.field = "text"          # jsonl/hf field holding the text
+  data.hf_split = "train"      # hf split to read
+  data.max_examples = 0        # 0: all; else keep the first N examples (quick experiments)
+  data.valid_percent = 2.0     # held-out share, chosen by a hash of each example's text
+  data.vocab_size = 4000       # SentencePiece pieces, including PAD/UNK/BOS/EOS (ids 0-3)
+  data.tokenizer_type = "unigram"  # unigram | bpe
+  data.seq_len = 32            # tokens per sequence: BOS + pieces + EOS, then PAD
+  data.long_lines = "truncate"  # truncate | drop | error, for examples longer than seq_len - 2
+  return data
+
+
+def _model() -> ml_collections.ConfigDict:
+  model = ml_collections.ConfigDict()
+  model.embed_dim = 64         # d: latent width of the diffusion (embedding table columns)
+  model.width = 256            # transformer width
+  model.num_layers = 6
+  model.num_heads = 4
+  model.mlp_dim = 1024
+  model.dropout_rate = 0.0
+  model.time_conditioning = "adaln"  # adaln (adaptive LayerNorm from log-SNR) | add
+  model.self_conditioning = True     # feed the previous x0_hat as an input
+  model.conditioning = False   # accept known latents + a mask (prefix / infilling inputs)
+  model.normalize_embeddings = False  # L2-normalize embedding rows before every use (CDCD)
+  model.embed_scale = 1.0      # row norm ~ embed_scale * sqrt(embed_dim)
+  model.output = "x0"          # x0 | eps | v (MSE targets) | logits (cross-entropy, CDCD) |
+                               # logits_prior (logits + the context-free posterior's; normalized E)
+  model.dtype = "float32"      # compute dtype: float32 on CPU, bfloat16 on TPU/GPU
+  model.matmul_dtype = "float32"  # operands of the Dense matmuls, the read-out CE's logits and the
+                                  # sampling clamp (float32 accumulation): bfloat16 uses AMX on
+                                  # recent Xeons (2x faster sampling forward here)
+  model.scan_layers = False    # nn.scan over layers: faster compile for deep models
+  return model
+
+
+def _diffusion() -> ml_collections.ConfigDict:
+  diff = ml_collections.ConfigDict()
+  diff.schedule = "cosine"     # cosine | linear | sqrt | tan_d | ve
+  diff.tan_d = 9.0             # d of the tan_d schedule
+  diff.position_skew = 0.0     # w > 0: left-to-right denoising, position n of L at time
+                               # clip((1 + w) t - w (1 - n / (L - 1)), 0, 1); 0: all share t
+  diff.ve_sigma_min = 0.01     # range of the variance-exploding schedule
+  diff.ve_sigma_max = 100.0
+  diff.rounding_weight = 1.0   # weight of -log p(w | z_tmin) through the tied read-out
+  diff.anchor_weight = 0.0     # weight of the read-out cross-entropy on x0_hat
+  diff.mask_padding = False    # True: no loss on PAD (fixed-length output); False: learn PAD
+  diff.self_cond_prob = 0.5    # share of batches trained with self-conditioning
+  diff.time_warp = False       # draw training t from the learned warping (CDCD)
+  diff.importance_weight = True  # with time_warp: weight losses by 1/p(t) (unbiased objective)
+  diff.warp_bins = 100         # bins of the learned warping CDF
+  diff.bound_log_snr_max = 4.0  # the likelihood bound's lower end in log-SNR (see diffusion.py)
+  return diff
+
+
+def _train() -> ml_collections.ConfigDict:
+  train = ml_collections.ConfigDict()
+  train.batch_size = 64        # global batch over all devices and hosts
+  train.num_train_steps = 2000
+  train.learning_rate = 1e-3   # peak AdamW learning rate
+  train.warmup_steps = 200     # linear warm-up, then cosine decay to 10% of the peak
+  train.weight_decay = 0.0
+  train.grad_clip_norm = 1.0   # global-norm clipping; 0 disables it
+  train.ema_decay = 0.999      # EMA of parameters (warmed up: min(decay, (1+s)/(10+s)))
+  train.steps_per_call = 1     # optimizer steps per dispatch (lax.scan); logs land on multiples
+  train.log_every_steps = 50
+  train.embedding_stats_t = 0.5  # t of the noisy nearest-embedding decode statistic (logged)
+  train.eval_every_steps = 500  # likelihood bound on the valid split; 0 disables it
+  train.num_eval_batches = 4
+  train.checkpoint_every_steps = 250
+  train.keep_checkpoints = 3
+  train.sample_every_steps = 500  # write samples to workdir/samples/; 0 disables it
+  train.time_limit_minutes = 0.0  # > 0: stop (and checkpoint) after this much training time
+  train.stop_at_step = 0       # > 0: checkpoint and stop there (split a run into jobs); rerun resumes
+  train.num_devices = 0        # 0: every visible device
+  return train
+
+
+def _sample() -> ml_collections.ConfigDict:
+  sample = ml_collections.ConfigDict()
+  sample.num_samples = 16      # samples written during training and by default from the CLI
+  sample.num_steps = 100
+  sample.sampler = "ddim"      # ddpm | ddim | euler | heun
+  sample.clamp = "soft"        # none | hard (nearest embedding) | soft (read-out expectation)
+  sample.clamp_temperature = 1.0
+  sample.clamp_max_t = 1.0     # clamp only at t <= this (late clamping avoids early PAD/EOS commits)
+  sample.decoder = "readout"   # readout (tied argmax) | l2 | cosine (nearest embedding)
+  sample.time_grid = "uniform"  # uniform | warp (follow the learned time warping)
+  return sample

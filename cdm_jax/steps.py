@@ -1,0 +1,174 @@
+"""The compiled steps: the optimisation step (loss, pmean'd gradients, EMA, time-warp update,
+non-finite tracking) and the likelihood-bound step, data-parallel over a `parallel` mesh.
+
+Metrics leave a step as sums; `METRIC_DENOMINATORS` says what each is divided by, and
+`summarize_metrics` does it once per log interval on the host.
+"""
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from cdm_jax import diffusion, parallel, schedules as schedules_lib
+
+Array = jax.Array
+AXIS = parallel.AXIS
+
+# metric -> the summed count it is an average over
+METRIC_DENOMINATORS = {**diffusion.METRIC_DENOMINATORS, "grad_norm": "steps"}
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array                       # scalar int32
+  params: Any
+  opt_state: Any
+  ema_params: Any
+  rng: Array                        # raw uint32 key [2]; step keys are fold_in(rng, step)
+  warp: schedules_lib.TimeWarp      # learned time warping (updated only when enabled)
+
+
+def init_train_state(params, tx: optax.GradientTransformation, rng: Array,
+                     warp_bins: int = 100) -> TrainState:
+  """Step 0 state; EMA parameters are separate buffers (the state is donated each step)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    ema_params=jax.tree.map(jnp.copy, params), rng=rng,
+                    warp=schedules_lib.init_time_warp(warp_bins))
+
+
+def ema_decay_at(step, decay: float):
+  """Warmed-up EMA decay min(decay, (1 + step) / (10 + step)): the random init fades quickly."""
+  step = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def merge_metrics(total: dict | None, new: dict) -> dict:
+  """Accumulates step metrics (on device, no host sync): sums, except the first non-finite step,
+  which is a minimum."""
+  if total is None:
+    return new
+  return {k: (jnp.minimum(total[k], v) if k == "first_nonfinite_step" else total[k] + v)
+          for k, v in new.items()}
+
+
+def summarize_metrics(sums: dict) -> dict:
+  """Host floats: every metric with a denominator divided by it; counts are dropped."""
+  return {key: float(sums[key]) / float(sums[denominator])
+          for key, denominator in METRIC_DENOMINATORS.items() if key in sums}
+
+
+def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossConfig,
+                 global_batch: int, embed_dim: int) -> diffusion.LossInputs:
+  """This device's share of the step's randomness, drawn per *global* example index."""
+  local_batch, length = tokens.shape
+  step_key = jax.random.fold_in(state.rng, state.step)
+  example_index = jax.lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
+  u0 = jax.random.uniform(jax.random.fold_in(step_key, 0))
+  warp = state.warp if loss_config.time_warp else None
+  t, weight = diffusion.sample_times(u0, example_index, global_batch, warp)
+  noise_key = jax.random.fold_in(step_key, 1)
+  noise = jax.vmap(lambda i: jax.random.normal(
+      jax.random.fold_in(noise_key, i), (2, length, embed_dim)))(example_index)
+  self_cond = jax.random.uniform(jax.random.fold_in(step_key, 2)) < loss_config.self_cond_prob
+  return diffusion.LossInputs(tokens=tokens, mask=mask, t=t, weight=weight,
+                              noise=jnp.swapaxes(noise, 0, 1), self_cond=self_cond)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules_lib.Schedule,
+                    loss_config: diffusion.LossConfig, mesh, *, global_batch: int,
+                    ema_decay: float, steps_per_call: int = 1) -> Callable:
+  """Returns jit(step)(state, tokens, mask) -> (state, metric sums); state is donated.
+
+  With `steps_per_call = k`, tokens/mask are [k, global_batch, length] and k optimizer steps run in
+  one dispatch (`lax.scan`); their metrics are merged.
+  """
+  num_devices = mesh.devices.size
+  if global_batch % num_devices:
+    raise ValueError(f"Global batch {global_batch} is not divisible by {num_devices} devices.")
+  local_batch = global_batch // num_devices
+
+  def one_step(state: TrainState, batch):
+    inputs = _loss_inputs(state, *batch, loss_config, global_batch, model.config.embed_dim)
+    step_key = jax.random.fold_in(state.rng, state.step)
+    rngs = {"dropout": jax.random.fold_in(jax.random.fold_in(step_key, 3), jax.lax.axis_index(AXIS))}
+    positions = local_batch * inputs.tokens.shape[1]
+
+    def loss_fn(params):
+      loss_sum, aux = diffusion.training_losses(model, params, inputs, schedule, loss_config,
+                                                rngs=rngs)
+      return loss_sum / positions, aux
+
+    grads, (metrics, per_example_loss) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(state.step, ema_decay)
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    warp = state.warp
+    if loss_config.time_warp:
+      warp = warp.update(jax.lax.all_gather(inputs.t, AXIS, tiled=True),
+                         jax.lax.all_gather(per_example_loss, AXIS, tiled=True))
+    metrics = jax.lax.psum(metrics, AXIS)
+    metrics.update(grad_norm=optax.tree.norm(grads), steps=jnp.ones((), jnp.float32),
+                   first_nonfinite_step=jnp.where(jnp.isfinite(metrics["loss"]), jnp.inf,
+                                                  state.step.astype(jnp.float32)))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema_params, warp=warp), metrics
+
+  def per_device(state, tokens, mask):
+    if steps_per_call == 1:
+      return one_step(state, (tokens, mask))
+    state, stacked = jax.lax.scan(one_step, state, (tokens, mask))
+    metrics = None
+    for i in range(steps_per_call):
+      metrics = merge_metrics(metrics, jax.tree.map(lambda v: v[i], stacked))
+    return state, metrics
+
+  batch_spec = P(AXIS) if steps_per_call == 1 else P(None, AXIS)
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), batch_spec, batch_spec),
+                          out_specs=(P(), P()), check_vma=False)
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_bound_fn(model, schedule: schedules_lib.Schedule, mesh, log_snr_max: float | None = None):
+  """jit((params, tokens [batch, length], rng) -> likelihood-bound sums)."""
+  def bound(params, tokens, rng):
+    batch = tokens.shape[0]
+    keys = parallel.example_keys(rng, batch)
+    t = schedules_lib.low_discrepancy_uniform(jax.random.uniform(rng), jnp.arange(batch), batch)
+    shape = (2,) + tokens.shape[1:] + (model.config.embed_dim,)
+    noise = jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
+    return diffusion.likelihood_bound(model, params, tokens, t=t, noise=jnp.swapaxes(noise, 0, 1),
+                                      schedule=schedule, log_snr_max=log_snr_max)
+  return jax.jit(bound, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh), None))
+
+
+def bound_sums(bound_fn, params, valid: np.ndarray, *, batch_size: int, num_batches: int,
+               seed: int, mesh) -> dict | None:
+  """`bound_fn`'s sums over the first `num_batches` (0: all) whole valid batches, batch i drawn
+  with key `seed + i`; None when there is no whole batch."""
+  totals = None
+  available = len(valid) // batch_size
+  for i in range(min(num_batches, available) if num_batches else available):
+    tokens = valid[i * batch_size:(i + 1) * batch_size]
+    sums = bound_fn(params, parallel.shard_batch(tokens, mesh), jax.random.PRNGKey(seed + i))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return None if totals is None else jax.device_get(totals)
+
+
+def evaluate_bound(bound_fn, params, valid: np.ndarray, *, batch_size: int, num_batches: int,
+                   seed: int, mesh) -> dict:
+  """Likelihood bound in nats and bits per position over the first `num_batches` valid batches."""
+  totals = bound_sums(bound_fn, params, valid, batch_size=batch_size, num_batches=num_batches,
+                      seed=seed, mesh=mesh)
+  if totals is None:
+    return {}
+  per_pos = {k: float(v) / float(totals["positions"]) for k, v in totals.items() if k != "positions"}
+  out = {f"valid_bound_{k}_nats": v for k, v in per_pos.items()}
+  out["valid_bound_bits"] = diffusion.nats_to_bits(per_pos["total"])
+  return out

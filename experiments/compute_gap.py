@@ -1,0 +1,193 @@
+"""The compute gap between a trained diffusion workdir and the autoregressive baseline.
+
+python experiments/compute_gap.py --workdir=DIR [--fractions=1/64,1/32,1/16,1/8,1/4,1/2,1]
+    [--num_samples=300] [--judge_multiple=2] [--ladder_flops=F] [--out=DIR/compute_gap]
+
+The AR model (the library's causal `TransformerLM`, with the diffusion transformer's sizes, same
+data and tokenizer) is trained on a ladder of budgets, each a fraction of the diffusion run's
+training FLOPs (counted analytically, self-conditioning's extra forward included: `cdm_jax.flops`),
+its learning rate annealed over each rung's own steps. One fixed judge that is none of the ladder's
+models (its own seed, `judge_multiple` x the largest rung's steps, cached) scores every model's
+samples and real held-out text: judge perplexity, word unigram entropy (pooled, nats), MAUVE,
+distinct-n, mean length, empty share.
+
+The compute gap is the diffusion budget divided by the AR budget at which AR's samples reach the
+diffusion samples' judge perplexity (linear in log budget and log perplexity between the two rungs
+around it). It is valid only when the diffusion samples' unigram entropy is at most 0.1 nats below
+the AR samples' at that budget (lower entropy buys perplexity). When diffusion is behind the
+smallest rung, the ladder is extended down (halving) while a rung has at least `--min_steps`
+steps; past that only a lower bound is reported.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+from fractions import Fraction
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ENTROPY_TOLERANCE = 0.1  # nats
+
+
+def match_budget(rungs: list[dict], target_ppl: float) -> dict:
+  """Where AR's judge perplexity falls to `target_ppl`, from rungs sorted by budget (each with
+  "flops", "judge_ppl" and "unigram_entropy"): the first crossing from the smallest budget.
+
+  Returns {"status": "matched", "flops", "unigram_entropy"} (both interpolated, linearly in log
+  budget against log perplexity), or "behind_smallest" / "ahead_of_largest" with the end rung.
+  """
+  if target_ppl >= rungs[0]["judge_ppl"]:
+    return {"status": "behind_smallest", "flops": rungs[0]["flops"]}
+  for low, high in zip(rungs, rungs[1:]):
+    if low["judge_ppl"] > target_ppl >= high["judge_ppl"]:
+      frac = (math.log(low["judge_ppl"]) - math.log(target_ppl)) / (
+          math.log(low["judge_ppl"]) - math.log(high["judge_ppl"]))
+      log_flops = math.log(low["flops"]) + frac * (math.log(high["flops"]) - math.log(low["flops"]))
+      entropy = low["unigram_entropy"] + frac * (high["unigram_entropy"] - low["unigram_entropy"])
+      return {"status": "matched", "flops": math.exp(log_flops), "unigram_entropy": entropy}
+  return {"status": "ahead_of_largest", "flops": rungs[-1]["flops"]}
+
+
+def compute_gap(diffusion: dict, rungs: list[dict]) -> dict:
+  """The gap and its validity for a diffusion row ("flops", "judge_ppl", "unigram_entropy")."""
+  match = match_budget(rungs, diffusion["judge_ppl"])
+  ratio = diffusion["flops"] / match["flops"]
+  out = {"status": match["status"], "matched_ar_flops": match["flops"]}
+  if match["status"] == "matched":
+    out.update(compute_gap=ratio, ar_unigram_entropy_at_match=match["unigram_entropy"],
+               entropy_valid=diffusion["unigram_entropy"] >= match["unigram_entropy"] - ENTROPY_TOLERANCE)
+  elif match["status"] == "behind_smallest":
+    out.update(compute_gap=None, compute_gap_lower_bound=ratio)
+  else:
+    out.update(compute_gap=None, compute_gap_upper_bound=ratio)
+  return out
+
+
+def run(args) -> dict:
+  from cdm_jax import evaluate, flops, generate, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top
+  from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  generator = generate.load(args.workdir)
+  config = generator.config
+  data = pipeline.prepare_data(config.data, args.workdir)
+  model = config.model
+  base = judge_lib.JudgeConfig(width=model.width, num_layers=model.num_layers,
+                               num_heads=model.num_heads, mlp_dim=model.mlp_dim,
+                               time_limit_minutes=0.0)
+  ar_step_flops = flops.ar_train_flops(width=model.width, num_layers=model.num_layers,
+                                       mlp_dim=model.mlp_dim, seq_len=config.data.seq_len,
+                                       vocab_size=config.data.vocab_size, batch_size=base.batch_size)
+  diffusion_flops = generator.step * flops.diffusion_train_flops(config)["train"]
+  fractions = [Fraction(f) for f in args.fractions.split(",")]
+  ladder_flops = args.ladder_flops or diffusion_flops  # the 1x rung
+  steps_of = lambda f: max(1, round(float(f) * ladder_flops / ar_step_flops))
+  judge_config = dataclasses.replace(base, seed=args.judge_seed,
+                                     max_steps=args.judge_multiple * steps_of(max(fractions)))
+  corpus_id = f"compute_gap:{config.data.corpus}:{config.data.path}:{config.data.max_examples}"
+  judge = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, judge_config)
+  n = min(args.num_samples, len(data.valid_text) // 2)
+  references, real = evaluate.shuffled_real_sets(data.valid_text, n, args.seed)
+  scorer = evaluate.Scorer(judge, generator.tokenizer, config.data.seq_len, references,
+                           train_index=text_metrics.TrainingSetIndex(data.train_text), seed=args.seed)
+
+  def ar_row(name, ar_config):
+    start = time.perf_counter()
+    ar = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, ar_config)
+    texts = generator.decode(ar.sample(n, args.seed))
+    return {"name": name, "steps": ar.info["steps"], "train_seconds": ar.info["train_seconds"],
+            "wall_seconds": time.perf_counter() - start, **scorer.score(texts), "examples": texts[:5]}
+
+  start = time.perf_counter()
+  texts = generator.sample(n, seed=args.seed)
+  diffusion = {"name": "diffusion", "steps": generator.step, "flops": diffusion_flops,
+               "sampling_seconds": time.perf_counter() - start, **scorer.score(texts),
+               "examples": texts[:5]}
+  rows = {}
+  pending = sorted(set(fractions))
+  while pending:
+    fraction = pending.pop(0)
+    ar_config = dataclasses.replace(base, seed=args.ar_seed, max_steps=steps_of(fraction))
+    row = ar_row(f"ar {fraction}", ar_config)
+    row.update(fraction=str(fraction), flops=ar_config.max_steps * ar_step_flops)
+    rows[fraction] = row
+    print(f"{row['name']:>10s}: {row['steps']:6d} steps, judge ppl {row['judge_ppl']:.1f}, "
+          f"entropy {row['unigram_entropy']:.3f}", flush=True)
+    smallest = min(rows)
+    behind = diffusion["judge_ppl"] >= rows[smallest]["judge_ppl"]
+    if not pending and behind and steps_of(smallest / 2) >= args.min_steps:
+      pending.append(smallest / 2)  # extend the ladder down
+  ladder = [rows[f] for f in sorted(rows)]
+  real_row = {"name": "real", **scorer.score(real)}
+  return {"workdir": args.workdir, "checkpoint_step": generator.step, "num_samples": n,
+          "seed": args.seed, "sampling": dataclasses.asdict(generator.sample_config),
+          "judge": judge.info, "ar_step_flops": ar_step_flops, "diffusion": diffusion,
+          "ar": ladder, "real": real_row, **compute_gap(diffusion, ladder),
+          "config": json.loads(config.to_json())}
+
+
+def write(result: dict, out: pathlib.Path):
+  from cdm_jax import evaluate  # pylint: disable=g-import-not-at-top
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "compute_gap.json").write_text(evaluate.to_json(result))
+  fmt = lambda v, f="{:.3g}": "-" if v is None else f.format(v)
+  lines = ["| model | train steps | train GFLOP | judge ppl | unigram entropy | MAUVE | distinct-2 "
+           "| mean words | empty |", "|---|---|---|---|---|---|---|---|---|"]
+  for row in [result["diffusion"], *result["ar"], result["real"]]:
+    lines.append(f"| {row['name']} | {row.get('steps', '-')} | {fmt(row.get('flops', 0) / 1e9, '{:.0f}')} "
+                 f"| {fmt(row['judge_ppl'], '{:.1f}')} | {fmt(row['unigram_entropy'], '{:.3f}')} "
+                 f"| {fmt(row['mauve'])} | {fmt(row['distinct_2'])} | {fmt(row['mean_length_words'], '{:.1f}')} "
+                 f"| {row['empty_fraction']:.1%} |")
+  gap = result["compute_gap"]
+  if gap is not None:
+    verdict = (f"compute gap {gap:.1f}x ("
+               f"{'valid' if result['entropy_valid'] else 'GAMED: diffusion entropy too low'})")
+  elif result["status"] == "behind_smallest":
+    verdict = f"compute gap > {result['compute_gap_lower_bound']:.0f}x (behind the smallest rung)"
+  else:
+    verdict = f"compute gap < {result['compute_gap_upper_bound']:.2f}x (ahead of the largest rung)"
+  (out / "compute_gap.md").write_text("\n".join(lines) + f"\n\n{verdict}\n")
+  print("\n".join(lines) + f"\n\n{verdict}")
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  ax.loglog([r["flops"] for r in result["ar"]], [r["judge_ppl"] for r in result["ar"]], "o-",
+            label="AR ladder")
+  ax.loglog([result["diffusion"]["flops"]], [result["diffusion"]["judge_ppl"]], "s", label="diffusion")
+  ax.axhline(result["real"]["judge_ppl"], color="gray", ls=":", label="real text")
+  ax.set_xlabel("training FLOPs")
+  ax.set_ylabel("judge perplexity of samples")
+  ax.set_title(verdict, fontsize=8)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out / "compute_gap.png", dpi=120)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--fractions", default="1/64,1/32,1/16,1/8,1/4,1/2,1")
+  parser.add_argument("--num_samples", type=int, default=300)
+  parser.add_argument("--seed", type=int, default=0, help="sampling and MAUVE seed")
+  parser.add_argument("--ar_seed", type=int, default=1)
+  parser.add_argument("--judge_seed", type=int, default=7)
+  parser.add_argument("--judge_multiple", type=int, default=2)
+  parser.add_argument("--min_steps", type=int, default=4, help="smallest AR rung when extending down")
+  parser.add_argument("--ladder_flops", type=float, default=0.0,
+                      help="FLOPs of the 1x rung (default: this run's); pass one value to compare "
+                           "several runs on the same (cached) ladder and judge")
+  parser.add_argument("--out", default=None, help="default: WORKDIR/compute_gap")
+  args = parser.parse_args()
+  write(run(args), pathlib.Path(args.out or pathlib.Path(args.workdir) / "compute_gap"))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,36 @@
+"""experiments/compute_gap.py's matching of the diffusion samples' perplexity on the AR ladder."""
+
+import math
+import pathlib
+import runpy
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments/compute_gap.py"
+compute_gap = runpy.run_path(str(SCRIPT))["compute_gap"]
+
+LADDER = [{"flops": 1e12, "judge_ppl": 400.0, "unigram_entropy": 6.0},
+          {"flops": 2e12, "judge_ppl": 200.0, "unigram_entropy": 6.2},
+          {"flops": 4e12, "judge_ppl": 100.0, "unigram_entropy": 6.4}]
+
+
+def test_gap_interpolates_in_log_budget_and_log_perplexity():
+  # ppl 141.4 lies halfway between 200 and 100 in log space: budget sqrt(2e12 * 4e12).
+  row = {"flops": 32e12, "judge_ppl": 100.0 * math.sqrt(2), "unigram_entropy": 6.3}
+  gap = compute_gap(row, LADDER)
+  assert gap["status"] == "matched"
+  assert gap["compute_gap"] == pytest.approx(32e12 / math.sqrt(8e24))
+  assert gap["ar_unigram_entropy_at_match"] == pytest.approx(6.3)
+  assert gap["entropy_valid"]
+
+
+def test_low_entropy_match_is_flagged_as_gamed():
+  gap = compute_gap({"flops": 32e12, "judge_ppl": 150.0, "unigram_entropy": 6.1}, LADDER)
+  assert gap["status"] == "matched" and not gap["entropy_valid"]
+
+
+def test_outside_the_ladder_gives_bounds():
+  behind = compute_gap({"flops": 64e12, "judge_ppl": 900.0, "unigram_entropy": 6.0}, LADDER)
+  assert behind["compute_gap"] is None and behind["compute_gap_lower_bound"] == pytest.approx(64)
+  ahead = compute_gap({"flops": 2e12, "judge_ppl": 50.0, "unigram_entropy": 6.5}, LADDER)
+  assert ahead["compute_gap"] is None and ahead["compute_gap_upper_bound"] == pytest.approx(0.5)
