@@ -1,0 +1,29 @@
+"""One table from the compute_gap.json files of a quality A/B: python experiments/quality/summarize.py ROOT"""
+
+import json
+import pathlib
+import sys
+
+
+def main(root: str):
+  lines = ["| run | diffusion judge ppl | unigram entropy | empty | mean words | MAUVE | AR ppl at 1x "
+           "| compute gap |", "|---|---|---|---|---|---|---|---|"]
+  for path in sorted(pathlib.Path(root).glob("*/compute_gap/compute_gap.json")):
+    r = json.loads(path.read_text())
+    d = r["diffusion"]
+    if r["compute_gap"] is not None:
+      gap = f"{r['compute_gap']:.2f}x" + ("" if r["entropy_valid"] else
+                                          f" (gamed: AR entropy {r['ar_unigram_entropy_at_match']:.2f})")
+    elif r["status"] == "behind_smallest":
+      gap = f"> {r['compute_gap_lower_bound']:.0f}x"
+    else:
+      gap = f"< {r['compute_gap_upper_bound']:.2f}x"
+    mauve = "-" if d["mauve"] is None else f"{d['mauve']:.3f}"
+    lines.append(f"| {path.parts[-3]} | {d['judge_ppl']:.1f} | {d['unigram_entropy']:.3f} "
+                 f"| {d['empty_fraction']:.1%} | {d['mean_length_words']:.1f} | {mauve} "
+                 f"| {r['ar'][-1]['judge_ppl']:.1f} | {gap} |")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1] if len(sys.argv) > 1 else "workdirs/quality")
