@@ -32,5 +32,10 @@ def test_low_entropy_match_is_flagged_as_gamed():
 def test_outside_the_ladder_gives_bounds():
   behind = compute_gap({"flops": 64e12, "judge_ppl": 900.0, "unigram_entropy": 6.0}, LADDER)
   assert behind["compute_gap"] is None and behind["compute_gap_lower_bound"] == pytest.approx(64)
+  assert behind["entropy_valid"]  # against the smallest rung's 6.0
   ahead = compute_gap({"flops": 2e12, "judge_ppl": 50.0, "unigram_entropy": 6.5}, LADDER)
   assert ahead["compute_gap"] is None and ahead["compute_gap_upper_bound"] == pytest.approx(0.5)
+  assert ahead["entropy_valid"]
+  # Ahead of the largest rung by repeating itself: the bound is gamed too.
+  repetitive = compute_gap({"flops": 2e12, "judge_ppl": 50.0, "unigram_entropy": 4.2}, LADDER)
+  assert not repetitive["entropy_valid"]
