@@ -61,6 +61,7 @@ class _Run:
   mesh: jax.sharding.Mesh
   data: pipeline.Dataset
   model: object
+  schedule: object
   train_step: object
   bound_fn: object
   stats_fn: object
@@ -83,7 +84,7 @@ def _build(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[_R
                                      steps_per_call=tcfg.steps_per_call)
   stats_fn = jax.jit(lambda table, key: embedding_stats.embedding_statistics(
       table, schedule, key, t_small=tcfg.embedding_stats_t))
-  run = _Run(config=config, workdir=workdir, mesh=mesh, data=data, model=model,
+  run = _Run(config=config, workdir=workdir, mesh=mesh, data=data, model=model, schedule=schedule,
              train_step=train_step,
              bound_fn=steps.make_bound_fn(model, schedule, mesh, config.diffusion.bound_log_snr_max),
              stats_fn=stats_fn,
@@ -150,8 +151,7 @@ def _evaluate(run: _Run, state, step: int) -> dict:
 
 def _sample(run: _Run, state, step: int):
   if run.sample_fn is None:
-    schedule = builders.make_schedule(run.config)
-    run.sample_fn = generate.make_sample_fn(run.model, schedule, run.mesh,
+    run.sample_fn = generate.make_sample_fn(run.model, run.schedule, run.mesh,
                                             builders.sample_config(run.config))
   tokens = jax.device_get(run.sample_fn(state.ema_params, jax.random.PRNGKey(run.config.seed)))
   texts = [tokenizer_lib.decode_tokens(run.data.tokenizer, row) for row in tokens]
