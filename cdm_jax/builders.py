@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cdm_jax import checkpointing, diffusion, parallel, samplers, schedules, steps
+from cdm_jax import checkpointing, conditioning, diffusion, parallel, samplers, schedules, steps
 from cdm_jax.models import DiffusionLM, ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -39,10 +39,21 @@ def make_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
   return schedules.from_config(config.diffusion)
 
 
+def condition_config(config: ml_collections.ConfigDict) -> conditioning.ConditionConfig:
+  """The `condition` block (absent in workdirs from before it existed: nothing known)."""
+  values = config.condition.to_dict() if "condition" in config else {}
+  condition = conditioning.ConditionConfig.from_dict(values)
+  if condition.active and not config.model.conditioning:
+    raise ValueError("The condition mixture trains with known positions: set "
+                     "model.conditioning=True (or all condition shares to 0).")
+  return condition
+
+
 def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:
   fields = ("rounding_weight", "anchor_weight", "mask_padding", "self_cond_prob", "time_warp",
             "importance_weight")
-  return diffusion.LossConfig.from_dict({k: config.diffusion[k] for k in fields})
+  return diffusion.LossConfig.from_dict({**{k: config.diffusion[k] for k in fields},
+                                         "condition": condition_config(config)})
 
 
 def sample_config(config: ml_collections.ConfigDict) -> samplers.SampleConfig:

@@ -10,6 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = _data()
   config.model = _model()
   config.diffusion = _diffusion()
+  config.condition = _condition()
   config.train = _train()
   config.sample = _sample()
   return config
@@ -40,7 +41,7 @@ def _model() -> ml_collections.ConfigDict:
   model.dropout_rate = 0.0
   model.time_conditioning = "adaln"  # adaln (adaptive LayerNorm from log-SNR) | add
   model.self_conditioning = True     # feed the previous x0_hat as an input
-  model.conditioning = False   # accept known latents + a mask (prefix / infilling inputs)
+  model.conditioning = True    # accept known latents + a mask (prefix / infilling / seq2seq)
   model.normalize_embeddings = False  # L2-normalize embedding rows before every use (CDCD)
   model.embed_scale = 1.0      # row norm ~ embed_scale * sqrt(embed_dim)
   model.output = "x0"          # x0 | eps | v (MSE targets) | logits (cross-entropy, CDCD) |
@@ -70,6 +71,20 @@ def _diffusion() -> ml_collections.ConfigDict:
   diff.warp_bins = 100         # bins of the learned warping CDF
   diff.bound_log_snr_max = 4.0  # the likelihood bound's lower end in log-SNR (see diffusion.py)
   return diff
+
+
+def _condition() -> ml_collections.ConfigDict:
+  """Shares of the known-position mixture each training example draws from (cdm_jax/
+  conditioning.py); "none" takes the rest. They need model.conditioning=True."""
+  cond = ml_collections.ConfigDict()
+  cond.prefix = 0.2            # BOS + a prefix known: continuation
+  cond.suffix = 0.1            # BOS + the tail, EOS and PAD known
+  cond.spans = 0.2             # alternating known/unknown spans: infilling
+  cond.source = 0.0            # up to the first EOS known: seq2seq (data.target_field set)
+  cond.span_length = 4.0       # mean span length of "spans"
+  cond.dropout = 0.1           # share of conditioned examples whose known latents are zeroed:
+                               # the null condition that classifier-free guidance contrasts with
+  return cond
 
 
 def _train() -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from cdm_jax import parameterization, registry, schedules as schedules_lib, vocab_ops
+from cdm_jax import conditioning, parameterization, registry, schedules as schedules_lib, vocab_ops
 from cdm_jax.parameterization import expand_like
 
 Array = jax.Array
@@ -37,6 +37,7 @@ class LossConfig:
   time_warp: bool = False         # draw t from the learned warping instead of uniformly
   importance_weight: bool = True  # with time_warp: weight by 1/p(t) so the objective is unbiased
   accuracy_examples: int = 8      # examples per (local) batch on which token accuracy is measured
+  condition: conditioning.ConditionConfig = conditioning.ConditionConfig()  # known-position mixture
 
   @classmethod
   def from_dict(cls, values: dict):
@@ -61,6 +62,8 @@ class LossInputs:
   weight: Array     # [batch] importance weights of t (used with time warping)
   noise: Array      # [2, batch, length, dim] standard normals: the diffusion's, the rounding term's
   self_cond: Array  # scalar bool: whether this batch trains with self-conditioning
+  known: Array | None = None      # [batch, length] bool: positions given as the condition
+  null_cond: Array | None = None  # [batch] bool: examples whose known latents are zeroed (CFG)
 
 
 def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.Schedule,
@@ -77,8 +80,13 @@ def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.S
   t_pos = schedule.position_times(inputs.t, inputs.tokens.shape[1])  # [batch] or [batch, length]
   x_t = q_sample(x0, t_pos, inputs.noise[0], schedule)
   loss_mask = inputs.mask if config.mask_padding else jnp.ones_like(inputs.mask)
+  cond = {}
+  if inputs.known is not None:  # known positions carry their clean latents and no loss
+    loss_mask = loss_mask & ~inputs.known
+    cond = {"cond": jnp.where(inputs.null_cond[:, None, None], 0.0, x0), "cond_mask": inputs.known}
   loss_mask = loss_mask.astype(jnp.float32)
-  out = _denoise(apply, x_t, schedule.log_snr(t_pos), inputs.self_cond, cfg.self_conditioning, train)
+  out = _denoise(apply, x_t, schedule.log_snr(t_pos), inputs.self_cond, cfg.self_conditioning,
+                 train, cond)
   per_token = _denoising_loss(cfg.output, out, x0, inputs, schedule.alpha_sigma(t_pos))
   per_example = jnp.sum(per_token * loss_mask, axis=-1)  # [batch]
   weighted = per_example * inputs.weight if config.time_warp and config.importance_weight else per_example
@@ -96,16 +104,17 @@ def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.S
   return loss_sum, (metrics, per_example_loss)
 
 
-def _denoise(apply, x_t, log_snr, self_cond, self_conditioning: bool, train: bool):
+def _denoise(apply, x_t, log_snr, self_cond, self_conditioning: bool, train: bool, cond: dict):
   """The denoiser's output; with self-conditioning on and `self_cond` true, its input is a first,
-  gradient-stopped estimate of x0 (zeros otherwise)."""
+  gradient-stopped estimate of x0 (zeros otherwise). `cond`: the `cond`/`cond_mask` keywords."""
   zeros = jnp.zeros_like(x_t)
   x0_selfcond = zeros
   if self_conditioning:
     x0_selfcond = jax.lax.cond(
-        self_cond, lambda: jax.lax.stop_gradient(apply("denoise", x_t, log_snr, zeros, train=train).x0_hat),
+        self_cond,
+        lambda: jax.lax.stop_gradient(apply("denoise", x_t, log_snr, zeros, train=train, **cond).x0_hat),
         lambda: zeros)
-  return apply("denoise", x_t, log_snr, x0_selfcond, train=train)
+  return apply("denoise", x_t, log_snr, x0_selfcond, train=train, **cond)
 
 
 def _denoising_loss(output: str, out, x0, inputs: LossInputs, alpha_sigma) -> Array:

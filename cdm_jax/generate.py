@@ -9,53 +9,109 @@ import pathlib
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from cdm_jax import builders, checkpointing, host, parallel, samplers, schedules
+from cdm_jax import builders, checkpointing, conditioning, host, parallel, samplers, schedules
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM
 
 P = jax.sharding.PartitionSpec
 
 
+def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, condition=None,
+                    guidance_scale: float = 0.0):
+  """The sampler's `(x_t, t, x0_selfcond) -> x0_hat` for `params`.
+
+  `condition`: None, or (known tokens [batch, length], known mask [batch, length] bool). With
+  `guidance_scale` w != 0 the estimate is classifier-free guided: one forward pass over the batch
+  twice, with the known latents and with the null condition (zeros), combined by
+  `conditioning.guide`; known positions keep their clean latents either way.
+  """
+  def plain(x_t, t, x0_selfcond):
+    return model.apply(params, x_t, schedule.log_snr(t), x0_selfcond, method="denoise").x0_hat
+
+  if condition is None:
+    if guidance_scale:
+      raise ValueError("guidance_scale needs a condition (a prefix, template or source).")
+    return plain
+  known, known_mask = condition
+  cond = model.apply(params, known, method="embed")
+
+  def denoise_fn(x_t, t, x0_selfcond):
+    log_snr = schedule.log_snr(t)
+    if not guidance_scale:
+      return model.apply(params, x_t, log_snr, x0_selfcond, cond=cond, cond_mask=known_mask,
+                         method="denoise").x0_hat
+    twice = lambda a: jnp.concatenate([a, a])
+    both = model.apply(params, twice(x_t), twice(log_snr), twice(x0_selfcond),
+                       cond=jnp.concatenate([cond, jnp.zeros_like(cond)]),
+                       cond_mask=twice(known_mask), method="denoise").x0_hat
+    x0_cond, x0_null = jnp.split(both, 2)
+    return jnp.where(known_mask[..., None], cond,
+                     conditioning.guide(x0_cond, x0_null, guidance_scale))
+
+  return denoise_fn
+
+
 def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                    config: samplers.SampleConfig, times=None):
-  """The jit-compiled pure `(params, rng) -> tokens [config.num_samples, length]`.
+  """The jit-compiled pure `(params, rng, known=None, known_mask=None) -> tokens
+  [config.num_samples, length]`.
 
   Samples are split over the mesh; each example's randomness comes from `fold_in(rng, index)`,
   so the same seed gives the same text on any number of devices. `times`: an optional grid
-  [num_steps + 1] (e.g. the learned warp's).
+  [num_steps + 1] (e.g. the learned warp's). `known` [num_samples, length] int and `known_mask`
+  (bool, same shape) condition the samples: known positions come out as given (prefix, infilling
+  template, seq2seq source; `conditioning` builds them). Conditional and unconditional calls
+  compile separately; different prompts of one shape reuse the compiled function.
   """
   cfg = model.config
   num_devices = mesh.devices.size
   padded = -(-config.num_samples // num_devices) * num_devices
   shape = (cfg.seq_len, cfg.embed_dim)
 
-  def per_device(params, keys):
+  def per_device(params, keys, condition):
     table, bias = model.apply(params, method="readout_weights")
     # The clamp's vocabulary matmul follows the model's matmul precision; the final decode is exact.
     clamp_fn = samplers.make_clamp_fn(config.clamp, table, bias, decoder=config.decoder,
                                       temperature=config.clamp_temperature,
                                       operand_dtype=cfg.matmul_operand_dtype)
+    denoise_fn = make_denoise_fn(model, params, schedule, condition, config.guidance_scale)
+    if condition is not None and clamp_fn is not None:  # the clamp leaves known latents alone
+      cond, known_mask = model.apply(params, condition[0], method="embed"), condition[1]
+      clamp_fn = functools.partial(_clamp_unknown, clamp_fn, cond, known_mask)
     x_init = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(keys)
     loop_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-
-    def denoise_fn(x_t, t, x0_selfcond):
-      return model.apply(params, x_t, schedule.log_snr(t), x0_selfcond, method="denoise").x0_hat
-
     x0_hat = samplers.sample_loop(denoise_fn, x_init, loop_keys, schedule, config.num_steps,
                                   sampler=config.sampler, clamp_fn=clamp_fn, times=times,
                                   clamp_max_t=config.clamp_max_t)
-    return samplers.decode(x0_hat, table, bias, config.decoder)
+    tokens = samplers.decode(x0_hat, table, bias, config.decoder)
+    return tokens if condition is None else jnp.where(condition[1], condition[0], tokens)
 
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
-                          out_specs=P(parallel.AXIS), check_vma=False)
+  def sharded(params, keys, condition):
+    spec = P(parallel.AXIS)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), spec, spec), out_specs=spec,
+                         check_vma=False)(params, keys, condition)
 
   @jax.jit
-  def sample_fn(params, rng):
-    return sharded(params, parallel.example_keys(rng, padded))[:config.num_samples]
+  def sample_fn(params, rng, known=None, known_mask=None):
+    if (known is None) != (known_mask is None):
+      raise ValueError("Pass both known and known_mask, or neither.")
+    condition = None
+    if known is not None:
+      if known.shape != (config.num_samples, cfg.seq_len) or known_mask.shape != known.shape:
+        raise ValueError(f"known and known_mask must have shape {(config.num_samples, cfg.seq_len)}"
+                         f", got {known.shape} and {known_mask.shape}.")
+      pad = lambda a: jnp.pad(a, ((0, padded - config.num_samples), (0, 0)))
+      condition = (pad(known.astype(jnp.int32)), pad(known_mask.astype(bool)))
+    return sharded(params, parallel.example_keys(rng, padded), condition)[:config.num_samples]
 
   return sample_fn
+
+
+def _clamp_unknown(clamp_fn, cond, known_mask, x):
+  return jnp.where(known_mask[..., None], cond, clamp_fn(x))
 
 
 class Generator:
@@ -94,17 +150,85 @@ class Generator:
       overrides["num_steps"] = overrides.pop("steps")
     return self.sample_config.replace(**overrides)
 
-  def sample_tokens(self, num_samples: int = 8, *, seed: int = 0, **overrides) -> np.ndarray:
-    """Token ids [num_samples, seq_len]; see `options` for the overrides."""
+  def sample_tokens(self, num_samples: int = 8, *, seed: int = 0, condition=None,
+                    **overrides) -> np.ndarray:
+    """Token ids [num_samples, seq_len]; `condition`: None or (known [num_samples, seq_len] int,
+    known_mask [num_samples, seq_len] bool), whose known tokens appear verbatim; see `options`
+    for the overrides."""
     fn = self.make_sample_fn(num_samples=num_samples, **overrides)
-    return np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed))))
+    if condition is None:
+      return np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed))))
+    self._require_conditioning()
+    known, known_mask = (np.asarray(a) for a in condition)
+    return np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed), known, known_mask)))
 
   def decode(self, tokens: np.ndarray) -> list[str]:
     return [tokenizer_lib.decode_tokens(self.tokenizer, row) for row in tokens]
 
-  def sample(self, num_samples: int = 8, *, seed: int = 0, **overrides) -> list[str]:
-    """`num_samples` strings; the same options and seed give the same text on any device count."""
-    return self.decode(self.sample_tokens(num_samples, seed=seed, **overrides))
+  def sample(self, num_samples: int = 8, *, seed: int = 0, prefix: str | None = None,
+             suffix: str | None = None, gap_length: int = 8, **overrides) -> list[str]:
+    """`num_samples` strings; the same options and seed give the same text on any device count.
+
+    `prefix`: every sample starts with it (its pieces verbatim) and continues freely. `suffix`:
+    every sample ends with it, after `gap_length` generated pieces (`infill("___:N suffix")`).
+    """
+    if prefix is not None and suffix is not None:
+      return self.infill(f"{prefix} ___:{gap_length} {suffix}", num_samples, seed=seed, **overrides)
+    if suffix is not None:
+      return self.infill(f"___:{gap_length} {suffix}", num_samples, seed=seed, **overrides)
+    if prefix is None:
+      return self.decode(self.sample_tokens(num_samples, seed=seed, **overrides))
+    layout = conditioning.prefix_layout(self.tokenizer, prefix, self.config.data.seq_len)
+    return self._conditional([layout] * num_samples, seed=seed, **overrides)
+
+  def infill(self, template: str, num_samples: int = 1, *, seed: int = 0,
+             gap_length: int | tuple[int, int] = 4, mbr: int = 1, **overrides) -> list[str]:
+    """Fills the gaps of `template`: `___` is a gap of `gap_length` pieces, `___:N` one of N.
+    `gap_length=(lo, hi)` draws each sample's default gap length uniformly from lo..hi (seeded).
+    The text outside the gaps appears verbatim and the sample ends where the template does.
+    `mbr=k`: k candidates per sample, the minimum-Bayes-risk one kept (`conditioning.mbr_select`).
+    """
+    seq_len = self.config.data.seq_len
+    if isinstance(gap_length, int):
+      lengths = [gap_length] * num_samples
+    else:
+      low, high = gap_length
+      if not 1 <= low <= high:
+        raise ValueError(f"gap_length=(lo, hi) needs 1 <= lo <= hi, got {gap_length}.")
+      lengths = np.random.default_rng(seed).integers(low, high + 1, num_samples).tolist()
+    layouts = [conditioning.template_layout(self.tokenizer, template, seq_len, n) for n in lengths]
+    return self._conditional(layouts, seed=seed, mbr=mbr, **overrides)
+
+  def generate(self, sources: list[str], *, seed: int = 0, mbr: int = 1, **overrides) -> list[str]:
+    """Seq2seq: one target per source, for a model trained on `BOS source EOS target EOS`
+    sequences (`data.target_field`, `condition.source`). `mbr=k` as in `infill`."""
+    if isinstance(sources, str):
+      raise ValueError("generate() takes a list of sources; wrap a single one in a list.")
+    seq_len = self.config.data.seq_len
+    layouts = [conditioning.source_layout(self.tokenizer, text, seq_len) for text in sources]
+    return self._conditional(layouts, seed=seed, mbr=mbr, target_only=True, **overrides)
+
+  def _conditional(self, layouts, *, seed: int, mbr: int = 1, target_only: bool = False,
+                   **overrides) -> list[str]:
+    """Samples one text per (known, mask) layout, `mbr` candidates each when mbr > 1."""
+    if not layouts:
+      raise ValueError("Nothing to sample: no prompt given.")
+    if mbr < 1:
+      raise ValueError(f"mbr must be >= 1, got {mbr}.")
+    known = np.repeat(np.stack([k for k, _ in layouts]), mbr, axis=0)
+    mask = np.repeat(np.stack([m for _, m in layouts]), mbr, axis=0)
+    tokens = self.sample_tokens(len(known), seed=seed, condition=(known, mask), **overrides)
+    if target_only:
+      tokens = [conditioning.target_tokens(row) for row in tokens]
+    texts = self.decode(tokens)
+    groups = [texts[i:i + mbr] for i in range(0, len(texts), mbr)]
+    return [group[conditioning.mbr_select(group)] for group in groups]
+
+  def _require_conditioning(self):
+    if not self.config.model.conditioning:
+      raise ValueError("This model was trained without model.conditioning, so it cannot take a "
+                       "prefix, template or source; train one with the condition mixture "
+                       "(configs default to it).")
 
 
 def load(workdir: str, *, use_ema: bool = True, step: int | None = None,
@@ -142,10 +266,32 @@ def sampling_overrides(flag_values) -> dict:
   return {name: getattr(flag_values, name) for name in ("steps", "sampler", "clamp", "decoder")}
 
 
+def _cli_samples(generator: Generator, f) -> list[str]:
+  """The texts the generate CLI's flags ask for: sources, a template, a prefix/suffix, or free."""
+  if sum(x is not None for x in (f.source, f.template, f.prefix or f.suffix)) > 1:
+    raise ValueError("Give one of --source, --template, or --prefix/--suffix.")
+  overrides = {**sampling_overrides(f), "guidance_scale": f.guidance_scale}
+  gap = {} if f.gap_length is None else {"gap_length": f.gap_length}
+  if f.source:
+    return generator.generate(f.source, seed=f.seed, mbr=f.mbr, **overrides)
+  if f.template is not None:
+    return generator.infill(f.template, f.num_samples, seed=f.seed, mbr=f.mbr, **gap, **overrides)
+  return generator.sample(f.num_samples, seed=f.seed, prefix=f.prefix, suffix=f.suffix, **gap,
+                          **overrides)
+
+
 def main(argv=None):
   from absl import app, flags, logging as absl_logging  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
   define_sampling_flags(flags, num_samples=8)
+  flags.DEFINE_string("prefix", None, "Continue this text (its pieces appear verbatim).")
+  flags.DEFINE_string("suffix", None, "End with this text, after --gap_length generated pieces.")
+  flags.DEFINE_string("template", None, "Fill the gaps of this text: ___ (--gap_length pieces) "
+                      "or ___:N (N pieces), e.g. 'the ___:3 of a tree'.")
+  flags.DEFINE_multi_string("source", None, "Seq2seq: one target per --source (repeatable).")
+  flags.DEFINE_integer("gap_length", None, "Default gap length (template: 4, suffix: 8).")
+  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance weight (0: off).")
+  flags.DEFINE_integer("mbr", 1, "Candidates per template or source; the MBR one is kept.")
   flags.DEFINE_bool("raw_params", False, "Use the raw parameters instead of the EMA.")
   flags.DEFINE_string("matmul_dtype", None, "Override model.matmul_dtype (e.g. bfloat16).")
   flags.DEFINE_string("output", None, "Also write the samples to this file, one per line.")
@@ -154,7 +300,7 @@ def main(argv=None):
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     f = flags.FLAGS
     generator = load(f.workdir, use_ema=not f.raw_params, matmul_dtype=f.matmul_dtype)
-    texts = generator.sample(f.num_samples, seed=f.seed, **sampling_overrides(f))
+    texts = _cli_samples(generator, f)
     for text in texts:
       print(text)
     if f.output:

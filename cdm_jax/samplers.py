@@ -237,6 +237,7 @@ class SampleConfig:
   clamp_max_t: float = 1.0       # clamp only at t <= this
   decoder: str = "readout"       # a registered decoder: readout | l2 | cosine
   time_grid: str = "uniform"     # uniform | warp (the learned time warping's quantiles)
+  guidance_scale: float = 0.0    # classifier-free guidance weight w on conditional samples (0: off)
 
   def __post_init__(self):
     for field in ("num_samples", "num_steps"):
@@ -250,6 +251,8 @@ class SampleConfig:
       raise ValueError(f"time_grid must be one of {list(TIME_GRIDS)}, got {self.time_grid!r}.")
     if not self.clamp_temperature > 0:
       raise ValueError(f"clamp_temperature must be > 0, got {self.clamp_temperature}.")
+    if not abs(self.guidance_scale) < float("inf"):
+      raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}.")
 
   def replace(self, **changes) -> "SampleConfig":
     return dataclasses.replace(self, **changes)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from cdm_jax import diffusion, parallel, schedules as schedules_lib
+from cdm_jax import conditioning, diffusion, parallel, schedules as schedules_lib
 
 Array = jax.Array
 AXIS = parallel.AXIS
@@ -75,8 +75,14 @@ def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossCon
   noise = jax.vmap(lambda i: jax.random.normal(
       jax.random.fold_in(noise_key, i), (2, length, embed_dim)))(example_index)
   self_cond = jax.random.uniform(jax.random.fold_in(step_key, 2)) < loss_config.self_cond_prob
+  known = null_cond = None
+  if loss_config.condition.active:
+    cond_key = jax.random.fold_in(step_key, 4)
+    known, null_cond = jax.vmap(lambda i, row: conditioning.draw_condition(
+        jax.random.fold_in(cond_key, i), row, loss_config.condition))(example_index, tokens)
   return diffusion.LossInputs(tokens=tokens, mask=mask, t=t, weight=weight,
-                              noise=jnp.swapaxes(noise, 0, 1), self_cond=self_cond)
+                              noise=jnp.swapaxes(noise, 0, 1), self_cond=self_cond, known=known,
+                              null_cond=null_cond)
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules_lib.Schedule,

@@ -1,0 +1,262 @@
+"""Conditional generation: training masks, the loss's known positions, prompt layouts, guidance,
+and conditional sampling with an exact denoiser."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cdm_jax
+from cdm_jax import conditioning, diffusion, generate, parallel, samplers, schedules
+from cdm_jax.data import tokenizer as tokenizer_lib
+from cdm_jax.models import DiffusionLM, ModelConfig
+
+PAD, BOS, EOS = tokenizer_lib.PAD_ID, tokenizer_lib.BOS_ID, tokenizer_lib.EOS_ID
+
+
+def _rows(lengths, seq_len=12, eos_twice=False):
+  """Token rows BOS, pieces 5.., EOS, PAD with `lengths` non-PAD tokens each."""
+  rows = np.full((len(lengths), seq_len), PAD, np.int32)
+  for i, n in enumerate(lengths):
+    rows[i, :n] = 5 + np.arange(n)
+    rows[i, 0], rows[i, n - 1] = BOS, EOS
+    if eos_twice:
+      rows[i, n // 2] = EOS
+  return rows
+
+
+def _draw(kind, rows, seed=0, **fields):
+  config = conditioning.ConditionConfig(**({kind: 1.0} if kind != "none" else {}), **fields)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(rows))
+  draw = jax.jit(jax.vmap(lambda k, r: conditioning.draw_known(k, r, config)))
+  return np.asarray(draw(keys, jnp.asarray(rows)))
+
+
+def test_prefix_and_suffix_masks_keep_bos_known_and_leave_something_to_generate():
+  lengths = np.tile([3, 5, 9, 12], 50)
+  rows = _rows(lengths)
+  for kind in ("prefix", "suffix"):
+    cuts = []
+    for row, n, known in zip(rows, lengths, _draw(kind, rows)):
+      assert known[0] and not known.all()
+      if kind == "prefix":
+        k = known.sum()
+        np.testing.assert_array_equal(known, np.arange(12) < k)
+        assert 1 <= k <= n - 1  # the EOS is always generated
+      else:
+        k = np.argmax(known[1:]) + 1
+        np.testing.assert_array_equal(known[1:], np.arange(1, 12) >= k)
+        assert 2 <= k <= n - 1 and known[n - 1] and known[n:].all()  # tail, EOS and PAD known
+      cuts.append(k)
+    assert len(set(cuts)) >= 8, kind  # the cut varies
+
+
+def test_source_mask_is_everything_up_to_the_first_eos():
+  rows = _rows([6, 9, 12], eos_twice=True)
+  for row, known in zip(rows, _draw("source", rows)):
+    first = np.flatnonzero(row == EOS)[0]
+    np.testing.assert_array_equal(known, np.arange(12) <= first)
+
+
+def test_span_masks_alternate_with_the_configured_mean_length():
+  rows = _rows([12] * 400, seq_len=64)
+  known = _draw("spans", rows, span_length=4.0)
+  assert known[:, 0].all()
+  runs = []
+  for row in known[:, 1:]:
+    changes = np.flatnonzero(np.diff(row.astype(int))) + 1
+    runs += np.diff(changes).tolist()  # whole runs only (not cut by either end)
+  assert abs(np.mean(runs) - 4.0) < 0.4, np.mean(runs)  # geometric, mean 1 / p
+  assert 0.4 < known[:, 1:].mean() < 0.6
+  assert not _draw("none", rows[:20]).any()
+
+
+def test_condition_config_refuses_bad_shares():
+  with pytest.raises(ValueError, match="sum to at most 1"):
+    conditioning.ConditionConfig(prefix=0.7, spans=0.5)
+  with pytest.raises(ValueError, match="dropout"):
+    conditioning.ConditionConfig(dropout=1.0)
+  np.testing.assert_allclose(conditioning.ConditionConfig(prefix=0.2, suffix=0.1).probabilities(),
+                             [0.7, 0.2, 0.1, 0.0, 0.0])
+
+
+def _loss_setup():
+  cfg = ModelConfig(vocab_size=16, seq_len=8, embed_dim=4, width=16, num_layers=1, num_heads=2,
+                    mlp_dim=16, conditioning=True, output="eps", self_conditioning=False)
+  model = DiffusionLM(cfg)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1,)))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(4, 16, (2, 8)), jnp.int32)
+  known = jnp.asarray(np.arange(8) < 3)[None].repeat(2, 0)
+  inputs = diffusion.LossInputs(
+      tokens=tokens, mask=jnp.ones((2, 8), bool), t=jnp.array([0.3, 0.7]), weight=jnp.ones(2),
+      noise=jax.random.normal(jax.random.PRNGKey(1), (2, 2, 8, 4)), self_cond=jnp.array(False),
+      known=known, null_cond=jnp.zeros(2, bool))
+  config = diffusion.LossConfig(rounding_weight=1.0)
+  loss = jax.jit(lambda inp: diffusion.training_losses(
+      model, params, inp, schedules.get_schedule("cosine"), config, train=False))
+  return inputs, loss
+
+
+def test_known_positions_never_enter_the_loss():
+  inputs, loss = _loss_setup()
+  base, (metrics, _) = loss(inputs)
+  assert float(metrics["tokens"]) == 2 * 5  # unknown positions only
+  noise = np.asarray(inputs.noise).copy()
+  noise[:, :, :3] += 5.0  # the eps target and the rounding noise of known positions move a lot
+  same, _ = loss(inputs.replace(noise=jnp.asarray(noise)))
+  assert abs(float(same) - float(base)) < 1e-5 * abs(float(base))
+  noise[:, :, 5] += 5.0  # an unknown position's noise does count
+  moved, _ = loss(inputs.replace(noise=jnp.asarray(noise)))
+  assert abs(float(moved) - float(base)) > 1e-2
+
+
+def test_the_null_condition_hides_the_known_tokens():
+  inputs, loss = _loss_setup()
+  tokens = np.asarray(inputs.tokens).copy()
+  tokens[:, :3] = (tokens[:, :3] + 5) % 12 + 4  # other known tokens
+  changed = inputs.replace(tokens=jnp.asarray(tokens))
+  assert abs(float(loss(changed)[0]) - float(loss(inputs)[0])) > 1e-3  # the condition is used
+  null = jnp.ones(2, bool)
+  np.testing.assert_allclose(float(loss(changed.replace(null_cond=null))[0]),
+                             float(loss(inputs.replace(null_cond=null))[0]), rtol=1e-6)
+
+
+class _Tokenizer:
+  """Word-level stand-in for SentencePiece: word i of `words` is id 4 + i."""
+
+  def __init__(self, words):
+    self.words = list(words)
+
+  def encode(self, text):
+    return [4 + self.words.index(w) for w in text.split()]
+
+
+def test_template_layout_is_verbatim_with_gaps_and_a_known_ending():
+  tok = _Tokenizer("the of a tree cat".split())
+  assert [p if isinstance(p, int) else p.strip() for p in
+          conditioning.parse_template("the ___ of a ___:2", 3)] == ["the", 3, "of a", 2]
+  known, mask = conditioning.template_layout(tok, "the ___:2 of a tree", 10, gap_length=4)
+  np.testing.assert_array_equal(known, [BOS, 4, PAD, PAD, 5, 6, 7, EOS, PAD, PAD])
+  np.testing.assert_array_equal(mask, [1, 1, 0, 0, 1, 1, 1, 1, 1, 1])
+  known, mask = conditioning.prefix_layout(tok, "the cat", 6)
+  np.testing.assert_array_equal(known[mask], [BOS, 4, 8])
+  assert not mask[3:].any()
+  known, mask = conditioning.source_layout(tok, "a tree", 6)
+  np.testing.assert_array_equal(known[mask], [BOS, 6, 7, EOS])
+  np.testing.assert_array_equal(conditioning.target_tokens(np.array([BOS, 6, EOS, 8, EOS, PAD])),
+                                [8, EOS, PAD])
+  for call, match in [(lambda: conditioning.template_layout(tok, "the cat", 10), "No gap"),
+                      (lambda: conditioning.template_layout(tok, "the ___:9", 10), "needs 12"),
+                      (lambda: conditioning.prefix_layout(tok, "the cat the cat", 5), "needs 6"),
+                      (lambda: conditioning.parse_template("a ___:0", 4), "at least one")]:
+    with pytest.raises(ValueError, match=match):
+      call()
+
+
+def test_mbr_keeps_the_consensus_candidate():
+  assert conditioning.mbr_select(["x y z", "a b c", "a b d", "a b c e"]) == 1
+  assert conditioning.mbr_select(["only"]) == 0
+
+
+# An exact conditional denoiser: every sequence is all token 1 (embedding +c e_0) or all token 2
+# (-c e_0), with probability 1/2 each; any known (non-null) position reveals which.
+C = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+  seq_len: int = 6
+  embed_dim: int = 2
+  matmul_operand_dtype: object = None
+
+
+class _ExactModel:
+  config = _Cfg()
+  table = jnp.array([[0.0, C], [C, 0.0], [-C, 0.0], [0.0, -C]])
+
+  def apply(self, params, *args, method, cond=None, cond_mask=None):
+    del params
+    if method == "readout_weights":
+      return self.table, jnp.zeros(4)
+    if method == "embed":
+      return self.table[args[0]]
+    x_t, log_snr, _ = args
+    gamma = jnp.sqrt(jax.nn.sigmoid(log_snr))[:, None]  # [batch, 1]
+    var = jax.nn.sigmoid(-log_snr)[:, None]
+    known = jnp.zeros(x_t.shape[:2], bool) if cond_mask is None else cond_mask
+    # log p(x_t | all 1) - log p(x_t | all 2) over the unknown positions: 2 gamma c x / var
+    odds = jnp.sum(jnp.where(known, 0.0, 2 * gamma * C * x_t[..., 0] / var), axis=1)
+    mean = jnp.tanh(odds / 2) * C  # E[x0[0]] = (p1 - p2) c
+    if cond is not None:  # a non-null known latent decides it (its sign)
+      revealed = jnp.sum(jnp.where(known, cond[..., 0], 0.0), axis=1)
+      mean = jnp.where(revealed != 0, jnp.sign(revealed) * C, mean)
+    x0 = jnp.stack([mean, jnp.zeros_like(mean)], -1)[:, None, :].repeat(x_t.shape[1], 1)
+    if cond is not None:
+      x0 = jnp.where(known[..., None], cond, x0)
+    return type("Out", (), {"x0_hat": x0})()
+
+
+def _exact_samples(config, known=None, mask=None, seed=0):
+  fn = generate.make_sample_fn(_ExactModel(), schedules.get_schedule("cosine"), parallel.make_mesh(4), config)
+  args = () if known is None else (jnp.asarray(known), jnp.asarray(mask))
+  return np.asarray(fn({}, jax.random.PRNGKey(seed), *args))
+
+
+def test_conditional_sampling_with_the_exact_denoiser_reconstructs_the_sequence():
+  config = samplers.SampleConfig(num_samples=8, num_steps=20, sampler="ddpm", clamp="none")
+  free = _exact_samples(config.replace(num_samples=32))
+  assert set(map(tuple, free)) <= {(1,) * 6, (2,) * 6}  # whole sequences of one kind
+  assert 6 <= (free[:, 0] == 1).sum() <= 26
+  known = np.zeros((8, 6), np.int32)
+  mask = np.zeros((8, 6), bool)
+  known[:4, 3], known[4:, 0] = 2, 1   # half reveal token 2 at position 3, half token 1 at 0
+  mask[:4, 3] = mask[4:, 0] = True
+  out = _exact_samples(config, known, mask)
+  np.testing.assert_array_equal(out[:4], 2)
+  np.testing.assert_array_equal(out[4:], 1)
+  # an inconsistent known token still comes out verbatim
+  known[0, 3], mask[0, 3] = 3, True
+  assert _exact_samples(config, known, mask)[0, 3] == 3
+
+
+def test_guidance_combines_the_conditional_and_null_estimates():
+  model = _ExactModel()
+  known = jnp.array([[0, 0, 2, 0, 0, 0]] * 3)
+  mask = known != 0
+  x_t = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 2))
+  t = jnp.array([0.2, 0.5, 0.9])
+  schedule = schedules.get_schedule("cosine")
+  sc = jnp.zeros_like(x_t)
+  plain = generate.make_denoise_fn(model, {}, schedule, (known, mask))(x_t, t, sc)
+  zero_w = generate.make_denoise_fn(model, {}, schedule, (known, mask), 0.0)(x_t, t, sc)
+  np.testing.assert_array_equal(plain, zero_w)
+  w = 1.5
+  guided = np.asarray(generate.make_denoise_fn(model, {}, schedule, (known, mask), w)(x_t, t, sc),
+                      np.float64)
+  cond = np.asarray(model.table[known], np.float64)
+  null = np.asarray(model.apply({}, x_t, schedule.log_snr(t), sc, method="denoise",
+                                cond=jnp.zeros((3, 6, 2)), cond_mask=mask).x0_hat, np.float64)
+  expected = null + (1 + w) * (np.asarray(plain, np.float64) - null)
+  expected[np.asarray(mask)] = cond[np.asarray(mask)]
+  np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="needs a condition"):
+    generate.make_denoise_fn(model, {}, schedule, None, 1.0)
+
+
+def test_generator_keeps_prompts_verbatim(trained):
+  workdir, _ = trained
+  g = cdm_jax.load(str(workdir))
+  opts = {"steps": 3, "seed": 1}
+  seq_len = g.config.data.seq_len
+  known, mask = conditioning.prefix_layout(g.tokenizer, "the cat", seq_len)
+  tokens = g.sample_tokens(4, condition=(np.stack([known] * 4), np.stack([mask] * 4)), **opts)
+  np.testing.assert_array_equal(tokens[:, mask], np.stack([known[mask]] * 4))
+  assert all(text.startswith("the cat") for text in g.sample(4, prefix="the cat", **opts))
+  filled = g.infill("the ___:2 sat on a ___:1", 4, **opts)  # same shape: the same compiled fn
+  template_ids = g.tokenizer.encode("the")
+  assert all(text.startswith(g.tokenizer.decode(template_ids)) for text in filled)
+  assert all(" sat on a " in f" {text} " or "sat on a" in text for text in filled), filled
+  with pytest.raises(ValueError, match="shorten it"):
+    g.sample(4, prefix=" ".join(["cat"] * seq_len), **opts)
