@@ -19,8 +19,11 @@ def get_config() -> ml_collections.ConfigDict:
 def _data() -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict()
   data.corpus = "wordnet"      # wordnet | text (one example per line) | jsonl | hf (optional extra)
+                               # | wordnet_definitions | wordnet_reverse (seq2seq pairs)
   data.path = ""               # file for text/jsonl, dataset name for hf
   data.field = "text"          # jsonl/hf field holding the text
+  data.source_field = ""       # jsonl seq2seq: the source and target fields (both set: pairs,
+  data.target_field = ""       # encoded BOS source EOS target EOS; train with condition.source)
   data.hf_split = "train"      # hf split to read
   data.max_examples = 0        # 0: all; else keep the first N examples (quick experiments)
   data.valid_percent = 2.0     # held-out share, chosen by a hash of each example's text

@@ -201,28 +201,39 @@ class Generator:
 
   def generate(self, sources: list[str], *, seed: int = 0, mbr: int = 1, **overrides) -> list[str]:
     """Seq2seq: one target per source, for a model trained on `BOS source EOS target EOS`
-    sequences (`data.target_field`, `condition.source`). `mbr=k` as in `infill`."""
+    sequences (`data.source_field`/`target_field` or a WordNet task, `condition.source`).
+    `mbr=k` as in `infill`."""
+    groups = self.generate_candidates(sources, mbr, seed=seed, **overrides)
+    return [group[conditioning.mbr_select(group)] for group in groups]
+
+  def generate_candidates(self, sources: list[str], k: int = 1, *, seed: int = 0,
+                          **overrides) -> list[list[str]]:
+    """k independent targets per source (for accuracy@k or your own reranking)."""
     if isinstance(sources, str):
-      raise ValueError("generate() takes a list of sources; wrap a single one in a list.")
+      raise ValueError("Pass a list of sources; wrap a single one in a list.")
     seq_len = self.config.data.seq_len
     layouts = [conditioning.source_layout(self.tokenizer, text, seq_len) for text in sources]
-    return self._conditional(layouts, seed=seed, mbr=mbr, target_only=True, **overrides)
+    return self._candidates(layouts, k, seed=seed, target_only=True, **overrides)
 
-  def _conditional(self, layouts, *, seed: int, mbr: int = 1, target_only: bool = False,
-                   **overrides) -> list[str]:
-    """Samples one text per (known, mask) layout, `mbr` candidates each when mbr > 1."""
+  def _conditional(self, layouts, *, seed: int, mbr: int = 1, **overrides) -> list[str]:
+    """One text per (known, mask) layout: the MBR pick of `mbr` candidates."""
+    groups = self._candidates(layouts, mbr, seed=seed, **overrides)
+    return [group[conditioning.mbr_select(group)] for group in groups]
+
+  def _candidates(self, layouts, k: int, *, seed: int, target_only: bool = False,
+                  **overrides) -> list[list[str]]:
+    """k sampled texts per (known, mask) layout (after the first EOS only, with `target_only`)."""
     if not layouts:
       raise ValueError("Nothing to sample: no prompt given.")
-    if mbr < 1:
-      raise ValueError(f"mbr must be >= 1, got {mbr}.")
-    known = np.repeat(np.stack([k for k, _ in layouts]), mbr, axis=0)
-    mask = np.repeat(np.stack([m for _, m in layouts]), mbr, axis=0)
+    if k < 1:
+      raise ValueError(f"The number of candidates (mbr) must be >= 1, got {k}.")
+    known = np.repeat(np.stack([row for row, _ in layouts]), k, axis=0)
+    mask = np.repeat(np.stack([m for _, m in layouts]), k, axis=0)
     tokens = self.sample_tokens(len(known), seed=seed, condition=(known, mask), **overrides)
     if target_only:
       tokens = [conditioning.target_tokens(row) for row in tokens]
     texts = self.decode(tokens)
-    groups = [texts[i:i + mbr] for i in range(0, len(texts), mbr)]
-    return [group[conditioning.mbr_select(group)] for group in groups]
+    return [texts[i:i + k] for i in range(0, len(texts), k)]
 
   def _require_conditioning(self):
     if not self.config.model.conditioning:

@@ -85,11 +85,22 @@ class Judge:
     return {"nll": nll, "tokens": count, "features": feats}
 
   def sample(self, num_samples: int, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
-             batch_size: int = 256) -> np.ndarray:
-    """Ancestral samples [num_samples, seq_len]: BOS, tokens, EOS, then PAD."""
+             batch_size: int = 256, prompts: np.ndarray | None = None) -> np.ndarray:
+    """Ancestral samples [num_samples, seq_len]: BOS, tokens, EOS, then PAD. `prompts`: optional
+    rows [num_samples, seq_len] whose leading non-PAD tokens (e.g. `BOS source EOS`) are kept and
+    continued, the AR model used as a prefix LM."""
     fn = _make_ar_sampler(self.model, batch_size, temperature, top_p)
-    rows = [np.asarray(fn(self.params, jax.random.fold_in(jax.random.PRNGKey(seed), i)))
-            for i in range(-(-num_samples // batch_size))]
+    length = self.model.config.seq_len
+    if prompts is None:
+      prompts = np.full((num_samples, length), tokenizer_lib.PAD_ID, np.int32)
+      prompts[:, 0] = tokenizer_lib.BOS_ID
+    if prompts.shape != (num_samples, length):
+      raise ValueError(f"prompts must have shape {(num_samples, length)}, got {prompts.shape}.")
+    rows = []
+    for i in range(0, num_samples, batch_size):
+      block = _pad_rows(prompts[i:i + batch_size], batch_size)
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), i // batch_size)
+      rows.append(np.asarray(fn(self.params, key, block)))
     return np.concatenate(rows)[:num_samples]
 
 
@@ -108,11 +119,15 @@ def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
 
 
 def _make_ar_sampler(model: TransformerLM, batch: int, temperature: float, top_p: float):
+  """jit((params, rng, prompts [batch, length]) -> samples): position i + 1 copies the prompt while
+  i + 1 is inside its leading non-PAD run, and is sampled after it."""
   length = model.config.seq_len
 
   @jax.jit
-  def sample(params, rng):
-    tokens = jnp.zeros((batch, length), jnp.int32).at[:, 0].set(tokenizer_lib.BOS_ID)
+  def sample(params, rng, prompts):
+    prompt_len = jnp.argmin(jnp.concatenate(
+        [prompts != tokenizer_lib.PAD_ID, jnp.zeros((batch, 1), bool)], axis=1), axis=1)
+    tokens = prompts.at[:, 0].set(tokenizer_lib.BOS_ID)
     done = jnp.zeros((batch,), bool)
 
     def body(i, carry):
@@ -129,7 +144,9 @@ def _make_ar_sampler(model: TransformerLM, batch: int, temperature: float, top_p
       if_last = i == length - 2
       token = jnp.where(if_last & ~done, tokenizer_lib.EOS_ID, token)  # force an end
       token = jnp.where(done, tokenizer_lib.PAD_ID, token)
-      return tokens.at[:, i + 1].set(token), done | (token == tokenizer_lib.EOS_ID)
+      in_prompt = i + 1 < prompt_len
+      token = jnp.where(in_prompt, prompts[:, i + 1], token)
+      return tokens.at[:, i + 1].set(token), done | (~in_prompt & (token == tokenizer_lib.EOS_ID))
 
     tokens, _ = jax.lax.fori_loop(0, length - 1, body, (tokens, done))
     return tokens

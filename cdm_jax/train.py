@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from cdm_jax import (builders, checkpointing, embedding_stats, generate, host, metric_writers,
+from cdm_jax import (builders, checkpointing, conditioning, embedding_stats, generate, host, metric_writers,
                      parallel, periodic, steps)
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
@@ -150,11 +150,22 @@ def _evaluate(run: _Run, state, step: int) -> dict:
 
 
 def _sample(run: _Run, state, step: int):
+  """Writes samples: unconditional ones, or for a seq2seq corpus targets for the first held-out
+  sources ("source => target")."""
+  n = run.config.sample.num_samples
+  seq2seq = run.data.is_seq2seq and len(run.data.valid) >= n
   if run.sample_fn is None:
     run.sample_fn = generate.make_sample_fn(run.model, run.schedule, run.mesh,
                                             builders.sample_config(run.config))
-  tokens = jax.device_get(run.sample_fn(state.ema_params, jax.random.PRNGKey(run.config.seed)))
-  texts = [tokenizer_lib.decode_tokens(run.data.tokenizer, row) for row in tokens]
+  key = jax.random.PRNGKey(run.config.seed)
+  decode = lambda row: tokenizer_lib.decode_tokens(run.data.tokenizer, row)
+  if seq2seq:
+    rows = run.data.valid[:n]
+    known = np.arange(rows.shape[1]) <= np.argmax(rows == tokenizer_lib.EOS_ID, axis=1)[:, None]
+    tokens = jax.device_get(run.sample_fn(state.ema_params, key, rows, known))
+    texts = [f"{decode(row)} => {decode(conditioning.target_tokens(row))}" for row in tokens]
+  else:
+    texts = [decode(row) for row in jax.device_get(run.sample_fn(state.ema_params, key))]
   if jax.process_index() == 0:
     write_samples(run.workdir / "samples" / f"step_{step:08d}.txt", texts)
   run.writer.write_texts(step, "samples", texts)

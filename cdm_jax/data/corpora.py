@@ -1,7 +1,9 @@
 """Corpus readers, chosen by name: the built-in WordNet corpus, plain text, JSONL, HF datasets.
 
-Each reader returns a list of non-empty example strings. Bad input fails loudly: a missing file or
-an empty corpus raises with the fix, undecodable bytes raise with the file and line.
+Each reader returns a list of non-empty examples: strings for language modelling, (source, target)
+pairs for seq2seq corpora (JSONL with `data.source_field` and `data.target_field`, or the built-in
+WordNet tasks). Bad input fails loudly: a missing file or an empty corpus raises with the fix,
+undecodable bytes raise with the file and line.
 """
 
 import codecs
@@ -26,16 +28,37 @@ READERS = registry.Registry("corpus")
 register = READERS.register
 
 
+Example = str | tuple[str, str]  # a text, or a (source, target) pair
+
+
 def read_corpus(name: str, path: str = "", field: str = "text", hf_split: str = "train",
-                max_examples: int = 0) -> list[str]:
-  """Reads corpus `name` ("wordnet", "text", "jsonl" or "hf") into a list of examples."""
-  examples = READERS.get(name)(path=path, field=field, hf_split=hf_split)
-  examples = [e for e in (" ".join(x.split()) for x in examples) if e]
+                max_examples: int = 0, *, pair_fields: tuple[str, str] | None = None) -> list[Example]:
+  """Reads corpus `name` (see `READERS.names()`) into a list of examples; whitespace is collapsed
+  and empty examples (pairs with an empty side) dropped. `pair_fields`: (source, target) field
+  names, which make a JSONL corpus a seq2seq one."""
+  if pair_fields is not None:
+    if name != "jsonl":
+      raise ValueError(f"data.source_field/target_field need data.corpus='jsonl', got {name!r}.")
+    examples = read_jsonl_pairs(path, *pair_fields)
+  else:
+    examples = READERS.get(name)(path=path, field=field, hf_split=hf_split)
+  examples = [e for e in map(_normalize, examples) if e]
   if max_examples:
     examples = examples[:max_examples]
   if not examples:
     raise ValueError(f"Corpus {name!r} ({path or 'built-in'}) holds no non-empty examples.")
   return examples
+
+
+def _normalize(example: Example) -> Example | None:
+  if isinstance(example, tuple):
+    pair = tuple(" ".join(x.split()) for x in example)
+    return pair if all(pair) else None
+  return " ".join(example.split())
+
+
+def is_pair(example: Example) -> bool:
+  return isinstance(example, tuple)
 
 
 def _read_lines(path: str) -> list[str]:
@@ -69,10 +92,8 @@ def read_text(path: str, **unused) -> list[str]:
   return _read_lines(path)
 
 
-@register("jsonl")
-def read_jsonl(path: str, field: str = "text", **unused) -> list[str]:
-  """JSON lines; `field` names the string to use from each object."""
-  examples = []
+def _jsonl_records(path: str, fields: tuple[str, ...], flag: str):
+  """(line number, [string of each field]) for every non-empty JSON line."""
   for number, line in enumerate(_read_lines(path), 1):
     if not line.strip():
       continue
@@ -80,12 +101,26 @@ def read_jsonl(path: str, field: str = "text", **unused) -> list[str]:
       record = json.loads(line)
     except json.JSONDecodeError as err:
       raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg}).") from None
-    if not isinstance(record, dict) or field not in record:
-      raise ValueError(f"{path}: line {number} has no field {field!r} (set data.field).")
-    if not isinstance(record[field], str):
-      raise ValueError(f"{path}: line {number}: field {field!r} is not a string.")
-    examples.append(record[field])
-  return examples
+    values = []
+    for field in fields:
+      if not isinstance(record, dict) or field not in record:
+        raise ValueError(f"{path}: line {number} has no field {field!r} (set {flag}).")
+      if not isinstance(record[field], str):
+        raise ValueError(f"{path}: line {number}: field {field!r} is not a string.")
+      values.append(record[field])
+    yield number, values
+
+
+@register("jsonl")
+def read_jsonl(path: str, field: str = "text", **unused) -> list[str]:
+  """JSON lines; `field` names the string to use from each object."""
+  return [values[0] for _, values in _jsonl_records(path, (field,), "data.field")]
+
+
+def read_jsonl_pairs(path: str, source_field: str, target_field: str) -> list[tuple[str, str]]:
+  """(source, target) pairs from JSON lines, e.g. {"src": "...", "tgt": "..."}."""
+  return [tuple(values) for _, values in _jsonl_records(
+      path, (source_field, target_field), "data.source_field / data.target_field")]
 
 
 @register("hf")
@@ -137,18 +172,60 @@ def parse_wordnet_line(line: str) -> list[str]:
   return examples
 
 
-@register("wordnet")
-def read_wordnet(**unused) -> list[str]:
-  """Glosses and example sentences of WordNet 3.0 (about 190k short English phrases)."""
+def _wordnet_lines():
+  """(file name, line) of every line of the four data files."""
   folder = find_wordnet()
   if folder is None:
     raise FileNotFoundError(WORDNET_HELP.format(cache=WORDNET_CACHE))
-  examples = []
   for name in WORDNET_FILES:
     with open(folder / name, encoding="utf-8", errors="strict") as f:
       for line in f:
-        examples.extend(parse_wordnet_line(line))
-  return examples
+        yield name, line
+
+
+@register("wordnet")
+def read_wordnet(**unused) -> list[str]:
+  """Glosses and example sentences of WordNet 3.0 (about 190k short English phrases)."""
+  return [example for _, line in _wordnet_lines() for example in parse_wordnet_line(line)]
+
+
+WORDNET_POS = {"data.noun": "noun", "data.verb": "verb", "data.adj": "adj", "data.adv": "adv"}
+
+
+def parse_wordnet_synset(line: str) -> tuple[list[str], str] | None:
+  """(lemmas, definition) of one synset line: its words (underscores as spaces, adjective
+  markers like "(a)" dropped) and the first part of the gloss that is not a quoted example."""
+  if line.startswith("  ") or " | " not in line:
+    return None
+  fields, gloss = line.split(" | ", 1)
+  fields = fields.split()
+  count = int(fields[3], 16)
+  lemmas = [fields[4 + 2 * i].split("(")[0].replace("_", " ") for i in range(count)]
+  parts = (part.strip() for part in gloss.split(";"))
+  definition = next((part for part in parts if part and not part.startswith('"')), "")
+  return (lemmas, definition) if definition else None
+
+
+@register("wordnet_definitions")
+def read_wordnet_definitions(**unused) -> list[tuple[str, str]]:
+  """Definition modelling: (the synset's lemmas, comma-separated; its definition)."""
+  pairs = []
+  for _, line in _wordnet_lines():
+    synset = parse_wordnet_synset(line)
+    if synset:
+      pairs.append((", ".join(synset[0]), synset[1]))
+  return pairs
+
+
+@register("wordnet_reverse")
+def read_wordnet_reverse(**unused) -> list[tuple[str, str]]:
+  """Reverse dictionary: (a definition; the synset's first lemma)."""
+  pairs = []
+  for _, line in _wordnet_lines():
+    synset = parse_wordnet_synset(line)
+    if synset:
+      pairs.append((synset[1], synset[0][0]))
+  return pairs
 
 
 if __name__ == "__main__":

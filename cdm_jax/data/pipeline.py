@@ -13,11 +13,13 @@ from cdm_jax.data import tokenizer as tokenizer_lib
 log = logging.getLogger(__name__)
 
 
-def split_examples(examples: list[str], valid_percent: float) -> tuple[list[str], list[str]]:
-  """Deterministic split by a hash of the text: an example's side never depends on the others."""
+def split_examples(examples: list, valid_percent: float) -> tuple[list, list]:
+  """Deterministic split by a hash of the text (of a pair: of its source): an example's side never
+  depends on the others, and the same source never sits on both sides."""
   train, valid = [], []
   for example in examples:
-    bucket = zlib.crc32(example.encode("utf-8")) % 10_000
+    key = example[0] if corpora.is_pair(example) else example
+    bucket = zlib.crc32(key.encode("utf-8")) % 10_000
     (valid if bucket < valid_percent * 100 else train).append(example)
   if not train:
     raise ValueError(f"data.valid_percent={valid_percent} leaves no training examples.")
@@ -31,9 +33,24 @@ class EncodeStats:
   dropped: int = 0
 
 
-def encode(tokenizer, examples: list[str], seq_len: int, long_lines: str = "truncate",
+def texts_of(examples: list) -> list[str]:
+  """Every string of the examples (both sides of pairs): what the tokenizer trains on."""
+  return [text for e in examples for text in (e if corpora.is_pair(e) else (e,))]
+
+
+def _pieces(tokenizer, examples: list) -> list[list[int]]:
+  """Pieces of each text; of a pair: source pieces, EOS, target pieces."""
+  if not examples or not corpora.is_pair(examples[0]):
+    return tokenizer.encode(examples)
+  sources = tokenizer.encode([s for s, _ in examples])
+  targets = tokenizer.encode([t for _, t in examples])
+  return [src + [tokenizer_lib.EOS_ID] + tgt for src, tgt in zip(sources, targets)]
+
+
+def encode(tokenizer, examples: list, seq_len: int, long_lines: str = "truncate",
            name: str = "data") -> tuple[np.ndarray, EncodeStats]:
-  """[num_examples, seq_len] int32: BOS, pieces, EOS, then PAD.
+  """[num_examples, seq_len] int32: BOS, pieces, EOS, then PAD; a (source, target) pair is
+  BOS, source, EOS, target, EOS, then PAD (the seq2seq layout `conditioning` samples from).
 
   Lines longer than seq_len - 2 pieces are truncated (keeping the EOS), dropped, or raise, per
   `long_lines`; the count is logged.
@@ -42,7 +59,7 @@ def encode(tokenizer, examples: list[str], seq_len: int, long_lines: str = "trun
     raise ValueError(f"data.long_lines must be truncate, drop or error, got {long_lines!r}.")
   if seq_len < 3:
     raise ValueError(f"data.seq_len must be at least 3 (BOS, a token, EOS), got {seq_len}.")
-  ids = tokenizer.encode(examples)
+  ids = _pieces(tokenizer, examples)
   stats = EncodeStats()
   rows = []
   limit = seq_len - 2
@@ -118,8 +135,12 @@ class Dataset:
   tokenizer: object        # sentencepiece.SentencePieceProcessor
   train: np.ndarray        # [num_train, seq_len] int32
   valid: np.ndarray        # [num_valid, seq_len] int32
-  train_text: list[str]
-  valid_text: list[str]
+  train_text: list         # the examples: strings, or (source, target) pairs
+  valid_text: list
+
+  @property
+  def is_seq2seq(self) -> bool:
+    return bool(self.train_text) and corpora.is_pair(self.train_text[0])
 
 
 def prepare_data(data_config, workdir: str) -> Dataset:
@@ -127,13 +148,19 @@ def prepare_data(data_config, workdir: str) -> Dataset:
 
   The tokenizer is trained once per workdir and reused by resumed runs and by sampling.
   """
+  pair_fields = None
+  if data_config.get("source_field") or data_config.get("target_field"):
+    pair_fields = (data_config.source_field, data_config.target_field)
+    if not all(pair_fields):
+      raise ValueError("A seq2seq corpus needs both data.source_field and data.target_field.")
   examples = corpora.read_corpus(data_config.corpus, data_config.path, data_config.field,
-                                 data_config.hf_split, data_config.max_examples)
+                                 data_config.hf_split, data_config.max_examples,
+                                 pair_fields=pair_fields)
   train_text, valid_text = split_examples(examples, data_config.valid_percent)
   if (pathlib.Path(workdir) / tokenizer_lib.MODEL_FILE).is_file():
     tokenizer = tokenizer_lib.load_tokenizer(workdir)
   else:
-    tokenizer = tokenizer_lib.train_tokenizer(train_text, data_config.vocab_size,
+    tokenizer = tokenizer_lib.train_tokenizer(texts_of(train_text), data_config.vocab_size,
                                               data_config.tokenizer_type)
     tokenizer_lib.save_tokenizer(tokenizer, workdir)
   if tokenizer.get_piece_size() != data_config.vocab_size:

@@ -1,0 +1,163 @@
+"""Conditional tasks scored on held-out data: seq2seq (BLEU, ROUGE-L, exact match @1 / @k) and
+infilling (token accuracy of the filled span), for the diffusion model and for the library's AR
+model used as a prefix LM, trained on the same rows for the same analytic training FLOPs.
+
+`python -m cdm_jax.evaluate --workdir=DIR --task=seq2seq|infill` runs these.
+"""
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from cdm_jax import conditioning, flops, generate, judge as judge_lib
+from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
+
+log = logging.getLogger(__name__)
+
+
+def _words(text: str) -> list[str]:
+  return text.lower().split()
+
+
+def lcs_length(a: list, b: list) -> int:
+  """Length of the longest common subsequence (dynamic programming, O(len(a) len(b)))."""
+  previous = [0] * (len(b) + 1)
+  for x in a:
+    current = [0]
+    for j, y in enumerate(b):
+      current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+    previous = current
+  return previous[-1]
+
+
+def rouge_l(hypothesis: str, reference: str) -> float:
+  """ROUGE-L F1 over lower-cased words: the LCS's harmonic mean of precision and recall."""
+  hyp, ref = _words(hypothesis), _words(reference)
+  if not hyp or not ref:
+    return float(hyp == ref)
+  lcs = lcs_length(hyp, ref)
+  return 0.0 if lcs == 0 else 2.0 * lcs / (len(hyp) + len(ref))
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
+  """sacrebleu's corpus BLEU (13a tokenization, exponential smoothing) and its signature."""
+  import sacrebleu  # pylint: disable=g-import-not-at-top
+  bleu = sacrebleu.BLEU()
+  score = bleu.corpus_score(hypotheses, [references])
+  return float(score.score), str(bleu.get_signature())
+
+
+def same_text(a: str, b: str) -> bool:
+  return _words(a) == _words(b)
+
+
+def seq2seq_scores(candidates: list[list[str]], references: list[str]) -> dict:
+  """Scores k candidates per source against one reference each: BLEU and ROUGE-L of the first
+  candidate, exact match of the first (accuracy@1) and of any (accuracy@k)."""
+  if len(candidates) != len(references) or not references:
+    raise ValueError(f"{len(candidates)} candidate lists for {len(references)} references.")
+  firsts = [c[0] for c in candidates]
+  bleu, signature = corpus_bleu(firsts, references)
+  k = len(candidates[0])
+  return {"bleu": bleu, "bleu_signature": signature,
+          "rouge_l": float(np.mean([rouge_l(h, r) for h, r in zip(firsts, references)])),
+          "accuracy_at_1": float(np.mean([same_text(h, r) for h, r in zip(firsts, references)])),
+          f"accuracy_at_{k}": float(np.mean([any(same_text(h, r) for h in c)
+                                             for c, r in zip(candidates, references)])),
+          "examples": len(references), "candidates": k}
+
+
+def matched_ar_budget(config, diffusion_steps: int) -> judge_lib.JudgeConfig:
+  """The AR baseline of the diffusion model's transformer sizes, trained for the steps whose
+  analytic FLOPs equal `diffusion_steps` of the diffusion config (same batch and rows)."""
+  m, d = config.model, config.data
+  ar_step = flops.ar_train_flops(width=m.width, num_layers=m.num_layers, mlp_dim=m.mlp_dim,
+                                 seq_len=d.seq_len, vocab_size=d.vocab_size,
+                                 batch_size=config.train.batch_size)
+  steps = max(1, round(diffusion_steps * flops.diffusion_train_flops(config)["train"] / ar_step))
+  return dataclasses.replace(judge_lib.JudgeConfig(max_steps=steps, time_limit_minutes=0.0),
+                             width=m.width, num_layers=m.num_layers, num_heads=m.num_heads,
+                             mlp_dim=m.mlp_dim, batch_size=config.train.batch_size,
+                             learning_rate=config.train.learning_rate,
+                             warmup_steps=min(config.train.warmup_steps, max(1, steps // 10)))
+
+
+def _ar_baseline(generator: generate.Generator, data: pipeline.Dataset):
+  config = generator.config
+  corpus_id = f"{config.data.corpus}:{config.data.path}:{config.data.valid_percent}:prefix-lm"
+  return judge_lib.get_judge(generator.tokenizer, data.train, corpus_id,
+                             matched_ar_budget(config, generator.step))
+
+
+def evaluate_seq2seq(generator: generate.Generator, data: pipeline.Dataset, *, num_examples: int,
+                     k: int, seed: int, sample_overrides: dict | None = None,
+                     baseline: bool = True) -> dict:
+  """Diffusion (and, with `baseline`, the FLOP-matched AR prefix LM) on the first `num_examples`
+  held-out pairs, k candidates per source."""
+  if not data.is_seq2seq:
+    raise ValueError("--task=seq2seq needs a seq2seq corpus (data.source_field/target_field, or "
+                     "wordnet_definitions / wordnet_reverse).")
+  pairs = data.valid_text[:num_examples]
+  sources, references = [s for s, _ in pairs], [t for _, t in pairs]
+  seq_len = generator.config.data.seq_len
+  result = {"task": "seq2seq", "checkpoint_step": generator.step, "seed": seed}
+  t0 = time.perf_counter()
+  candidates = generator.generate_candidates(sources, k, seed=seed, **(sample_overrides or {}))
+  result["diffusion"] = {**seq2seq_scores(candidates, references),
+                         "sampling_seconds": time.perf_counter() - t0,
+                         "examples_shown": _show(sources, candidates, references)}
+  if baseline:
+    ar = _ar_baseline(generator, data)
+    prompts = np.stack([conditioning.source_layout(generator.tokenizer, s, seq_len)[0]
+                        for s in sources])
+    rows = [ar.sample(len(sources), seed=seed + i, prompts=prompts) for i in range(k)]
+    ar_candidates = [[generator.decode([conditioning.target_tokens(r[j])])[0] for r in rows]
+                     for j in range(len(sources))]
+    result["ar_baseline"] = {**seq2seq_scores(ar_candidates, references), "training": ar.info,
+                             "examples_shown": _show(sources, ar_candidates, references)}
+  return result
+
+
+def _show(sources, candidates, references, n: int = 5) -> list[dict]:
+  return [{"source": s, "output": c[0], "reference": r}
+          for s, c, r in zip(sources[:n], candidates[:n], references[:n])]
+
+
+def infill_layouts(rows: np.ndarray, seed: int, fraction: float = 0.25) -> np.ndarray:
+  """Known masks [n, length] hiding one contiguous span of each row's pieces (between BOS and
+  EOS; `fraction` of them, at least one), placed at random (seeded)."""
+  rng = np.random.default_rng(seed)
+  masks = np.ones(rows.shape, bool)
+  for i, row in enumerate(rows):
+    eos = int(np.argmax(row == tokenizer_lib.EOS_ID))
+    pieces = eos - 1
+    span = max(1, round(fraction * pieces))
+    start = 1 + rng.integers(0, pieces - span + 1)
+    masks[i, start:start + span] = False
+  return masks
+
+
+def evaluate_infill(generator: generate.Generator, data: pipeline.Dataset, *, num_examples: int,
+                    seed: int, sample_overrides: dict | None = None, baseline: bool = True) -> dict:
+  """Token accuracy of a hidden span (25% of each held-out row's pieces) for diffusion infilling
+  (the rest of the row known) and, with `baseline`, for the AR model completing the prefix before
+  the span (it cannot see the text after it)."""
+  rows = data.valid[:num_examples]
+  rows = rows[np.argmax(rows == tokenizer_lib.EOS_ID, axis=1) >= 2]  # at least one piece
+  known = infill_layouts(rows, seed)
+  hidden = ~known
+  tokens = generator.sample_tokens(len(rows), seed=seed, condition=(rows, known),
+                                   **(sample_overrides or {}))
+  result = {"task": "infill", "checkpoint_step": generator.step, "seed": seed,
+            "examples": int(len(rows)), "hidden_tokens": int(hidden.sum()),
+            "diffusion": {"token_accuracy": float(np.mean(tokens[hidden] == rows[hidden]))}}
+  if baseline:
+    ar = _ar_baseline(generator, data)
+    starts = np.argmax(hidden, axis=1)
+    prompts = np.where(np.arange(rows.shape[1]) < starts[:, None], rows, tokenizer_lib.PAD_ID)
+    ar_tokens = ar.sample(len(rows), seed=seed, prompts=prompts.astype(np.int32))
+    result["ar_baseline"] = {"token_accuracy": float(np.mean(ar_tokens[hidden] == rows[hidden])),
+                             "training": ar.info}
+  return result
