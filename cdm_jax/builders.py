@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cdm_jax import checkpointing, conditioning, diffusion, parallel, samplers, schedules, steps
+from cdm_jax import (checkpointing, conditioning, diffusion, parallel, record, samplers, schedules,
+                     steps)
 from cdm_jax.models import DiffusionLM, ModelConfig
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = record.CONFIG_FILE
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -1,9 +1,15 @@
 """The one place that talks to Orbax: train state + data-iterator position, keep-last-N, async."""
 
+import logging
 import pathlib
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+QUARANTINE = "checkpoints_unreadable"  # beside checkpoints/: where unreadable steps are moved
 
 
 def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
@@ -20,33 +26,76 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, for
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
-  """(state, data_state, step) from the newest finished checkpoint, or None if there is none.
+  """(state, data_state, step) from the newest readable checkpoint, or None if there is none.
 
   `abstract_state` gives the structure, shapes and shardings (e.g. from `jax.eval_shape`).
-  Unfinished saves (a `*.orbax-checkpoint-tmp` folder left by a crash) are ignored by Orbax.
+  Unfinished saves (a `*.orbax-checkpoint-tmp` folder left by a crash) are ignored by Orbax. A
+  newer step that cannot be read (truncated, missing metadata, garbage bytes) is logged, moved
+  aside to `checkpoints_unreadable/` (never deleted) once an older step restores, and the older
+  one is used; when no step is readable, nothing is moved and the first error is raised.
   """
-  step = manager.latest_step()
-  if step is None:
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                            data=ocp.args.JsonRestore())
+  restored, step, unreadable = _newest_readable(
+      sorted(manager.all_steps(), reverse=True), lambda s: manager.restore(s, args=args),
+      pathlib.Path(manager.directory))
+  if restored is None:
     return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  if unreadable:
+    _quarantine(pathlib.Path(manager.directory), unreadable)
+    manager.reload()
   return restored["state"], restored["data"], step
+
+
+def _newest_readable(steps: list[int], restore, directory: pathlib.Path):
+  """(restored, step, [unreadable newer steps]) of the first of `steps` that `restore` reads;
+  (None, None, []) without steps; raises when none is readable."""
+  failures = []
+  for step in steps:
+    try:
+      return restore(step), step, [s for s, _ in failures]
+    except Exception as err:  # pylint: disable=broad-except  (Orbax raises many kinds)
+      log.warning("Checkpoint %s/%d is unreadable (%s: %s); trying an older one.", directory,
+                  step, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+      failures.append((step, err))
+  if failures:
+    step, err = failures[0]
+    raise RuntimeError(
+        f"No readable checkpoint in {directory} (tried steps {[s for s, _ in failures]}; newest: "
+        f"{type(err).__name__}: {str(err)[:300]}). If the model config changed, use the saved "
+        "one (config.json) or a new workdir.") from err
+  return None, None, []
+
+
+def _quarantine(directory: pathlib.Path, steps: list[int]):
+  """Moves unreadable step folders to ../checkpoints_unreadable/<step>-<time> (kept, not deleted)."""
+  target = directory.parent / QUARANTINE
+  target.mkdir(exist_ok=True)
+  for step in steps:
+    destination = target / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.move(str(directory / str(step)), str(destination))
+    log.warning("Moved the unreadable checkpoint %d to %s.", step, destination)
 
 
 def restore_subtree(workdir: str, abstract: dict, step: int | None = None):
   """Only the named fields of the saved train state (e.g. {"ema_params": ..., "warp": ...}) at
-  `step` (default: the latest), as (dict, step): no optimizer state is read. Raises if there is
-  no checkpoint."""
+  `step` (default: the newest readable one; unreadable newer ones are skipped with a warning but
+  left in place), as (dict, step): no optimizer state is read. Raises if there is no checkpoint."""
   manager = make_manager(workdir, async_save=False)
-  step = manager.latest_step() if step is None else step
+  steps = sorted(manager.all_steps(), reverse=True)
   manager.close()
-  if step is None:
+  if not steps:
     raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints: train first "
                             f"(python -m cdm_jax.main --workdir={workdir} ...).")
-  path = pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"No checkpoint of step {step} in {workdir}/checkpoints; there are "
+                            f"{sorted(steps)}.")
+  directory = pathlib.Path(workdir).absolute() / "checkpoints"
   args = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
                                 restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
-  return ocp.PyTreeCheckpointer().restore(path, args=args), step
+  restore = lambda s: ocp.PyTreeCheckpointer().restore(directory / str(s) / "state", args=args)
+  restored, step, _ = _newest_readable([step] if step is not None else steps, restore, directory)
+  return restored, step
 
 
 def abstract_like(tree, sharding):

@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from cdm_jax import diffusion, generate, steps, tasks, text_metrics
+from cdm_jax import cli, diffusion, generate, steps, tasks, text_metrics
 from cdm_jax import judge as judge_lib
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
@@ -247,7 +247,7 @@ def main(argv=None):
                       ar_temperature=f.ar_temperature, ar_top_p=f.ar_top_p)
     print(to_json(result))
 
-  app.run(run, argv=argv or sys.argv)
+  app.run(cli.user_errors_exit(run), argv=argv or sys.argv)
 
 
 if __name__ == "__main__":

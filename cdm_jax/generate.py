@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdm_jax import builders, checkpointing, conditioning, host, parallel, samplers, schedules
+from cdm_jax import (builders, checkpointing, cli, conditioning, host, parallel, samplers,
+                     schedules)
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM
 
@@ -317,7 +318,7 @@ def main(argv=None):
     if f.output:
       pathlib.Path(f.output).write_text("\n".join(texts) + "\n", encoding="utf-8")
 
-  app.run(run, argv=argv or sys.argv)
+  app.run(cli.user_errors_exit(run), argv=argv or sys.argv)
 
 
 if __name__ == "__main__":

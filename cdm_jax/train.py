@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from cdm_jax import (builders, checkpointing, conditioning, embedding_stats, generate, host, metric_writers,
-                     parallel, periodic, steps)
+from cdm_jax import (builders, checkpointing, conditioning, embedding_stats, generate, host,
+                     metric_writers, parallel, periodic, record, steps)
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir_path = pathlib.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    (workdir_path / builders.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2),
-                                                     encoding="utf-8")
+    record.write_config(workdir_path, config)  # on a resume: refuses a conflicting config first
   run, tx = _build(config, workdir_path)
   state = _restore_or_init(run, tx)
   tcfg = config.train

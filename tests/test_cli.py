@@ -70,8 +70,18 @@ def test_evaluate_cli_prints_strict_json_and_writes_the_same(trained, tmp_path):
   assert 0 < likelihood["judge_nll_nats_per_token"] < likelihood["diffusion_bound_nats_per_token"]
 
 
-def test_cli_errors_name_the_problem(tmp_path):
+def _fails(module, *args):
+  result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+  return result.returncode, result.stderr
+
+
+def test_cli_errors_are_one_line_and_exit_2(trained, tmp_path):
   # `cdm_jax.sample` is the CLI's earlier name, kept as an alias of `cdm_jax.generate`.
-  result = subprocess.run([sys.executable, "-m", "cdm_jax.sample", f"--workdir={tmp_path}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-  assert result.returncode != 0 and "not a cdm_jax workdir" in result.stderr
+  code, stderr = _fails("cdm_jax.sample", f"--workdir={tmp_path}")
+  assert code == 2 and stderr.startswith("error: No config.json") and "Traceback" not in stderr
+  workdir, _ = trained
+  code, stderr = _fails("cdm_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+                        "--config.model.width=48")
+  assert code == 2 and "Traceback" not in stderr and "Exception" not in stderr, stderr[-2000:]
+  assert "model.width: 32 -> 48" in stderr

@@ -148,3 +148,44 @@ def test_max_examples_keeps_the_first_non_empty_ones(tmp_path):
 def test_split_that_leaves_no_training_examples_is_an_error():
   with pytest.raises(ValueError, match="leaves no training examples"):
     pipeline.split_examples(["a", "b", "c"], 100.0)
+
+
+ADJ_LINE = ('00001740 00 a 02 able 0 able(p) 1 005 | (usually followed by `to\') having the necessary '
+            'means or skill; "able to swim"; "she was able to program her computer"  ')
+
+
+def test_wordnet_seq2seq_tasks_read_lemmas_and_definitions(tmp_path, monkeypatch):
+  assert corpora.parse_wordnet_synset(WORDNET_LINE) == (
+      ["kill"], "the destruction of an enemy plane or ship or tank or missile")
+  lemmas, definition = corpora.parse_wordnet_synset(ADJ_LINE)
+  assert lemmas == ["able", "able"] and definition.startswith("(usually followed by")
+  assert corpora.parse_wordnet_synset("  1 licence header") is None
+  for name in corpora.WORDNET_FILES:
+    (tmp_path / name).write_text("  1 licence header\n" + WORDNET_LINE + "\n" + ADJ_LINE + "\n")
+  monkeypatch.setenv("WORDNET_DIR", str(tmp_path))
+  definitions = corpora.read_corpus("wordnet_definitions")
+  assert definitions[0] == ("kill", "the destruction of an enemy plane or ship or tank or missile")
+  assert definitions[1][0] == "able, able" and len(definitions) == 8
+  assert corpora.read_corpus("wordnet_reverse")[0] == (definitions[0][1], "kill")
+
+
+def test_jsonl_pairs_encode_source_eos_target(tmp_path, tokenizer):
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in [
+      {"src": "the cat", "tgt": "sat on  the mat"}, {"src": "a dog", "tgt": " "},
+      {"src": "red", "tgt": "big tree"}]) + "\n")
+  pairs = corpora.read_corpus("jsonl", str(path), pair_fields=("src", "tgt"))
+  assert pairs == [("the cat", "sat on the mat"), ("red", "big tree")]  # empty target dropped
+  with pytest.raises(ValueError, match="no field 'target'"):
+    corpora.read_corpus("jsonl", str(path), pair_fields=("src", "target"))
+  with pytest.raises(ValueError, match="need data.corpus='jsonl'"):
+    corpora.read_corpus("text", str(path), pair_fields=("src", "tgt"))
+  rows, _ = pipeline.encode(tokenizer, pairs, 16)
+  src, tgt = tokenizer.encode("the cat"), tokenizer.encode("sat on the mat")
+  np.testing.assert_array_equal(rows[0, :len(src) + len(tgt) + 3],
+                                [tokenizer_lib.BOS_ID, *src, tokenizer_lib.EOS_ID, *tgt,
+                                 tokenizer_lib.EOS_ID])
+  assert pipeline.texts_of(pairs) == ["the cat", "sat on the mat", "red", "big tree"]
+  train, valid = pipeline.split_examples([(f"source {i}", "t") for i in range(400)] +
+                                         [(f"source {i}", "other") for i in range(400)], 10.0)
+  assert not {s for s, _ in train} & {s for s, _ in valid}  # a source sits on one side only

@@ -1,6 +1,8 @@
 """From examples to fixed-length token arrays and a resumable, host-sharded batch iterator."""
 
 import dataclasses
+import hashlib
+import json
 import logging
 import pathlib
 import zlib
@@ -143,6 +145,33 @@ class Dataset:
     return bool(self.train_text) and corpora.is_pair(self.train_text[0])
 
 
+FINGERPRINT_FILE = "data_fingerprint.json"
+
+
+def check_fingerprint(examples: list, workdir: str):
+  """Records a hash of the corpus in the workdir on first use; afterwards, a different corpus under
+  the same workdir (edited file, other path, other max_examples) is an error, since its tokenizer,
+  split and data position were made for the first one."""
+  digest = hashlib.sha256(json.dumps(examples, ensure_ascii=False).encode("utf-8")).hexdigest()
+  path = pathlib.Path(workdir) / FINGERPRINT_FILE
+  record = {"sha256": digest, "examples": len(examples)}
+  if path.is_file():
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved["sha256"] != digest:
+      raise ValueError(
+          f"The corpus differs from the one {workdir} was built on ({saved['examples']} examples "
+          f"then, {len(examples)} now; sha256 {saved['sha256'][:12]} -> {digest[:12]}). Restore "
+          "it, or train in a new workdir.")
+    return
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record), encoding="utf-8")
+    temporary.replace(path)
+  except OSError as err:  # a read-only workdir (e.g. evaluating someone else's run)
+    log.warning("Could not record the corpus fingerprint in %s: %s", workdir, err)
+
+
 def prepare_data(data_config, workdir: str) -> Dataset:
   """Reads the corpus, splits it, trains (or reloads from `workdir`) the tokenizer and encodes.
 
@@ -156,6 +185,7 @@ def prepare_data(data_config, workdir: str) -> Dataset:
   examples = corpora.read_corpus(data_config.corpus, data_config.path, data_config.field,
                                  data_config.hf_split, data_config.max_examples,
                                  pair_fields=pair_fields)
+  check_fingerprint(examples, workdir)
   train_text, valid_text = split_examples(examples, data_config.valid_percent)
   if (pathlib.Path(workdir) / tokenizer_lib.MODEL_FILE).is_file():
     tokenizer = tokenizer_lib.load_tokenizer(workdir)

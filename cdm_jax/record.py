@@ -1,0 +1,70 @@
+"""The workdir's run record: `config.json` is written once and only changed by a resume that keeps
+every field that shapes the checkpoint; what a resume changed is appended to `config_history.jsonl`.
+"""
+
+import json
+import pathlib
+import time
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+# Fields a resume may change: how long and how often, not what is trained. Prefixes end with ".".
+MUTABLE = ("train.num_train_steps", "train.time_limit_minutes", "train.stop_at_step",
+           "train.log_every_steps", "train.eval_every_steps", "train.num_eval_batches",
+           "train.checkpoint_every_steps", "train.keep_checkpoints", "train.sample_every_steps",
+           "train.num_devices", "train.steps_per_call", "train.embedding_stats_t", "sample.")
+_ABSENT = "(absent)"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _mutable(key: str) -> bool:
+  return any(key == m or (m.endswith(".") and key.startswith(m)) for m in MUTABLE)
+
+
+def config_changes(saved: dict, new: dict) -> tuple[dict, dict]:
+  """(conflicts, allowed): {field: (old, new)} of the fields that differ between two configs."""
+  old_flat, new_flat = flatten(saved), flatten(new)
+  conflicts, allowed = {}, {}
+  for key in sorted(set(old_flat) | set(new_flat)):
+    old, value = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
+    if old != value:
+      (allowed if _mutable(key) else conflicts)[key] = (old, value)
+  return conflicts, allowed
+
+
+def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
+  """Writes the run record, or on a resume checks it first.
+
+  Raises ValueError naming every differing field (old -> new) when the new config changes one
+  that shapes the checkpoint or the data; nothing is written then. Allowed changes are appended to
+  the history with a time stamp.
+  """
+  path = workdir / CONFIG_FILE
+  new = json.loads(config.to_json_best_effort())
+  if path.is_file():
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    conflicts, allowed = config_changes(saved, new)
+    if conflicts:
+      lines = "\n".join(f"  {key}: {old!r} -> {value!r}" for key, (old, value) in conflicts.items())
+      raise ValueError(
+          f"{workdir} was trained with a different config; resuming would not match its "
+          f"checkpoints:\n{lines}\nRerun with the saved values (see {path}), or train in a new "
+          "--workdir. Only the length of training, intervals and sampling may change on resume.")
+    if not allowed:
+      return
+    with open(workdir / HISTORY_FILE, "a", encoding="utf-8") as history:
+      history.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                "changed": {k: list(v) for k, v in allowed.items()}}) + "\n")
+  path.write_text(config.to_json_best_effort(indent=2), encoding="utf-8")

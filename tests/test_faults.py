@@ -1,0 +1,105 @@
+"""Faults injected on purpose: unreadable checkpoints fall back to older ones, conflicting resumes
+stop before anything is written."""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+import cdm_jax
+from cdm_jax import builders, checkpointing, parallel, train
+
+from conftest import trained_config
+
+
+def _corrupt(step_dir, how):
+  files = sorted(p for p in step_dir.rglob("*") if p.is_file())
+  if how == "truncated":
+    for path in files:
+      path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 3])
+  elif how == "missing_metadata":
+    for path in files:
+      if "METADATA" in path.name or path.name == "metadata":
+        path.unlink()
+  elif how == "garbage":
+    rng = np.random.default_rng(0)
+    for path in files:
+      path.write_bytes(rng.bytes(max(16, path.stat().st_size)))
+
+
+@pytest.fixture
+def copied(trained, tmp_path):
+  workdir, _ = trained
+  shutil.copytree(workdir, tmp_path / "run")
+  return tmp_path / "run"
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing_metadata", "garbage"])
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_older_one(copied, how, caplog):
+  _corrupt(copied / "checkpoints" / "20", how)
+  with caplog.at_level(logging.WARNING, logger="cdm_jax"):
+    generator = cdm_jax.load(str(copied))
+  assert generator.step == 10 and "checkpoints/20 is unreadable" in caplog.text
+  assert (copied / "checkpoints" / "20").is_dir()  # loading only reads: nothing moved
+  config = builders.load_config(str(copied))
+  model, tx = builders.make_model(config), builders.make_optimizer(config.train)
+  manager = checkpointing.make_manager(str(copied))
+  state, data_state, step = checkpointing.restore_latest(
+      manager, builders.abstract_state(config, model, tx, parallel.make_mesh()))
+  manager.close()
+  assert step == 10 and int(state.step) == 10 and data_state["index"] > 0
+  moved = list((copied / checkpointing.QUARANTINE).iterdir())
+  assert [p.name.split("-")[0] for p in moved] == ["20"] and any(moved[0].rglob("*"))
+  assert not (copied / "checkpoints" / "20").exists()
+
+
+def test_no_readable_checkpoint_is_one_clear_error_and_moves_nothing(copied):
+  for step in ("10", "20"):
+    _corrupt(copied / "checkpoints" / step, "garbage")
+  with pytest.raises(RuntimeError, match=r"No readable checkpoint .*tried steps \[20, 10\]"):
+    cdm_jax.load(str(copied))
+  config = builders.load_config(str(copied))
+  model, tx = builders.make_model(config), builders.make_optimizer(config.train)
+  with pytest.raises(RuntimeError, match="No readable checkpoint"):
+    checkpointing.restore_latest(checkpointing.make_manager(str(copied)),
+                                 builders.abstract_state(config, model, tx, parallel.make_mesh()))
+  assert sorted(p.name for p in (copied / "checkpoints").iterdir()) == ["10", "20"]
+
+
+def test_a_conflicting_resume_stops_before_writing_anything(copied, corpus):
+  saved = (copied / "config.json").read_text()
+  config = trained_config(corpus)
+  config.model.width = 48
+  config.data.seq_len = 12
+  with pytest.raises(ValueError) as err:
+    train.train_and_evaluate(config, str(copied))
+  assert "model.width: 32 -> 48" in str(err.value) and "data.seq_len: 16 -> 12" in str(err.value)
+  assert "new --workdir" in str(err.value)
+  assert (copied / "config.json").read_text() == saved
+  assert cdm_jax.load(str(copied)).step == 20  # still usable
+
+
+def test_an_allowed_change_is_recorded_in_the_history(copied, corpus):
+  config = trained_config(corpus)
+  config.sample.num_steps = 7
+  config.train.sample_every_steps = 0
+  config.train.eval_every_steps = 0
+  train.train_and_evaluate(config, str(copied))  # already at num_train_steps: nothing to train
+  history = [json.loads(line) for line in (copied / "config_history.jsonl").read_text().splitlines()]
+  assert history[-1]["changed"]["sample.num_steps"] == [5, 7]
+  assert json.loads((copied / "config.json").read_text())["sample"]["num_steps"] == 7
+
+
+def test_a_changed_corpus_under_the_same_workdir_is_refused(copied, corpus):
+  original = corpus.read_text()
+  edited = copied.parent / "edited.txt"
+  edited.write_text(original + "\nan extra line")
+  config = trained_config(corpus)
+  shutil.copy(edited, corpus)
+  try:
+    with pytest.raises(ValueError, match=r"corpus differs .*\(600 examples then, 601 now"):
+      train.train_and_evaluate(config, str(copied))
+  finally:
+    corpus.write_text(original)
