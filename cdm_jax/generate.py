@@ -56,7 +56,7 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
 
 
 def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
-                   config: samplers.SampleConfig, times=None):
+                   config: samplers.SampleConfig, times=None, *, guide=None):
   """The jit-compiled pure `(params, rng, known=None, known_mask=None) -> tokens
   [config.num_samples, length]`.
 
@@ -65,7 +65,9 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   [num_steps + 1] (e.g. the learned warp's). `known` [num_samples, length] int and `known_mask`
   (bool, same shape) condition the samples: known positions come out as given (prefix, infilling
   template, seq2seq source; `conditioning` builds them). Conditional and unconditional calls
-  compile separately; different prompts of one shape reuse the compiled function.
+  compile separately; different prompts of one shape reuse the compiled function. `guide`: an
+  optional map from the denoiser `(x_t, t, x0_selfcond) -> x0_hat` to a steered one (e.g.
+  `guidance.classifier_guided`).
   """
   cfg = model.config
   num_devices = mesh.devices.size
@@ -79,6 +81,8 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                                       temperature=config.clamp_temperature,
                                       operand_dtype=cfg.matmul_operand_dtype)
     denoise_fn = make_denoise_fn(model, params, schedule, condition, config.guidance_scale)
+    if guide is not None:
+      denoise_fn = guide(denoise_fn)
     if condition is not None and clamp_fn is not None:  # the clamp leaves known latents alone
       cond, known_mask = model.apply(params, condition[0], method="embed"), condition[1]
       clamp_fn = functools.partial(_clamp_unknown, clamp_fn, cond, known_mask)
@@ -136,12 +140,15 @@ class Generator:
 
   @functools.lru_cache(maxsize=16)
   def _compiled(self, config: samplers.SampleConfig):
-    times = None
-    if config.time_grid == "warp":
-      if self.warp is None:
-        raise ValueError("time_grid='warp' needs the training state's learned warping.")
-      times = schedules.time_grid(self.schedule, config.num_steps, self.warp)
-    return make_sample_fn(self.model, self.schedule, self.mesh, config, times)
+    return make_sample_fn(self.model, self.schedule, self.mesh, config, self._times(config))
+
+  def _times(self, config: samplers.SampleConfig):
+    """The sampling time grid: None (uniform) or the learned warp's quantiles."""
+    if config.time_grid != "warp":
+      return None
+    if self.warp is None:
+      raise ValueError("time_grid='warp' needs the training state's learned warping.")
+    return schedules.time_grid(self.schedule, config.num_steps, self.warp)
 
   def options(self, **overrides) -> samplers.SampleConfig:
     """The config's sampling options with `overrides` (SampleConfig fields; `steps` for num_steps);
@@ -162,6 +169,14 @@ class Generator:
     self._require_conditioning()
     known, known_mask = (np.asarray(a) for a in condition)
     return np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed), known, known_mask)))
+
+  def sample_guided(self, num_samples: int, guide, *, seed: int = 0, **overrides) -> list[str]:
+    """Unconditional samples steered by `guide` (see `make_sample_fn`), e.g.
+    `lambda f: guidance.classifier_guided(f, log_prob_fn, g.schedule, scale)`; compiled per call."""
+    options = self.options(num_samples=num_samples, **overrides)
+    fn = make_sample_fn(self.model, self.schedule, self.mesh, options, self._times(options),
+                        guide=guide)
+    return self.decode(np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed)))))
 
   def decode(self, tokens: np.ndarray) -> list[str]:
     return [tokenizer_lib.decode_tokens(self.tokenizer, row) for row in tokens]
