@@ -146,7 +146,8 @@ def evaluate(workdir: str, *, num_samples: int = 1000, seed: int = 0,
   t0 = time.perf_counter()
   texts["diffusion"] = generator.sample(n, seed=seed, **(sample_overrides or {}))
   seconds["diffusion"], t0 = time.perf_counter() - t0, time.perf_counter()
-  texts["ar_baseline"] = generator.decode(judge.sample(n, seed, ar_temperature, ar_top_p))
+  texts["ar_baseline"] = generator.decode(
+      judge.sample(n, seed, temperature=ar_temperature, top_p=ar_top_p))
   seconds["ar_baseline"] = time.perf_counter() - t0
   texts["real"] = real_as_samples
   scored = {name: scorer.score(group) for name, group in texts.items()}

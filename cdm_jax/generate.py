@@ -229,16 +229,17 @@ class Generator:
       raise ValueError("Pass a list of sources; wrap a single one in a list.")
     seq_len = self.config.data.seq_len
     layouts = [conditioning.source_layout(self.tokenizer, text, seq_len) for text in sources]
-    return self._candidates(layouts, k, seed=seed, target_only=True, **overrides)
+    return self.candidates(layouts, k, seed=seed, target_only=True, **overrides)
 
   def _conditional(self, layouts, *, seed: int, mbr: int = 1, **overrides) -> list[str]:
     """One text per (known, mask) layout: the MBR pick of `mbr` candidates."""
-    groups = self._candidates(layouts, mbr, seed=seed, **overrides)
+    groups = self.candidates(layouts, mbr, seed=seed, **overrides)
     return [group[conditioning.mbr_select(group)] for group in groups]
 
-  def _candidates(self, layouts, k: int, *, seed: int, target_only: bool = False,
-                  **overrides) -> list[list[str]]:
-    """k sampled texts per (known, mask) layout (after the first EOS only, with `target_only`)."""
+  def candidates(self, layouts, k: int, *, seed: int = 0, target_only: bool = False,
+                 **overrides) -> list[list[str]]:
+    """k sampled texts per (known [seq_len], mask [seq_len]) layout (`conditioning` builds them);
+    with `target_only`, the text after the first EOS (seq2seq)."""
     if not layouts:
       raise ValueError("Nothing to sample: no prompt given.")
     if k < 1:

@@ -84,8 +84,8 @@ class Judge:
     nll, count, feats = (np.concatenate([np.asarray(o[j]) for o in outs])[:len(tokens)] for j in range(3))
     return {"nll": nll, "tokens": count, "features": feats}
 
-  def sample(self, num_samples: int, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
-             batch_size: int = 256, prompts: np.ndarray | None = None) -> np.ndarray:
+  def sample(self, num_samples: int, seed: int = 0, *, temperature: float = 1.0,
+             top_p: float = 1.0, batch_size: int = 256, prompts: np.ndarray | None = None) -> np.ndarray:
     """Ancestral samples [num_samples, seq_len]: BOS, tokens, EOS, then PAD. `prompts`: optional
     rows [num_samples, seq_len] whose leading non-PAD tokens (e.g. `BOS source EOS`) are kept and
     continued, the AR model used as a prefix LM."""

@@ -95,26 +95,31 @@ def evaluate_seq2seq(generator: generate.Generator, data: pipeline.Dataset, *, n
                      k: int, seed: int, sample_overrides: dict | None = None,
                      baseline: bool = True) -> dict:
   """Diffusion (and, with `baseline`, the FLOP-matched AR prefix LM) on the first `num_examples`
-  held-out pairs, k candidates per source."""
+  held-out pairs that keep a target after truncation to seq_len, k candidates per source."""
   if not data.is_seq2seq:
     raise ValueError("--task=seq2seq needs a seq2seq corpus (data.source_field/target_field, or "
                      "wordnet_definitions / wordnet_reverse).")
-  pairs = data.valid_text[:num_examples]
-  sources, references = [s for s, _ in pairs], [t for _, t in pairs]
-  seq_len = generator.config.data.seq_len
+  rows, _ = pipeline.encode(generator.tokenizer, data.valid_text, generator.config.data.seq_len)
+  # held-out pairs as encoded (a long source is truncated like in training); a row whose
+  # truncation left no target is skipped
+  keep = np.flatnonzero(np.sum(rows == tokenizer_lib.EOS_ID, axis=1) >= 2)[:num_examples]
+  rows = rows[keep]
+  sources = [data.valid_text[i][0] for i in keep]
+  references = [data.valid_text[i][1] for i in keep]
+  known = np.arange(rows.shape[1]) <= np.argmax(rows == tokenizer_lib.EOS_ID, axis=1)[:, None]
+  prompts = np.where(known, rows, tokenizer_lib.PAD_ID).astype(np.int32)
   result = {"task": "seq2seq", "checkpoint_step": generator.step, "seed": seed}
   t0 = time.perf_counter()
-  candidates = generator.generate_candidates(sources, k, seed=seed, **(sample_overrides or {}))
+  candidates = generator.candidates(list(zip(prompts, known)), k, seed=seed, target_only=True,
+                                    **(sample_overrides or {}))
   result["diffusion"] = {**seq2seq_scores(candidates, references),
                          "sampling_seconds": time.perf_counter() - t0,
                          "examples_shown": _show(sources, candidates, references)}
   if baseline:
     ar = _ar_baseline(generator, data)
-    prompts = np.stack([conditioning.source_layout(generator.tokenizer, s, seq_len)[0]
-                        for s in sources])
-    rows = [ar.sample(len(sources), seed=seed + i, prompts=prompts) for i in range(k)]
-    ar_candidates = [[generator.decode([conditioning.target_tokens(r[j])])[0] for r in rows]
-                     for j in range(len(sources))]
+    samples = [ar.sample(len(prompts), seed=seed + i, prompts=prompts) for i in range(k)]
+    ar_candidates = [[generator.decode([conditioning.target_tokens(s[j])])[0] for s in samples]
+                     for j in range(len(prompts))]
     result["ar_baseline"] = {**seq2seq_scores(ar_candidates, references), "training": ar.info,
                              "examples_shown": _show(sources, ar_candidates, references)}
   return result

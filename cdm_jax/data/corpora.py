@@ -192,6 +192,13 @@ def read_wordnet(**unused) -> list[str]:
 WORDNET_POS = {"data.noun": "noun", "data.verb": "verb", "data.adj": "adj", "data.adv": "adv"}
 
 
+def read_wordnet_labeled() -> list[tuple[str, str]]:
+  """(example, part of speech) for every example of the "wordnet" corpus: the label is the data
+  file it came from (noun / verb / adj / adv), the control task of `experiments/control.py`."""
+  return [(" ".join(example.split()), WORDNET_POS[name]) for name, line in _wordnet_lines()
+          for example in parse_wordnet_line(line) if example.split()]
+
+
 def parse_wordnet_synset(line: str) -> tuple[list[str], str] | None:
   """(lemmas, definition) of one synset line: its words (underscores as spaces, adjective
   markers like "(a)" dropped) and the first part of the gloss that is not a quoted example."""
@@ -206,26 +213,24 @@ def parse_wordnet_synset(line: str) -> tuple[list[str], str] | None:
   return (lemmas, definition) if definition else None
 
 
-@register("wordnet_definitions")
-def read_wordnet_definitions(**unused) -> list[tuple[str, str]]:
-  """Definition modelling: (the synset's lemmas, comma-separated; its definition)."""
-  pairs = []
+def _wordnet_synsets():
+  """(lemmas, definition) of every synset with a definition."""
   for _, line in _wordnet_lines():
     synset = parse_wordnet_synset(line)
     if synset:
-      pairs.append((", ".join(synset[0]), synset[1]))
-  return pairs
+      yield synset
+
+
+@register("wordnet_definitions")
+def read_wordnet_definitions(**unused) -> list[tuple[str, str]]:
+  """Definition modelling: (the synset's lemmas, comma-separated; its definition)."""
+  return [(", ".join(lemmas), definition) for lemmas, definition in _wordnet_synsets()]
 
 
 @register("wordnet_reverse")
 def read_wordnet_reverse(**unused) -> list[tuple[str, str]]:
   """Reverse dictionary: (a definition; the synset's first lemma)."""
-  pairs = []
-  for _, line in _wordnet_lines():
-    synset = parse_wordnet_synset(line)
-    if synset:
-      pairs.append((synset[1], synset[0][0]))
-  return pairs
+  return [(definition, lemmas[0]) for lemmas, definition in _wordnet_synsets()]
 
 
 if __name__ == "__main__":
