@@ -110,6 +110,8 @@ def _train() -> ml_collections.ConfigDict:
   train.time_limit_minutes = 0.0  # > 0: stop (and checkpoint) after this much training time
   train.stop_at_step = 0       # > 0: checkpoint and stop there (split a run into jobs); rerun resumes
   train.num_devices = 0        # 0: every visible device
+  train.skip_nonfinite = False  # True: a step with a non-finite loss/gradient is skipped (state
+                                # kept, counted as skipped_nonfinite) instead of stopping training
   return train
 
 

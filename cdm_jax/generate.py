@@ -163,6 +163,8 @@ class Generator:
     """Token ids [num_samples, seq_len]; `condition`: None or (known [num_samples, seq_len] int,
     known_mask [num_samples, seq_len] bool), whose known tokens appear verbatim; see `options`
     for the overrides."""
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**32):
+      raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
     fn = self.make_sample_fn(num_samples=num_samples, **overrides)
     if condition is None:
       return np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed))))
@@ -188,6 +190,8 @@ class Generator:
     `prefix`: every sample starts with it (its pieces verbatim) and continues freely. `suffix`:
     every sample ends with it, after `gap_length` generated pieces (`infill("___:N suffix")`).
     """
+    if gap_length < 1:
+      raise ValueError(f"gap_length must be >= 1, got {gap_length}.")
     if prefix is not None and suffix is not None:
       return self.infill(f"{prefix} ___:{gap_length} {suffix}", num_samples, seed=seed, **overrides)
     if suffix is not None:

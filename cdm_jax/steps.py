@@ -21,6 +21,8 @@ AXIS = parallel.AXIS
 
 # metric -> the summed count it is an average over
 METRIC_DENOMINATORS = {**diffusion.METRIC_DENOMINATORS, "grad_norm": "steps"}
+# a sum over every step of the interval (skipped ones included): the skipped steps' count
+COUNTS = ("skipped_nonfinite",)
 
 
 @flax.struct.dataclass
@@ -57,9 +59,12 @@ def merge_metrics(total: dict | None, new: dict) -> dict:
 
 
 def summarize_metrics(sums: dict) -> dict:
-  """Host floats: every metric with a denominator divided by it; counts are dropped."""
-  return {key: float(sums[key]) / float(sums[denominator])
-          for key, denominator in METRIC_DENOMINATORS.items() if key in sums}
+  """Host floats: every metric with a denominator divided by it (zero without any counted step),
+  plus the `COUNTS`; other counts are dropped."""
+  out = {key: float(sums[key]) / float(sums[denominator]) if float(sums[denominator]) else 0.0
+         for key, denominator in METRIC_DENOMINATORS.items() if key in sums}
+  out.update({key: float(sums[key]) for key in COUNTS if key in sums})
+  return out
 
 
 def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossConfig,
@@ -87,11 +92,14 @@ def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossCon
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules_lib.Schedule,
                     loss_config: diffusion.LossConfig, mesh, *, global_batch: int,
-                    ema_decay: float, steps_per_call: int = 1) -> Callable:
+                    ema_decay: float, steps_per_call: int = 1,
+                    skip_nonfinite: bool = False) -> Callable:
   """Returns jit(step)(state, tokens, mask) -> (state, metric sums); state is donated.
 
   With `steps_per_call = k`, tokens/mask are [k, global_batch, length] and k optimizer steps run in
-  one dispatch (`lax.scan`); their metrics are merged.
+  one dispatch (`lax.scan`); their metrics are merged. With `skip_nonfinite`, a step whose loss or
+  gradient is not finite leaves parameters, optimizer state, EMA and warp as they were (the step
+  counter still advances) and is counted in the `skipped_nonfinite` metric instead of stopping.
   """
   num_devices = mesh.devices.size
   if global_batch % num_devices:
@@ -120,11 +128,15 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
       warp = warp.update(jax.lax.all_gather(inputs.t, AXIS, tiled=True),
                          jax.lax.all_gather(per_example_loss, AXIS, tiled=True))
     metrics = jax.lax.psum(metrics, AXIS)
-    metrics.update(grad_norm=optax.tree.norm(grads), steps=jnp.ones((), jnp.float32),
-                   first_nonfinite_step=jnp.where(jnp.isfinite(metrics["loss"]), jnp.inf,
-                                                  state.step.astype(jnp.float32)))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         ema_params=ema_params, warp=warp), metrics
+    grad_norm = optax.tree.norm(grads)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=ema_params, warp=warp)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)  # the same on every device
+    metrics.update(grad_norm=grad_norm, steps=jnp.ones((), jnp.float32),
+                   first_nonfinite_step=jnp.where(finite, jnp.inf, state.step.astype(jnp.float32)))
+    if skip_nonfinite:
+      return _keep_if_nonfinite(finite, new_state, state, metrics)
+    return new_state, metrics
 
   def per_device(state, tokens, mask):
     if steps_per_call == 1:
@@ -139,6 +151,17 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), batch_spec, batch_spec),
                           out_specs=(P(), P()), check_vma=False)
   return jax.jit(sharded, donate_argnums=(0,))
+
+
+def _keep_if_nonfinite(finite, new_state: TrainState, state: TrainState, metrics: dict):
+  """The new state if `finite`, else the old one one step later; a skipped step contributes zeros
+  to every metric sum and one to `skipped_nonfinite`."""
+  kept = state.replace(step=new_state.step)
+  chosen = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_state, kept)
+  metrics = {k: jnp.where(finite, v, jnp.zeros_like(v)) for k, v in metrics.items()}
+  metrics["first_nonfinite_step"] = jnp.asarray(jnp.inf, jnp.float32)
+  metrics["skipped_nonfinite"] = jnp.where(finite, 0.0, 1.0).astype(jnp.float32)
+  return chosen, metrics
 
 
 def make_bound_fn(model, schedule: schedules_lib.Schedule, mesh, log_snr_max: float | None = None):

@@ -81,7 +81,8 @@ def _build(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[_R
   tx = builders.make_optimizer(tcfg)
   train_step = steps.make_train_step(model, tx, schedule, builders.loss_config(config), mesh,
                                      global_batch=tcfg.batch_size, ema_decay=tcfg.ema_decay,
-                                     steps_per_call=tcfg.steps_per_call)
+                                     steps_per_call=tcfg.steps_per_call,
+                                     skip_nonfinite=tcfg.get("skip_nonfinite", False))
   stats_fn = jax.jit(lambda table, key: embedding_stats.embedding_statistics(
       table, schedule, key, t_small=tcfg.embedding_stats_t))
   run = _Run(config=config, workdir=workdir, mesh=mesh, data=data, model=model, schedule=schedule,

@@ -29,6 +29,11 @@ def _corrupt(step_dir, how):
       path.write_bytes(rng.bytes(max(16, path.stat().st_size)))
 
 
+@pytest.fixture(scope="module")
+def loaded(trained):
+  return cdm_jax.load(str(trained[0]))
+
+
 @pytest.fixture
 def copied(trained, tmp_path):
   workdir, _ = trained
@@ -103,3 +108,40 @@ def test_a_changed_corpus_under_the_same_workdir_is_refused(copied, corpus):
       train.train_and_evaluate(config, str(copied))
   finally:
     corpus.write_text(original)
+
+
+def test_loading_a_workdir_never_unpickles_or_evaluates_code(trained, monkeypatch):
+  """The config is JSON, the tokenizer a protobuf, checkpoints Orbax arrays: a workdir from
+  someone else cannot run code on load."""
+  import builtins  # pylint: disable=g-import-not-at-top
+  import marshal  # pylint: disable=g-import-not-at-top
+  import pickle  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def refuse(name):
+    def refused(*args, **kwargs):
+      calls.append(name)
+      raise AssertionError(f"{name} called while loading a workdir")
+    return refused
+
+  for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
+                       (marshal, "loads"), (builtins, "eval"), (builtins, "exec")]:
+    monkeypatch.setattr(module, name, refuse(f"{module.__name__}.{name}"))
+  workdir, _ = trained
+  generator = cdm_jax.load(str(workdir))
+  assert generator.step == 20 and not calls
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"steps": 0}, "num_steps must be >= 1"), ({"num_samples": 0}, "num_samples must be >= 1"),
+    ({"seed": -1}, "seed must be"), ({"seed": 2**32}, "seed must be"),
+    ({"sampler": "nope"}, "Unknown sampler"), ({"clamp_temperature": 0.0}, "clamp_temperature"),
+    ({"guidance_scale": float("nan")}, "guidance_scale must be finite"),
+    ({"prefix": "the", "gap_length": 0, "suffix": "cat"}, "gap_length must be >= 1"),
+])
+def test_out_of_range_sampling_arguments_are_refused(loaded, overrides, match):
+  generator = loaded
+  overrides = dict(overrides)
+  num_samples = overrides.pop("num_samples", 2)
+  with pytest.raises(ValueError, match=match):
+    generator.sample(num_samples, **overrides)

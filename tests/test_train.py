@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cdm_jax
-from cdm_jax import builders, checkpointing, parallel, train
+from cdm_jax import builders, checkpointing, parallel, steps, train
 
 from conftest import ROOT, tiny_config, trained_config  # tests/ is on sys.path
 
@@ -110,11 +110,38 @@ def test_missing_workdir_pieces_are_clear_errors(trained, tmp_path):
     cdm_jax.load(str(tmp_path))
 
 
-def test_non_finite_loss_stops_with_the_step(corpus, tmp_path):
-  config = tiny_config(corpus, learning_rate=1e30, grad_clip_norm=0.0, warmup_steps=1,
-                       eval_every_steps=0, sample_every_steps=0, log_every_steps=20)
-  with pytest.raises(FloatingPointError, match=r"Non-finite loss at step \d+"):
+def _poison_step(monkeypatch, bad_step: int):
+  """Makes the diffusion noise of optimizer step `bad_step` NaN (a fault injected on purpose)."""
+  original = steps._loss_inputs  # pylint: disable=protected-access
+
+  def poisoned(state, *args):
+    inputs = original(state, *args)
+    return inputs.replace(noise=jnp.where(state.step == bad_step, jnp.nan, inputs.noise))
+  monkeypatch.setattr(steps, "_loss_inputs", poisoned)
+
+
+def test_nan_at_step_k_stops_naming_k_and_keeps_the_last_good_checkpoint(corpus, tmp_path,
+                                                                          monkeypatch):
+  _poison_step(monkeypatch, 7)
+  config = tiny_config(corpus, num_train_steps=12, eval_every_steps=0, sample_every_steps=0,
+                       log_every_steps=4, checkpoint_every_steps=5)
+  with pytest.raises(FloatingPointError, match=r"Non-finite loss at step 7; .*checkpoint: 5\)"):
     train.train_and_evaluate(config, str(tmp_path))
+  assert checkpointing.make_manager(str(tmp_path)).latest_step() == 5
+
+
+def test_skip_nonfinite_skips_the_poisoned_step_and_counts_it(corpus, tmp_path, monkeypatch):
+  _poison_step(monkeypatch, 7)
+  config = tiny_config(corpus, num_train_steps=12, eval_every_steps=0, sample_every_steps=0,
+                       log_every_steps=4, checkpoint_every_steps=12, skip_nonfinite=True)
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  skipped = {row["step"]: row["skipped_nonfinite"] for row in logged if "skipped_nonfinite" in row}
+  assert skipped == {4: 0.0, 8: 1.0, 12: 0.0} and metrics["step"] == 12
+  assert all(np.isfinite(row["loss"]) for row in logged if "loss" in row)
+  state, _, _ = restore_everything(config, tmp_path)
+  assert int(state.step) == 12
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
 
 
 def test_cli_rejects_unknown_config_key(corpus, tmp_path):
