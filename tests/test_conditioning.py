@@ -310,3 +310,16 @@ def test_a_gradient_step_on_a_toy_classifier_raises_its_log_probability():
     x = x + gamma * guidance.classifier_guided(zero, log_prob, sched, 0.1)(x, t, None)
     values.append(log_prob(x, t))
   assert all(bool(jnp.all(b > a)) for a, b in zip(values, values[1:]))
+
+
+def test_generate_cli_flags_map_to_the_conditional_calls(trained):
+  import types  # pylint: disable=g-import-not-at-top
+  g = cdm_jax.load(str(trained[0]))
+  flags = dict(num_samples=4, seed=1, steps=3, sampler=None, clamp=None, decoder=None, source=None,
+               template=None, prefix=None, suffix=None, gap_length=None, guidance_scale=None, mbr=1)
+  cli = lambda **kw: generate._cli_samples(g, types.SimpleNamespace(**{**flags, **kw}))  # pylint: disable=protected-access
+  assert cli(template="the ___:2 sat") == g.infill("the ___:2 sat", 4, seed=1, steps=3)
+  assert cli(prefix="the cat") == g.sample(4, seed=1, steps=3, prefix="the cat")
+  assert cli(source=["the cat", "a dog"]) == g.generate(["the cat", "a dog"], seed=1, steps=3)
+  with pytest.raises(ValueError, match="one of --source, --template"):
+    cli(template="the ___", prefix="a")
