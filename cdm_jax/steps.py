@@ -128,15 +128,13 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
       warp = warp.update(jax.lax.all_gather(inputs.t, AXIS, tiled=True),
                          jax.lax.all_gather(per_example_loss, AXIS, tiled=True))
     metrics = jax.lax.psum(metrics, AXIS)
-    grad_norm = optax.tree.norm(grads)
+    metrics.update(grad_norm=optax.tree.norm(grads), steps=jnp.ones((), jnp.float32))
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])  # on every device
+    metrics["first_nonfinite_step"] = jnp.where(finite, jnp.inf, state.step.astype(jnp.float32))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema_params, warp=warp)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)  # the same on every device
-    metrics.update(grad_norm=grad_norm, steps=jnp.ones((), jnp.float32),
-                   first_nonfinite_step=jnp.where(finite, jnp.inf, state.step.astype(jnp.float32)))
-    if skip_nonfinite:
-      return _keep_if_nonfinite(finite, new_state, state, metrics)
-    return new_state, metrics
+    return _keep_if_nonfinite(finite, new_state, state, metrics) if skip_nonfinite else (
+        new_state, metrics)
 
   def per_device(state, tokens, mask):
     if steps_per_call == 1:
