@@ -25,14 +25,24 @@ from cdm_jax.parameterization import expand_like
 log = logging.getLogger(__name__)
 
 
-def classifier_guided(denoise_fn, log_prob_fn, schedule: schedules_lib.Schedule, scale: float):
+def classifier_guided(denoise_fn, log_prob_fn, schedule: schedules_lib.Schedule, scale: float,
+                      min_log_snr: float | None = None):
   """`denoise_fn` (x_t, t, x0_selfcond) -> x0_hat, shifted by scale (sigma^2 / gamma) grad_x
-  log p(y | x_t); `log_prob_fn(x_t, t)` -> [batch] log-probabilities of each sample's label."""
+  log p(y | x_t); `log_prob_fn(x_t, t)` -> [batch] log-probabilities of each sample's label.
+
+  `min_log_snr`: guide only where log-SNR >= it. At the noisiest times sigma^2 / gamma is in the
+  thousands, and the small gradient a learned classifier still has there (an exact one's vanishes
+  like gamma) throws x0_hat off the data; a window such as log-SNR >= -4 (sigma^2/gamma <= 7.4)
+  avoids it.
+  """
   def guided(x_t, t, x0_selfcond):
     x0_hat = denoise_fn(x_t, t, x0_selfcond)
     grad = jax.grad(lambda x: jnp.sum(log_prob_fn(x, t)))(x_t)
     gamma, sigma = schedule.alpha_sigma(t)
-    return x0_hat + scale * expand_like(sigma**2 / gamma, x_t) * grad
+    factor = scale * sigma**2 / gamma
+    if min_log_snr is not None:
+      factor = jnp.where(schedule.log_snr(t) >= min_log_snr, factor, 0.0)
+    return x0_hat + expand_like(factor, x_t) * grad
   return guided
 
 

@@ -95,7 +95,8 @@ def part_of_speech(args, g, judge, data) -> list[dict]:
     log_prob = guidance.label_log_prob(classifier, cls_params, g.schedule, index)
     for scale in (float(s) for s in args.scales.split(",")):
       guide = None if scale == 0 else (
-          lambda f, s=scale: guidance.classifier_guided(f, log_prob, g.schedule, s))
+          lambda f, s=scale: guidance.classifier_guided(f, log_prob, g.schedule, s,
+                                                        min_log_snr=args.min_log_snr))
       texts = (g.sample(args.num_samples, seed=args.seed, steps=args.steps) if guide is None else
                g.sample_guided(args.num_samples, guide, seed=args.seed, steps=args.steps))
       rows, _ = pipeline.encode(g.tokenizer, texts, g.config.data.seq_len)
@@ -136,10 +137,12 @@ def main():
   parser.add_argument("--num_samples", type=int, default=100)
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--classifier_steps", type=int, default=600)
+  parser.add_argument("--min_log_snr", type=float, default=-4.0,
+                      help="guide only where log-SNR >= this (see guidance.classifier_guided)")
   parser.add_argument("--judge_minutes", type=float, default=4.0)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
-  logging.basicConfig(level=logging.INFO)
+  logging.basicConfig(level=logging.INFO, force=True)
   g = cdm_jax.load(args.workdir)
   if g.config.data.corpus != "wordnet":
     raise SystemExit("control.py needs a workdir trained on the 'wordnet' corpus.")

@@ -310,6 +310,10 @@ def test_a_gradient_step_on_a_toy_classifier_raises_its_log_probability():
     x = x + gamma * guidance.classifier_guided(zero, log_prob, sched, 0.1)(x, t, None)
     values.append(log_prob(x, t))
   assert all(bool(jnp.all(b > a)) for a, b in zip(values, values[1:]))
+  log_snr = float(sched.log_snr(t)[0])  # outside the guidance window nothing moves
+  outside = guidance.classifier_guided(zero, log_prob, sched, 0.1, min_log_snr=log_snr + 1.0)
+  inside = guidance.classifier_guided(zero, log_prob, sched, 0.1, min_log_snr=log_snr - 1.0)
+  assert not jnp.any(outside(x, t, None)) and jnp.any(inside(x, t, None))
 
 
 def test_generate_cli_flags_map_to_the_conditional_calls(trained):
