@@ -77,9 +77,12 @@ def test_encode_layout_and_long_lines(tokenizer):
     pipeline.encode(tokenizer, ["the cat sat", "the dog " * 20], 10, "error")
 
 
-def test_vocab_too_large_is_a_clear_error():
+def test_vocab_too_large_or_too_small_is_a_clear_error():
   with pytest.raises(ValueError, match="too large for this corpus"):
     tokenizer_lib.train_tokenizer(["a b c", "b c d"], 500)
+  many_characters = ["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOP"] * 50
+  with pytest.raises(ValueError, match="vocab_size=12 is too small .*12 vs 47.*Raise"):
+    tokenizer_lib.train_tokenizer(many_characters, 12)
 
 
 def test_split_is_deterministic_and_per_example():

@@ -20,6 +20,10 @@ def train_tokenizer(examples: list[str], vocab_size: int, model_type: str = "uni
         unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, input_sentence_size=2_000_000,
         shuffle_input_sentence=True, minloglevel=2)
   except RuntimeError as err:
+    if "smaller than required_chars" in str(err):
+      raise ValueError(f"data.vocab_size={vocab_size} is too small for this corpus: its characters "
+                       f"alone need more pieces ({str(err).split('.')[-3].strip()}). Raise "
+                       "data.vocab_size.") from None
     if "Vocabulary size" in str(err) or "vocab_size" in str(err):
       raise ValueError(f"data.vocab_size={vocab_size} is too large for this corpus "
                        f"({len(examples)} examples): {err}. Lower data.vocab_size.") from None
