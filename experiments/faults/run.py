@@ -109,7 +109,8 @@ def kill_trials(args, tmp: pathlib.Path, corpus: pathlib.Path, reference, wall: 
                  "identical": ok, "checkpoints_after": checkpoints})
     print(json.dumps(rows[-1]), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
-  return {"trials": len(rows), "identical": sum(r["identical"] for r in rows), "rows": rows}
+  return {"trials": len(rows), "identical": sum(r["identical"] for r in rows),
+          "killed_running": sum(r["reruns"] > 0 for r in rows), "rows": rows}
 
 
 def corruption_trials(args, tmp: pathlib.Path, corpus: pathlib.Path, reference_dir) -> dict:
@@ -148,7 +149,8 @@ def main():
   table = ["| fault | trials | resumed, final state bit-identical to an uninterrupted run | lost |",
            "|---|---|---|---|",
            f"| `kill -9` at a random moment (0.2-1.0 x the {wall:.0f} s run: start-up, steps, async "
-           f"saves) | {kills['trials']} | {kills['identical']} | steps after the last checkpoint "
+           f"saves; {kills['killed_running']} hit a running process, the rest came after it had "
+           f"finished) | {kills['trials']} | {kills['identical']} | steps after the last checkpoint "
            "(interval 5), redone |",
            f"| newest checkpoint truncated / metadata missing / garbage bytes | "
            f"{corruptions['trials']} | {corruptions['identical']} (moved to checkpoints_unreadable/) "
