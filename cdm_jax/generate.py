@@ -115,6 +115,11 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   return sample_fn
 
 
+def _mbr_picks(groups: list[list[str]]) -> list[str]:
+  """The minimum-Bayes-risk candidate of each group."""
+  return [group[conditioning.mbr_select(group)] for group in groups]
+
+
 def _clamp_unknown(clamp_fn, cond, known_mask, x):
   return jnp.where(known_mask[..., None], cond, clamp_fn(x))
 
@@ -223,8 +228,7 @@ class Generator:
     """Seq2seq: one target per source, for a model trained on `BOS source EOS target EOS`
     sequences (`data.source_field`/`target_field` or a WordNet task, `condition.source`).
     `mbr=k` as in `infill`."""
-    groups = self.generate_candidates(sources, mbr, seed=seed, **overrides)
-    return [group[conditioning.mbr_select(group)] for group in groups]
+    return _mbr_picks(self.generate_candidates(sources, mbr, seed=seed, **overrides))
 
   def generate_candidates(self, sources: list[str], k: int = 1, *, seed: int = 0,
                           **overrides) -> list[list[str]]:
@@ -237,8 +241,7 @@ class Generator:
 
   def _conditional(self, layouts, *, seed: int, mbr: int = 1, **overrides) -> list[str]:
     """One text per (known, mask) layout: the MBR pick of `mbr` candidates."""
-    groups = self.candidates(layouts, mbr, seed=seed, **overrides)
-    return [group[conditioning.mbr_select(group)] for group in groups]
+    return _mbr_picks(self.candidates(layouts, mbr, seed=seed, **overrides))
 
   def candidates(self, layouts, k: int, *, seed: int = 0, target_only: bool = False,
                  **overrides) -> list[list[str]]:
