@@ -52,8 +52,9 @@ def condition_config(config: ml_collections.ConfigDict) -> conditioning.Conditio
 
 def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:
   fields = ("rounding_weight", "anchor_weight", "mask_padding", "self_cond_prob", "time_warp",
-            "importance_weight")
-  return diffusion.LossConfig.from_dict({**{k: config.diffusion[k] for k in fields},
+            "importance_weight", "warp_follow")
+  return diffusion.LossConfig.from_dict({**{k: config.diffusion[k] for k in fields
+                                            if k in config.diffusion},  # older workdirs: defaults
                                          "condition": condition_config(config)})
 
 

@@ -31,6 +31,8 @@ def _data() -> ml_collections.ConfigDict:
   data.tokenizer_type = "unigram"  # unigram | bpe
   data.seq_len = 32            # tokens per sequence: BOS + pieces + EOS, then PAD
   data.long_lines = "truncate"  # truncate | drop | error, for examples longer than seq_len - 2
+  data.packing = False         # True: no PAD; each sequence starts at an example and continues with
+                               # the next ones (sampling keeps the text up to the first EOS)
   return data
 
 
@@ -72,6 +74,8 @@ def _diffusion() -> ml_collections.ConfigDict:
   diff.time_warp = False       # draw training t from the learned warping (CDCD)
   diff.importance_weight = True  # with time_warp: weight losses by 1/p(t) (unbiased objective)
   diff.warp_bins = 100         # bins of the learned warping CDF
+  diff.warp_follow = "loss"    # loss: density ~ the loss (time where it is high) | slope: CDF ~ the
+                               # loss (CDCD: time where it changes, i.e. where tokens are ambiguous)
   diff.bound_log_snr_max = 4.0  # the likelihood bound's lower end in log-SNR (see diffusion.py)
   return diff
 

@@ -36,8 +36,14 @@ class LossConfig:
   self_cond_prob: float = 0.5     # probability that a batch trains with self-conditioning
   time_warp: bool = False         # draw t from the learned warping instead of uniformly
   importance_weight: bool = True  # with time_warp: weight by 1/p(t) so the objective is unbiased
+  warp_follow: str = "loss"       # with time_warp: "loss" (density ~ loss) | "slope" (CDCD)
   accuracy_examples: int = 8      # examples per (local) batch on which token accuracy is measured
   condition: conditioning.ConditionConfig = conditioning.ConditionConfig()  # known-position mixture
+
+  def __post_init__(self):
+    if self.warp_follow not in schedules_lib.WARP_FOLLOWS:
+      raise ValueError(f"diffusion.warp_follow={self.warp_follow!r}: expected one of "
+                       f"{schedules_lib.WARP_FOLLOWS}.")
 
   @classmethod
   def from_dict(cls, values: dict):
@@ -45,12 +51,12 @@ class LossConfig:
 
 
 def sample_times(u0: Array, example_index: Array, global_batch: int,
-                 warp: schedules_lib.TimeWarp | None) -> tuple[Array, Array]:
+                 warp: schedules_lib.TimeWarp | None, follow: str = "loss") -> tuple[Array, Array]:
   """Training times [batch] (low-discrepancy, optionally warped) and importance weights [batch]."""
   u = schedules_lib.low_discrepancy_uniform(u0, example_index, global_batch)
   if warp is None:
     return u, jnp.ones_like(u)
-  return warp.inverse_cdf(u)
+  return warp.inverse_cdf(u, follow)
 
 
 @flax.struct.dataclass

@@ -153,7 +153,8 @@ class Generator:
       return None
     if self.warp is None:
       raise ValueError("time_grid='warp' needs the training state's learned warping.")
-    return schedules.time_grid(self.schedule, config.num_steps, self.warp)
+    return schedules.time_grid(self.schedule, config.num_steps, self.warp,
+                               self.config.diffusion.get("warp_follow", "loss"))
 
   def options(self, **overrides) -> samplers.SampleConfig:
     """The config's sampling options with `overrides` (SampleConfig fields; `steps` for num_steps);

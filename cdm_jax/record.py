@@ -8,6 +8,8 @@ import time
 
 import ml_collections
 
+from cdm_jax import config_base
+
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 # Fields a resume may change: how long and how often, not what is trained. Prefixes end with ".".
@@ -16,6 +18,10 @@ MUTABLE = ("train.num_train_steps", "train.time_limit_minutes", "train.stop_at_s
            "train.checkpoint_every_steps", "train.keep_checkpoints", "train.sample_every_steps",
            "train.num_devices", "train.steps_per_call", "train.embedding_stats_t", "sample.")
 _ABSENT = "(absent)"
+# A field a newer version of the library added may appear on resume at its default value: the old
+# run behaved as the default does. Not so where absence has its own meaning (an absent `condition`
+# block means nothing known, not the default mixture).
+_ABSENCE_MEANS_OTHER = ("condition.",)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -33,14 +39,20 @@ def _mutable(key: str) -> bool:
   return any(key == m or (m.endswith(".") and key.startswith(m)) for m in MUTABLE)
 
 
-def config_changes(saved: dict, new: dict) -> tuple[dict, dict]:
-  """(conflicts, allowed): {field: (old, new)} of the fields that differ between two configs."""
+def config_changes(saved: dict, new: dict, defaults: dict | None = None) -> tuple[dict, dict]:
+  """(conflicts, allowed): {field: (old, new)} of the fields that differ between two configs.
+  With `defaults` (the library's base config), a field absent from `saved` that arrives at its
+  default value is allowed."""
   old_flat, new_flat = flatten(saved), flatten(new)
+  default_flat = flatten(defaults or {})
   conflicts, allowed = {}, {}
   for key in sorted(set(old_flat) | set(new_flat)):
     old, value = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
-    if old != value:
-      (allowed if _mutable(key) else conflicts)[key] = (old, value)
+    if old == value:
+      continue
+    added_at_default = (old == _ABSENT and key in default_flat and default_flat[key] == value
+                        and not key.startswith(_ABSENCE_MEANS_OTHER))
+    (allowed if _mutable(key) or added_at_default else conflicts)[key] = (old, value)
   return conflicts, allowed
 
 
@@ -55,7 +67,8 @@ def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
   new = json.loads(config.to_json_best_effort())
   if path.is_file():
     saved = json.loads(path.read_text(encoding="utf-8"))
-    conflicts, allowed = config_changes(saved, new)
+    defaults = json.loads(config_base.get_config().to_json_best_effort())
+    conflicts, allowed = config_changes(saved, new, defaults)
     if conflicts:
       lines = "\n".join(f"  {key}: {old!r} -> {value!r}" for key, (old, value) in conflicts.items())
       raise ValueError(

@@ -175,12 +175,20 @@ def ve(sigma_min: float = 0.01, sigma_max: float = 100.0, t_min: float = 0.0,
 # Time warping (CDCD): a monotone piecewise-linear CDF over t, fitted to the loss.
 
 
+WARP_FOLLOWS = ("loss", "slope")
+
+
 @flax.struct.dataclass
 class TimeWarp:
   """Piecewise-constant density over `num_bins` equal bins of [0, 1] (a piecewise-linear CDF).
 
-  `bin_loss` is a running mean of the per-example loss in each bin; the density is proportional
-  to it (plus a floor), so training spends time where the loss is high (CDCD, Dieleman et al. 2022).
+  `bin_loss` is a running mean of the per-example loss in each bin. What the density follows:
+  * "loss": proportional to the bin's loss (plus a floor): time goes where the loss is high, which
+    for a loss that grows with noise is mostly the noisy end;
+  * "slope": the CDF is the loss itself (made monotone by a running maximum and normalized), so the
+    density is the loss's increase across the bin: time goes where the loss changes, where tokens
+    are neither read off their own latent nor lost (CDCD, Dieleman et al. 2022: the prediction's
+    entropy grows linearly in warped time).
   """
   bin_loss: Array  # [num_bins]
   bin_seen: Array  # [num_bins], whether a bin has received any loss yet
@@ -189,23 +197,28 @@ class TimeWarp:
   def num_bins(self) -> int:
     return self.bin_loss.shape[0]
 
-  def density(self, floor: float = 0.01) -> Array:
+  def density(self, floor: float = 0.01, follow: str = "loss") -> Array:
     """Normalized bin probabilities, [num_bins]."""
+    if follow not in WARP_FOLLOWS:
+      raise ValueError(f"Unknown time-warp target {follow!r}; expected one of {WARP_FOLLOWS}.")
     seen_mean = jnp.sum(self.bin_loss * self.bin_seen) / jnp.maximum(jnp.sum(self.bin_seen), 1.0)
     loss = jnp.where(self.bin_seen > 0, self.bin_loss, seen_mean)
     loss = jnp.where(jnp.sum(self.bin_seen) > 0, loss, 1.0)
     loss = jnp.maximum(loss, 0.0)
+    if follow == "slope":  # increments of the monotone CDF, from 0 at t = 0
+      loss = jnp.diff(jax.lax.cummax(loss), prepend=0.0)
     probs = loss / jnp.maximum(jnp.sum(loss), 1e-12)
+    probs = jnp.where(jnp.sum(loss) > 0, probs, 1.0 / self.num_bins)
     probs = (1.0 - floor) * probs + floor / self.num_bins
     return probs
 
-  def cdf_knots(self) -> Array:
+  def cdf_knots(self, follow: str = "loss") -> Array:
     """CDF at the bin edges, [num_bins + 1], from 0 to 1."""
-    return jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(self.density())])
+    return jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(self.density(follow=follow))])
 
-  def inverse_cdf(self, u: Array) -> tuple[Array, Array]:
+  def inverse_cdf(self, u: Array, follow: str = "loss") -> tuple[Array, Array]:
     """Maps uniform `u` to warped times `t` and their importance weights `1 / p(t)`."""
-    probs = self.density()
+    probs = self.density(follow=follow)
     knots = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(probs)])
     edges = jnp.linspace(0.0, 1.0, self.num_bins + 1)
     t = jnp.interp(u, knots, edges)
@@ -236,12 +249,14 @@ def low_discrepancy_uniform(u0: Array, index: Array, count: int) -> Array:
   return jnp.mod(u0 + index.astype(jnp.float32) / count, 1.0)
 
 
-def time_grid(schedule: Schedule, num_steps: int, warp: TimeWarp | None = None) -> Array:
+def time_grid(schedule: Schedule, num_steps: int, warp: TimeWarp | None = None,
+              follow: str = "loss") -> Array:
   """Decreasing sampling times `[num_steps + 1]` from t_max to t_min.
 
-  Uniform in t, or uniform in the warped CDF so steps concentrate where the training loss is high.
+  Uniform in t, or uniform in the warped CDF (`follow` as in `TimeWarp.density`) so steps
+  concentrate where training spent its time.
   """
   u = jnp.linspace(1.0, 0.0, num_steps + 1)
   if warp is not None:
-    u = warp.inverse_cdf(u)[0]
+    u = warp.inverse_cdf(u, follow)[0]
   return schedule.t_min + u * (schedule.t_max - schedule.t_min)

@@ -75,7 +75,7 @@ def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossCon
   example_index = jax.lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
   u0 = jax.random.uniform(jax.random.fold_in(step_key, 0))
   warp = state.warp if loss_config.time_warp else None
-  t, weight = diffusion.sample_times(u0, example_index, global_batch, warp)
+  t, weight = diffusion.sample_times(u0, example_index, global_batch, warp, loss_config.warp_follow)
   noise_key = jax.random.fold_in(step_key, 1)
   noise = jax.vmap(lambda i: jax.random.normal(
       jax.random.fold_in(noise_key, i), (2, length, embed_dim)))(example_index)

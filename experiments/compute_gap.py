@@ -99,11 +99,19 @@ def run(args) -> dict:
                            train_index=text_metrics.TrainingSetIndex(data.train_text), seed=args.seed)
 
   def ar_row(name, ar_config):
+    # A rung's row depends only on its model, the judge, the sample count and the seed: cached
+    # beside the rung's model, so runs compared on one ladder score it once.
     start = time.perf_counter()
     ar = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, ar_config)
+    cached = pathlib.Path(ar.info["cache"]) / (
+        f"row_judge-{pathlib.Path(judge.info['cache']).name}_n{n}_seed{args.seed}.json")
+    if cached.exists():
+      return {**json.loads(cached.read_text()), "name": name}
     texts = generator.decode(ar.sample(n, args.seed))
-    return {"name": name, "steps": ar.info["steps"], "train_seconds": ar.info["train_seconds"],
-            "wall_seconds": time.perf_counter() - start, **scorer.score(texts), "examples": texts[:5]}
+    row = {"name": name, "steps": ar.info["steps"], "train_seconds": ar.info["train_seconds"],
+           "wall_seconds": time.perf_counter() - start, **scorer.score(texts), "examples": texts[:5]}
+    cached.write_text(evaluate.to_json(row))
+    return row
 
   start = time.perf_counter()
   texts = generator.sample(n, seed=args.seed)

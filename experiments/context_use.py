@@ -5,7 +5,11 @@ For held-out sequences noised to time t, every position is decoded (tied read-ou
 x0_hat) twice: once from the sequence's own noisy latents, once with every *other* position's
 latent taken from a different sequence (the next in the batch) at the same noise level. A
 denoiser that only looks at its own position scores the same on both; the gap is what the
-context buys. With a position-skewed schedule, t is the global time.
+context buys. Beside them, the accuracy of rounding with no network at all (the Gaussian
+likelihood's argmax, argmax_w gamma z.e_w - gamma^2 |e_w|^2 / 2, a uniform prior over tokens): where
+it is near 1 a token is read off its own latent and denoising teaches no context; where it is near
+0 nothing of the token is left. Training should spend its time between. With a position-skewed
+schedule, t is the global time.
 
   python experiments/context_use.py --workdir=workdirs/wordnet
 """
@@ -39,6 +43,9 @@ def context_accuracy(generator, tokens, times, seed: int = 0) -> list[dict]:
     log_snr = schedule.log_snr(t_pos)
     denoise = lambda x: model.apply(params, x, log_snr, method="denoise").x0_hat
     own = accuracy(denoise(x_t))
+    gamma = jnp.reshape(schedule.gamma(t_pos), (batch, -1, 1))  # [batch] or [batch, length]
+    likelihood = gamma * (x_t @ table.T) - 0.5 * gamma**2 * jnp.sum(table**2, axis=-1)
+    no_network = jnp.sum((jnp.argmax(likelihood, axis=-1) == tokens) & non_pad) / jnp.sum(non_pad)
     foreign = jnp.roll(x_t, 1, axis=0)
 
     def keep_one(position):  # x0_hat at `position`, every other position from another sequence
@@ -46,13 +53,14 @@ def context_accuracy(generator, tokens, times, seed: int = 0) -> list[dict]:
       return denoise(mixed)[:, position]
 
     alone = accuracy(jnp.swapaxes(jax.lax.map(keep_one, jnp.arange(length)), 0, 1))
-    return own, alone
+    return own, alone, no_network
 
   rows = []
   for i, t in enumerate(times):
-    own, alone = at_time(jnp.float32(t), jax.random.PRNGKey(seed + i))
+    own, alone, no_network = at_time(jnp.float32(t), jax.random.PRNGKey(seed + i))
     rows.append({"t": t, "log_snr": float(schedule.log_snr(jnp.float32(t))),
-                 "accuracy_own_context": float(own), "accuracy_foreign_context": float(alone)})
+                 "accuracy_own_context": float(own), "accuracy_foreign_context": float(alone),
+                 "accuracy_no_network": float(no_network)})
   return rows
 
 
@@ -72,10 +80,10 @@ def main():
     raise SystemExit("Need at least two held-out sequences.")
   rows = context_accuracy(generator, jnp.asarray(tokens[:args.num_examples]),
                           [float(t) for t in args.times.split(",")])
-  print(f"{'t':>5} {'log-SNR':>8} {'own context':>12} {'foreign context':>16}")
+  print(f"{'t':>5} {'log-SNR':>8} {'own context':>12} {'foreign context':>16} {'no network':>11}")
   for r in rows:
     print(f"{r['t']:>5} {r['log_snr']:>8.2f} {r['accuracy_own_context']:>12.3f} "
-          f"{r['accuracy_foreign_context']:>16.3f}")
+          f"{r['accuracy_foreign_context']:>16.3f} {r['accuracy_no_network']:>11.3f}")
   print(json.dumps({"workdir": args.workdir, "step": generator.step, "rows": rows}))
 
 

@@ -192,3 +192,39 @@ def test_jsonl_pairs_encode_source_eos_target(tmp_path, tokenizer):
   train, valid = pipeline.split_examples([(f"source {i}", "t") for i in range(400)] +
                                          [(f"source {i}", "other") for i in range(400)], 10.0)
   assert not {s for s, _ in train} & {s for s, _ in valid}  # a source sits on one side only
+
+
+def _segments(window):
+  """Complete BOS ... EOS segments of a packed window, and the cut-off head at its end."""
+  segments, current = [], []
+  for token in window.tolist():
+    if token == tokenizer_lib.PAD_ID:
+      break
+    current.append(token)
+    if token == tokenizer_lib.EOS_ID:
+      segments.append(current)
+      current = []
+  return segments, current
+
+
+def test_packing_keeps_every_example_whole_once_and_in_order():
+  rng = np.random.default_rng(0)
+  seq_len, examples = 10, []
+  for _ in range(200):
+    body = rng.integers(4, 50, size=rng.integers(1, seq_len - 1)).tolist()
+    examples.append([tokenizer_lib.BOS_ID, *body, tokenizer_lib.EOS_ID])
+  rows = np.full((len(examples), seq_len), tokenizer_lib.PAD_ID, np.int32)
+  for row, example in zip(rows, examples):
+    row[:len(example)] = example
+  packed = pipeline.pack(rows)
+  assert packed.shape[1] == seq_len and len(packed) < len(rows)
+  assert np.all(packed[:, 0] == tokenizer_lib.BOS_ID)  # windows start at an example
+  assert np.all(packed[:-1] != tokenizer_lib.PAD_ID)  # only the last window may hold PAD
+  whole = []
+  for index, window in enumerate(packed):
+    segments, head = _segments(window)
+    whole.extend(segments)
+    if head:  # a cut example: its head ends this window, and it starts the next one whole
+      next_first = _segments(packed[index + 1])[0][0]
+      assert next_first[:len(head)] == head and len(next_first) > len(head)
+  assert whole == examples

@@ -97,6 +97,22 @@ def test_an_allowed_change_is_recorded_in_the_history(copied, corpus):
   assert json.loads((copied / "config.json").read_text())["sample"]["num_steps"] == 7
 
 
+def test_a_field_added_by_a_newer_library_may_arrive_at_its_default():
+  from cdm_jax import record
+  defaults = {"diffusion": {"warp_follow": "loss", "schedule": "cosine"},
+              "condition": {"prefix": 0.2}}
+  saved = {"diffusion": {"schedule": "cosine"}}
+  at_default = {"diffusion": {"schedule": "cosine", "warp_follow": "loss"}}
+  conflicts, allowed = record.config_changes(saved, at_default, defaults)
+  assert not conflicts and allowed == {"diffusion.warp_follow": ("(absent)", "loss")}
+  elsewhere = {"diffusion": {"schedule": "cosine", "warp_follow": "slope"}}
+  assert "diffusion.warp_follow" in record.config_changes(saved, elsewhere, defaults)[0]
+  # An absent condition block meant nothing known, not the default mixture.
+  conditioned = {**at_default, "condition": {"prefix": 0.2}}
+  assert "condition.prefix" in record.config_changes(saved, conditioned, defaults)[0]
+  assert "diffusion.warp_follow" in record.config_changes(saved, at_default)[0]  # no defaults given
+
+
 def test_a_changed_corpus_under_the_same_workdir_is_refused(copied, corpus):
   original = corpus.read_text()
   edited = copied.parent / "edited.txt"

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import schedules
+from cdm_jax import diffusion, schedules
 
 
 def reference_log_snr(name, t):
@@ -100,3 +100,25 @@ def test_time_grid_is_decreasing_and_warped_grid_concentrates():
   warped = np.asarray(schedules.time_grid(s, 40, warp))
   assert np.all(np.diff(warped) < 0)
   assert np.mean((warped > 0.5) & (warped < 0.75)) > 0.6
+
+
+def test_slope_warp_puts_time_where_the_loss_changes():
+  # A loss that is flat (0) up to t = 0.4, rises linearly to 6 at t = 0.6 and stays there: the
+  # CDCD warp's CDF is the loss itself, so (up to the floor) all time falls in [0.4, 0.6].
+  centers = (np.arange(50) + 0.5) / 50
+  loss = np.clip((centers - 0.4) / 0.2, 0.0, 1.0) * 6.0
+  warp = schedules.TimeWarp(bin_loss=jnp.asarray(loss, jnp.float32), bin_seen=jnp.ones(50))
+  density = np.asarray(warp.density(floor=0.0, follow="slope"), np.float64)
+  expected = np.diff(np.concatenate([[0.0], loss]))  # float64 reference: increments of the loss
+  np.testing.assert_allclose(density, expected / expected.sum(), atol=1e-6)
+  t, _ = warp.inverse_cdf(jnp.linspace(0.0, 1.0, 10001), follow="slope")
+  assert np.mean((np.asarray(t) > 0.39) & (np.asarray(t) < 0.61)) > 0.95
+  # "loss" puts the mass where the loss is high instead: mostly past 0.6.
+  t_loss, _ = warp.inverse_cdf(jnp.linspace(0.0, 1.0, 10001))
+  assert np.mean(np.asarray(t_loss) > 0.6) > 0.7
+  # A noisy dip is ignored (running maximum): the CDF stays monotone, no negative density.
+  dipped = schedules.TimeWarp(bin_loss=jnp.asarray([0.0, 2.0, 1.0, 3.0]), bin_seen=jnp.ones(4))
+  np.testing.assert_allclose(np.asarray(dipped.density(floor=0.0, follow="slope")),
+                             [0.0, 2 / 3, 0.0, 1 / 3], atol=1e-6)
+  with pytest.raises(ValueError, match="warp_follow"):
+    diffusion.LossConfig(warp_follow="entropy")

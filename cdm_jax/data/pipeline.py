@@ -90,6 +90,40 @@ def encode(tokenizer, examples: list, seq_len: int, long_lines: str = "truncate"
   return np.stack(rows), stats
 
 
+def pack(rows: np.ndarray) -> np.ndarray:
+  """Encoded examples ([num_examples, seq_len], BOS ... EOS then PAD) packed into windows with no
+  PAD: each window starts at an example's BOS and takes the following examples whole, in order,
+  while they fit; the first that does not fit fills the window's end with its head and starts the
+  next window whole. So every example appears once complete, a window's first segment is always a
+  complete example (what sampling decodes: the text up to the first EOS), and only the last window
+  may end in PAD. Neighbours stay neighbours (in WordNet, glosses and examples of related senses).
+  """
+  seq_len = rows.shape[1]
+  lengths = np.sum(rows != tokenizer_lib.PAD_ID, axis=1)
+  windows = []
+  first = 0
+  while first < len(rows):
+    window = np.full((seq_len,), tokenizer_lib.PAD_ID, np.int32)
+    filled, index = 0, first
+    while index < len(rows) and filled < seq_len:
+      take = min(int(lengths[index]), seq_len - filled)
+      window[filled:filled + take] = rows[index, :take]
+      filled += take
+      if take < lengths[index]:
+        break  # cut: this example starts the next window
+      index += 1
+    windows.append(window)
+    first = index
+  return np.stack(windows)
+
+
+def _pack_split(tokens: np.ndarray, name: str) -> np.ndarray:
+  packed = pack(tokens)
+  log.info("%s: %d examples packed into %d windows (%.0f%% of positions were PAD).", name,
+           len(tokens), len(packed), 100.0 * np.mean(tokens == tokenizer_lib.PAD_ID))
+  return packed
+
+
 class BatchIterator:
   """Endless shuffled global batches; yields this process's slice. Resumable via get/set_state.
 
@@ -200,6 +234,13 @@ def prepare_data(data_config, workdir: str) -> Dataset:
   valid = np.zeros((0, data_config.seq_len), np.int32)
   if valid_text:
     valid, _ = encode(tokenizer, valid_text, data_config.seq_len, data_config.long_lines, "valid")
+  if data_config.get("packing", False):
+    if corpora.is_pair(train_text[0]):
+      raise ValueError("data.packing is for plain-text corpora; a seq2seq pair must stay one "
+                       "sequence (set data.packing=False).")
+    train = _pack_split(train, "train")
+    if len(valid):
+      valid = _pack_split(valid, "valid")
   log.info("Corpus %s: %d train / %d valid examples, vocab %d.", data_config.corpus,
                len(train), len(valid), tokenizer.get_piece_size())
   return Dataset(tokenizer, train, valid, train_text, valid_text)
