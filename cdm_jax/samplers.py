@@ -64,6 +64,16 @@ def ddpm_step(denoise, inp: StepInput, schedule):
   return mean + _b(jnp.sqrt(jnp.maximum(var, 0.0)), mean) * _normal(inp.key, mean), x0_hat
 
 
+@register("renoise")
+def renoise_step(denoise, inp: StepInput, schedule):
+  """q-sampling: x_s ~ q(x_s | x0 = x0_hat) = N(gamma_s x0_hat, sigma_s^2 I), with fresh noise. x_t
+  enters only through x0_hat, so a step cannot carry the previous step's off-manifold noise along
+  (the re-noising of Shabalin et al. 2026, here at every step)."""
+  x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
+  gamma_s, sigma_s = schedule.alpha_sigma(inp.s)
+  return _b(gamma_s, x0_hat) * x0_hat + _b(sigma_s, x0_hat) * _normal(inp.key, x0_hat), x0_hat
+
+
 @register("ddim")
 def ddim_step(denoise, inp: StepInput, schedule):
   x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
@@ -231,7 +241,7 @@ class SampleConfig:
   """The options of one sampling run, validated on construction; `.replace()` derives variants."""
   num_samples: int = 16
   num_steps: int = 100
-  sampler: str = "ddim"          # a registered sampler: ddpm | ddim | euler | heun
+  sampler: str = "ddim"          # a registered sampler: ddpm | ddim | euler | heun | renoise
   clamp: str = "soft"            # none | hard (nearest embedding) | soft (read-out expectation)
   clamp_temperature: float = 1.0
   clamp_max_t: float = 1.0       # clamp only at t <= this

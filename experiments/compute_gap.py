@@ -1,7 +1,8 @@
 """The compute gap between a trained diffusion workdir and the autoregressive baseline.
 
 python experiments/compute_gap.py --workdir=DIR [--fractions=1/64,1/32,1/16,1/8,1/4,1/2,1]
-    [--num_samples=300] [--judge_multiple=2] [--ladder_flops=F] [--out=DIR/compute_gap]
+    [--num_samples=300] [--judge_multiple=2] [--ladder_flops=F] [--set FIELD=VALUE ...]
+    [--out=DIR/compute_gap]
 
 The AR model (the library's causal `TransformerLM`, with the diffusion transformer's sizes, same
 data and tokenizer) is trained on a ladder of budgets, each a fraction of the diffusion run's
@@ -113,8 +114,9 @@ def run(args) -> dict:
     cached.write_text(evaluate.to_json(row))
     return row
 
+  overrides = sample_overrides(generator.sample_config, args.set or [])
   start = time.perf_counter()
-  texts = generator.sample(n, seed=args.seed)
+  texts = generator.sample(n, seed=args.seed, **overrides)
   diffusion = {"name": "diffusion", "steps": generator.step, "flops": diffusion_flops,
                "sampling_seconds": time.perf_counter() - start, **scorer.score(texts),
                "examples": texts[:5]}
@@ -135,10 +137,23 @@ def run(args) -> dict:
   ladder = [rows[f] for f in sorted(rows)]
   real_row = {"name": "real", **scorer.score(real)}
   return {"workdir": args.workdir, "checkpoint_step": generator.step, "num_samples": n,
-          "seed": args.seed, "sampling": dataclasses.asdict(generator.sample_config),
+          "seed": args.seed, "sampling": dataclasses.asdict(generator.options(**overrides)),
           "judge": judge.info, "ar_step_flops": ar_step_flops, "diffusion": diffusion,
           "ar": ladder, "real": real_row, **compute_gap(diffusion, ladder),
           "config": json.loads(config.to_json())}
+
+
+def sample_overrides(sample_config, settings: list[str]) -> dict:
+  """["sampler=renoise", "num_steps=200"] -> typed SampleConfig overrides (the field's type)."""
+  overrides = {}
+  for setting in settings:
+    key, sep, value = setting.partition("=")
+    if not sep or not hasattr(sample_config, key):
+      raise SystemExit(f"--set {setting!r}: expected FIELD=VALUE with a sampling field, e.g. "
+                       f"sampler=renoise; fields: {list(dataclasses.asdict(sample_config))}.")
+    kind = type(getattr(sample_config, key))
+    overrides[key] = value.lower() in ("1", "true") if kind is bool else kind(value)
+  return overrides
 
 
 def describe_gap(gap: dict) -> str:
@@ -201,6 +216,9 @@ def main():
   parser.add_argument("--ladder_flops", type=float, default=0.0,
                       help="FLOPs of the 1x rung (default: this run's); pass one value to compare "
                            "several runs on the same (cached) ladder and judge")
+  parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                      help="a sampling option for the diffusion samples (repeatable), e.g. "
+                           "--set sampler=renoise; default: the workdir's config")
   parser.add_argument("--out", default=None, help="default: WORKDIR/compute_gap")
   args = parser.parse_args()
   write(run(args), pathlib.Path(args.out or pathlib.Path(args.workdir) / "compute_gap"))

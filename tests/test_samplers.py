@@ -248,3 +248,18 @@ def test_clamp_applies_only_below_clamp_max_t():
   jax.effects_barrier()
   assert [c for _, c in inputs] == [0.0, 0.0, 0.0, 1.0, 1.0]
   np.testing.assert_allclose([t for t, _ in inputs], [1.0, 0.75, 0.5, 0.25, 0.0], atol=1e-3)
+
+
+def test_renoise_step_draws_from_q_given_x0_hat():
+  # x_s ~ N(gamma_s x0_hat, sigma_s^2): x_t enters only through the denoiser.
+  sched = schedules.get_schedule("cosine")
+  x0_hat = jnp.asarray([[[0.7, -1.2]]]).repeat(20000, axis=0)
+  x_t = 5.0 + jnp.zeros_like(x0_hat)  # far from x0_hat: it must not leak into x_s
+  t, s = jnp.full((20000,), 0.8), jnp.full((20000,), 0.6)
+  inp = samplers.StepInput(x_t=x_t, x0_selfcond=x0_hat, t=t, s=s, key=jax.random.PRNGKey(0))
+  x_s, returned = samplers.SAMPLERS.get("renoise")(lambda x, tt, sc: x0_hat, inp, sched)
+  gamma_s, sigma_s = (np.float64(v) for v in sched.alpha_sigma(jnp.float32(0.6)))
+  x_s = np.asarray(x_s, np.float64)
+  np.testing.assert_allclose(x_s.mean(axis=0)[0], gamma_s * np.array([0.7, -1.2]), atol=0.02)
+  np.testing.assert_allclose(x_s.std(axis=0)[0], [sigma_s, sigma_s], rtol=0.03)
+  assert returned is x0_hat

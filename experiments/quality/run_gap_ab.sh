@@ -21,6 +21,8 @@ declare -A RECIPES=(
   [mse_rounding]=""
   [ce_output_prior]="$CE"
   [ce_prior_slope_warp]="$CE $WARP"
+  [ce_prior_packed]="$CE --config.data.packing=True"
+  [ce_prior_slope_warp_packed]="$CE $WARP --config.data.packing=True"
 )
 for seed in ${SEEDS:-0 1}; do
   for name in "${NAMES[@]}"; do
