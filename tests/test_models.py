@@ -89,6 +89,18 @@ def test_model_config_rejects_unknown_matmul_dtype():
     ModelConfig(matmul_dtype="int4")
 
 
+def test_position_embedding_init_scale_is_configurable():
+  # The denoiser's position table starts at pos_init_std; the AR judge's stays at 0.02.
+  cfg = ModelConfig(vocab_size=16, seq_len=32, embed_dim=8, width=64, num_layers=1, num_heads=2,
+                    mlp_dim=32, pos_init_std=1.0)
+  denoiser = transformer.TransformerDenoiser(cfg, out_dim=8)
+  params = denoiser.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 8)), jnp.zeros((1,)))
+  assert abs(float(np.std(params["params"]["pos_embedding"])) - 1.0) < 0.05
+  default = transformer.TransformerDenoiser(ModelConfig(**{**cfg.__dict__, "pos_init_std": 0.02}), 8)
+  params = default.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 8)), jnp.zeros((1,)))
+  assert abs(float(np.std(params["params"]["pos_embedding"])) - 0.02) < 0.002
+
+
 def np_sinusoidal(values, dim):
   half = dim // 2
   freqs = np.exp(-np.log(10_000.0) * np.arange(half) / half)

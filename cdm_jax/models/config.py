@@ -30,6 +30,9 @@ class ModelConfig:
   matmul_dtype: str = "float32"  # operand dtype of the transformers' Dense matmuls; they always
                                  # accumulate in float32 (benchmarks/NOTES.md)
   scan_layers: bool = False     # nn.scan over layers (cuts compile time for deep models)
+  pos_init_std: float = 0.02    # init std of the denoiser's learned position embedding; its input
+                                # projection of x_t has std ~1 per unit, so at 0.02 the positions
+                                # are invisible until training has grown them (see config_base)
 
   def __post_init__(self):
     if parameterization.get(self.output).output_prior and not self.normalize_embeddings:

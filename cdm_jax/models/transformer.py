@@ -169,7 +169,8 @@ class TransformerDenoiser(nn.Module):
       x0_selfcond = jnp.zeros_like(x_t)
     inputs = jnp.concatenate([x_t, x0_selfcond], axis=-1) if cfg.self_conditioning else x_t
     h = rows(dense(cfg, cfg.width, "in_proj"), inputs.astype(dtype))
-    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (cfg.seq_len, cfg.width))
+    pos = self.param("pos_embedding", nn.initializers.normal(cfg.pos_init_std),
+                     (cfg.seq_len, cfg.width))
     h = h + pos[None, :length].astype(dtype)
     if cfg.conditioning:  # a learned marker on the positions whose latents are given
       flag = self.param("cond_flag", nn.initializers.normal(0.02), (cfg.width,))
