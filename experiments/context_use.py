@@ -8,8 +8,9 @@ denoiser that only looks at its own position scores the same on both; the gap is
 context buys. Beside them, the accuracy of rounding with no network at all (the Gaussian
 likelihood's argmax, argmax_w gamma z.e_w - gamma^2 |e_w|^2 / 2, a uniform prior over tokens): where
 it is near 1 a token is read off its own latent and denoising teaches no context; where it is near
-0 nothing of the token is left. Training should spend its time between. With a position-skewed
-schedule, t is the global time.
+0 nothing of the token is left. Training should spend its time between. And the accuracy at
+position 0, which always holds BOS: a denoiser that knows where it is reads it at any noise level.
+With a position-skewed schedule, t is the global time.
 
   python experiments/context_use.py --workdir=workdirs/wordnet
 """
@@ -31,9 +32,11 @@ def context_accuracy(generator, tokens, times, seed: int = 0) -> list[dict]:
   batch, length = tokens.shape
   non_pad = tokens != tokenizer_lib.PAD_ID
 
+  def read(x0_hat):
+    return jnp.argmax(x0_hat @ table.T + (0.0 if bias is None else bias), axis=-1) == tokens
+
   def accuracy(x0_hat):
-    correct = jnp.argmax(x0_hat @ table.T + (0.0 if bias is None else bias), axis=-1) == tokens
-    return jnp.sum(correct & non_pad) / jnp.sum(non_pad)
+    return jnp.sum(read(x0_hat) & non_pad) / jnp.sum(non_pad)
 
   @jax.jit
   def at_time(t, key):
@@ -42,7 +45,9 @@ def context_accuracy(generator, tokens, times, seed: int = 0) -> list[dict]:
                              schedule)
     log_snr = schedule.log_snr(t_pos)
     denoise = lambda x: model.apply(params, x, log_snr, method="denoise").x0_hat
-    own = accuracy(denoise(x_t))
+    own_x0 = denoise(x_t)
+    own = accuracy(own_x0)
+    first = jnp.mean(read(own_x0)[:, 0])  # position 0 is always BOS: does the net know where it is?
     gamma = jnp.reshape(schedule.gamma(t_pos), (batch, -1, 1))  # [batch] or [batch, length]
     likelihood = gamma * (x_t @ table.T) - 0.5 * gamma**2 * jnp.sum(table**2, axis=-1)
     no_network = jnp.sum((jnp.argmax(likelihood, axis=-1) == tokens) & non_pad) / jnp.sum(non_pad)
@@ -53,14 +58,14 @@ def context_accuracy(generator, tokens, times, seed: int = 0) -> list[dict]:
       return denoise(mixed)[:, position]
 
     alone = accuracy(jnp.swapaxes(jax.lax.map(keep_one, jnp.arange(length)), 0, 1))
-    return own, alone, no_network
+    return own, alone, no_network, first
 
   rows = []
   for i, t in enumerate(times):
-    own, alone, no_network = at_time(jnp.float32(t), jax.random.PRNGKey(seed + i))
+    own, alone, no_network, first = at_time(jnp.float32(t), jax.random.PRNGKey(seed + i))
     rows.append({"t": t, "log_snr": float(schedule.log_snr(jnp.float32(t))),
                  "accuracy_own_context": float(own), "accuracy_foreign_context": float(alone),
-                 "accuracy_no_network": float(no_network)})
+                 "accuracy_no_network": float(no_network), "accuracy_position_0": float(first)})
   return rows
 
 
@@ -80,10 +85,11 @@ def main():
     raise SystemExit("Need at least two held-out sequences.")
   rows = context_accuracy(generator, jnp.asarray(tokens[:args.num_examples]),
                           [float(t) for t in args.times.split(",")])
-  print(f"{'t':>5} {'log-SNR':>8} {'own context':>12} {'foreign context':>16} {'no network':>11}")
+  print(f"{'t':>5} {'log-SNR':>8} {'own context':>12} {'foreign context':>16} {'no network':>11} {'position 0':>11}")
   for r in rows:
     print(f"{r['t']:>5} {r['log_snr']:>8.2f} {r['accuracy_own_context']:>12.3f} "
-          f"{r['accuracy_foreign_context']:>16.3f} {r['accuracy_no_network']:>11.3f}")
+          f"{r['accuracy_foreign_context']:>16.3f} {r['accuracy_no_network']:>11.3f} "
+          f"{r['accuracy_position_0']:>11.3f}")
   print(json.dumps({"workdir": args.workdir, "step": generator.step, "rows": rows}))
 
 

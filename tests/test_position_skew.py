@@ -184,5 +184,6 @@ def test_context_use_diagnostic_separates_local_from_contextual_denoisers():
   # Rounding with no network reads every token off a low-noise latent and about chance at log-SNR
   # -12 (8 tokens; gamma |e| = 0.01 against unit noise).
   assert local["accuracy_no_network"] == contextual["accuracy_no_network"] == 1.0
+  assert local["accuracy_position_0"] == 1.0
   noisy = context_accuracy(generator, jnp.tile(tokens, (50, 1)), [0.9987])[0]
   assert noisy["log_snr"] < -11.0 and noisy["accuracy_no_network"] < 0.3
