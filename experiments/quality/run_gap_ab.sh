@@ -23,6 +23,7 @@ declare -A RECIPES=(
   [ce_prior_slope_warp]="$CE $WARP"
   [ce_prior_packed]="$CE --config.data.packing=True"
   [ce_prior_slope_warp_packed]="$CE $WARP --config.data.packing=True"
+  [ce_prior_slope_warp_pos1]="$CE $WARP --config.model.pos_init_std=1.0"
 )
 for seed in ${SEEDS:-0 1}; do
   for name in "${NAMES[@]}"; do
@@ -40,6 +41,6 @@ for seed in ${SEEDS:-0 1}; do
     .venv/bin/python experiments/compute_gap.py --workdir="$ROOT/${name}_seed$seed" \
         --ladder_flops="$LADDER" --num_samples="${NUM_SAMPLES:-200}" 2>&1 | grep -v "^I1\|^W1\|it/s\]" | tail -14
     .venv/bin/python experiments/context_use.py --workdir="$ROOT/${name}_seed$seed" \
-        --times=0.5,0.6,0.7,0.75,0.8,0.85,0.9 2>&1 | grep -v "^W\|WARNING" > "$ROOT/${name}_seed$seed/context_use.txt"
+        --times=0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.99 2>&1 | grep -v "^W\|WARNING" > "$ROOT/${name}_seed$seed/context_use.txt"
   done
 done
