@@ -39,3 +39,17 @@ def test_outside_the_ladder_gives_bounds():
   # Ahead of the largest rung by repeating itself: the bound is gamed too.
   repetitive = compute_gap({"flops": 2e12, "judge_ppl": 50.0, "unigram_entropy": 4.2}, LADDER)
   assert not repetitive["entropy_valid"]
+
+
+def test_sampling_overrides_take_the_field_types_and_refuse_unknown_fields():
+  from cdm_jax import samplers
+  sample_overrides = runpy.run_path(str(SCRIPT))["sample_overrides"]
+  overrides = sample_overrides(samplers.SampleConfig(), ["sampler=renoise", "num_steps=7",
+                                                         "clamp_temperature=0.5"])
+  assert overrides == {"sampler": "renoise", "num_steps": 7, "clamp_temperature": 0.5}
+  assert isinstance(overrides["num_steps"], int)
+  samplers.SampleConfig().replace(**overrides)  # valid as a whole
+  with pytest.raises(SystemExit, match="sampling field"):
+    sample_overrides(samplers.SampleConfig(), ["steps7"])
+  with pytest.raises(SystemExit, match="sampling field"):
+    sample_overrides(samplers.SampleConfig(), ["temperature=2"])

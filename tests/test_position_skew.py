@@ -185,5 +185,10 @@ def test_context_use_diagnostic_separates_local_from_contextual_denoisers():
   # -12 (8 tokens; gamma |e| = 0.01 against unit noise).
   assert local["accuracy_no_network"] == contextual["accuracy_no_network"] == 1.0
   assert local["accuracy_position_0"] == 1.0
+  # Position 0 alone: the neighbour model reads it from the last position (same token here) and
+  # positions 1 and 4 wrongly (3 of 5 right).
+  ends_match = jnp.asarray([[4, 6, 6, 6, 4], [5, 7, 7, 7, 5]])
+  shifted = context_accuracy(generator, ends_match, [0.2])[0]
+  assert shifted["accuracy_position_0"] == 1.0 and abs(shifted["accuracy_own_context"] - 0.6) < 1e-6
   noisy = context_accuracy(generator, jnp.tile(tokens, (50, 1)), [0.9987])[0]
   assert noisy["log_snr"] < -11.0 and noisy["accuracy_no_network"] < 0.3
