@@ -3,7 +3,8 @@
 # steps (equal FLOPs to within 1%), each scored by experiments/compute_gap.py on one shared AR
 # ladder and judge (its 1x rung: STEPS steps of configs/wordnet.py's FLOPs).
 # Usage: bash experiments/quality/run_gap_ab.sh [STEPS] [ROOT] [RECIPE ...]
-#   (default recipes: mse_rounding ce_output_prior; SEEDS="0 1" by default)
+#   (default recipes: mse_rounding ce_output_prior; SEEDS="0 1" by default; LADDER_STEPS=N scores
+#   on the ladder of N steps instead of STEPS, e.g. a longer run against a cached shorter ladder)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS="${1:-300}"
@@ -35,7 +36,7 @@ done
 LADDER=$(.venv/bin/python -c "
 import sys; sys.path.insert(0, '.')
 from cdm_jax import flops; from configs import wordnet
-print($STEPS * flops.diffusion_train_flops(wordnet.get_config())['train'])")
+print(${LADDER_STEPS:-$STEPS} * flops.diffusion_train_flops(wordnet.get_config())['train'])")
 for seed in ${SEEDS:-0 1}; do
   for name in "${NAMES[@]}"; do
     .venv/bin/python experiments/compute_gap.py --workdir="$ROOT/${name}_seed$seed" \
