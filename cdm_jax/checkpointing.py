@@ -8,6 +8,8 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
+from cdm_jax import distributed
+
 log = logging.getLogger(__name__)
 QUARANTINE = "checkpoints_unreadable"  # beside checkpoints/: where unreadable steps are moved
 
@@ -42,7 +44,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
   if restored is None:
     return None
   if unreadable:
-    _quarantine(pathlib.Path(manager.directory), unreadable)
+    distributed.on_primary(lambda: _quarantine(pathlib.Path(manager.directory), unreadable),
+                           "moving unreadable checkpoints aside")
     manager.reload()
   return restored["state"], restored["data"], step
 

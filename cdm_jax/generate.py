@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdm_jax import (builders, checkpointing, cli, conditioning, host, parallel, samplers,
-                     schedules)
+from cdm_jax import (builders, checkpointing, cli, conditioning, distributed, host, parallel,
+                     samplers, schedules)
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM
 
@@ -173,10 +173,10 @@ class Generator:
       raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
     fn = self.make_sample_fn(num_samples=num_samples, **overrides)
     if condition is None:
-      return np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed))))
+      return distributed.to_host(fn(self.params, jax.random.PRNGKey(seed)))
     self._require_conditioning()
     known, known_mask = (np.asarray(a) for a in condition)
-    return np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed), known, known_mask)))
+    return distributed.to_host(fn(self.params, jax.random.PRNGKey(seed), known, known_mask))
 
   def sample_guided(self, num_samples: int, guide, *, seed: int = 0, **overrides) -> list[str]:
     """Unconditional samples steered by `guide` (see `make_sample_fn`), e.g.
@@ -184,7 +184,7 @@ class Generator:
     options = self.options(num_samples=num_samples, **overrides)
     fn = make_sample_fn(self.model, self.schedule, self.mesh, options, self._times(options),
                         guide=guide)
-    return self.decode(np.asarray(jax.device_get(fn(self.params, jax.random.PRNGKey(seed)))))
+    return self.decode(distributed.to_host(fn(self.params, jax.random.PRNGKey(seed))))
 
   def decode(self, tokens: np.ndarray) -> list[str]:
     return [tokenizer_lib.decode_tokens(self.tokenizer, row) for row in tokens]
@@ -284,7 +284,7 @@ def load(workdir: str, *, use_ema: bool = True, step: int | None = None,
               "warp": builders.abstract_warp(config, mesh)}
   restored, step = checkpointing.restore_subtree(workdir, abstract, step)
   return Generator(config, restored[key], tokenizer_lib.load_tokenizer(workdir), step=step,
-                   mesh=mesh, warp=jax.device_get(restored["warp"]))
+                   mesh=mesh, warp=distributed.to_host(restored["warp"]))
 
 
 def define_sampling_flags(flags, num_samples: int):

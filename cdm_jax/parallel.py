@@ -17,11 +17,21 @@ AXIS = "data"
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-  devices = jax.devices()
-  if num_devices is not None:
-    if num_devices > len(devices):
-      raise ValueError(f"Asked for {num_devices} devices, only {len(devices)} are visible.")
-    devices = devices[:num_devices]
+  """The ('data',) mesh over every process's devices, grouped by process (so that each process's
+  share of a batch is one contiguous block of rows). `num_devices`: how many devices of each
+  process to use (None: all of them)."""
+  by_process = {}
+  for device in jax.devices():
+    by_process.setdefault(device.process_index, []).append(device)
+  devices = []
+  for process in sorted(by_process):
+    local = sorted(by_process[process], key=lambda d: d.id)
+    if num_devices is not None:
+      if num_devices > len(local):
+        raise ValueError(f"Asked for {num_devices} devices per process, only {len(local)} are "
+                         f"visible to process {process}.")
+      local = local[:num_devices]
+    devices.extend(local)
   return jax.sharding.Mesh(np.asarray(devices), (AXIS,))
 
 
@@ -39,6 +49,15 @@ def shard_batch(local_batch: np.ndarray, mesh, axis: int = 0) -> Array:
   spec[axis] = AXIS
   sharding = NamedSharding(mesh, P(*spec))
   return jax.make_array_from_process_local_data(sharding, local_batch)
+
+
+def global_array(batch: np.ndarray, mesh, axis: int = 0) -> Array:
+  """A batch that every process holds whole (e.g. an evaluation batch) -> the same global array
+  split over the mesh; each process places only its devices' rows."""
+  spec = [None] * batch.ndim
+  spec[axis] = AXIS
+  return jax.make_array_from_callback(batch.shape, NamedSharding(mesh, P(*spec)),
+                                      lambda index: batch[index])
 
 
 def example_keys(rng: Array, num_examples: int) -> Array:

@@ -80,4 +80,6 @@ def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
     with open(workdir / HISTORY_FILE, "a", encoding="utf-8") as history:
       history.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                 "changed": {k: list(v) for k, v in allowed.items()}}) + "\n")
-  path.write_text(config.to_json_best_effort(indent=2), encoding="utf-8")
+  temporary = path.with_suffix(".tmp")  # readers never see half a record
+  temporary.write_text(config.to_json_best_effort(indent=2), encoding="utf-8")
+  temporary.replace(path)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from cdm_jax import conditioning, diffusion, parallel, schedules as schedules_lib
+from cdm_jax import conditioning, diffusion, distributed, parallel, schedules as schedules_lib
 
 Array = jax.Array
 AXIS = parallel.AXIS
@@ -183,9 +183,9 @@ def bound_sums(bound_fn, params, valid: np.ndarray, *, batch_size: int, num_batc
   available = len(valid) // batch_size
   for i in range(min(num_batches, available) if num_batches else available):
     tokens = valid[i * batch_size:(i + 1) * batch_size]
-    sums = bound_fn(params, parallel.shard_batch(tokens, mesh), jax.random.PRNGKey(seed + i))
+    sums = bound_fn(params, parallel.global_array(tokens, mesh), jax.random.PRNGKey(seed + i))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return None if totals is None else jax.device_get(totals)
+  return None if totals is None else distributed.to_host(totals)
 
 
 def evaluate_bound(bound_fn, params, valid: np.ndarray, *, batch_size: int, num_batches: int,

@@ -19,11 +19,14 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from cdm_jax import (builders, checkpointing, conditioning, embedding_stats, generate, host,
-                     metric_writers, parallel, periodic, record, steps)
+from cdm_jax import (builders, checkpointing, conditioning, distributed, embedding_stats, generate,
+                     host, metric_writers, parallel, periodic, record, steps)
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
+# With several processes, how often (in dispatches of train.steps_per_call steps) they pool their
+# stop requests: each pooling is a small all-gather that waits for the step before it.
+STOP_SYNC_DISPATCHES = 10
 
 
 class _Preemption:
@@ -163,22 +166,29 @@ def _sample(run: _Run, state, step: int):
   if seq2seq:
     rows = run.data.valid[:n]
     known = np.arange(rows.shape[1]) <= np.argmax(rows == tokenizer_lib.EOS_ID, axis=1)[:, None]
-    tokens = jax.device_get(run.sample_fn(state.ema_params, key, rows, known))
+    tokens = distributed.to_host(run.sample_fn(state.ema_params, key, rows, known))
     texts = [f"{decode(row)} => {decode(conditioning.target_tokens(row))}" for row in tokens]
   else:
-    texts = [decode(row) for row in jax.device_get(run.sample_fn(state.ema_params, key))]
-  if jax.process_index() == 0:
+    texts = [decode(row) for row in distributed.to_host(run.sample_fn(state.ema_params, key))]
+  if distributed.is_primary():
     write_samples(run.workdir / "samples" / f"step_{step:08d}.txt", texts)
   run.writer.write_texts(step, "samples", texts)
 
 
-def _is_last_step(tcfg, step: int, preemption: _Preemption, deadline: periodic.Deadline) -> bool:
-  if deadline.passed():
-    log.warning("train.time_limit_minutes=%s reached at step %d: stopping.",
-                tcfg.time_limit_minutes, step)
-    return True
-  return (step >= tcfg.num_train_steps or preemption.requested
-          or bool(tcfg.stop_at_step and step >= tcfg.stop_at_step))
+def _is_last_step(tcfg, step: int, preemption: _Preemption, deadline: periodic.Deadline,
+                  dispatch: int) -> bool:
+  """Whether to stop after `step`. SIGTERM and the time limit reach each process on its own: with
+  several processes they are pooled (`any_process`) every STOP_SYNC_DISPATCHES dispatches, and all
+  stop at the same step."""
+  if jax.process_count() == 1 or dispatch % STOP_SYNC_DISPATCHES == 0:
+    timed_out = deadline.passed()
+    if distributed.any_process(preemption.requested or timed_out):
+      log.warning("Stopping at step %d (%s).", step,
+                  "SIGTERM" if preemption.requested else
+                  f"train.time_limit_minutes={tcfg.time_limit_minutes} reached" if timed_out else
+                  "another process was asked to stop")
+      return True
+  return step >= tcfg.num_train_steps or bool(tcfg.stop_at_step and step >= tcfg.stop_at_step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -186,8 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   host.tune_malloc()  # before any JAX call, or it cannot apply
   workdir_path = pathlib.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    record.write_config(workdir_path, config)  # on a resume: refuses a conflicting config first
+  # On a resume this refuses a conflicting config before anything is written.
+  distributed.on_primary(lambda: record.write_config(workdir_path, config), "checking config.json")
   run, tx = _build(config, workdir_path)
   state = _restore_or_init(run, tx)
   tcfg = config.train
@@ -196,8 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
            sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, run.mesh.devices.size,
            tcfg.batch_size)
   deadline, accumulated, metrics = periodic.Deadline(tcfg.time_limit_minutes), None, {}
+  dispatches = 0
   with _Preemption() as preemption, tqdm.tqdm(
-      total=tcfg.num_train_steps, initial=step, disable=jax.process_index() != 0,
+      total=tcfg.num_train_steps, initial=step, disable=not distributed.is_primary(),
       dynamic_ncols=True, mininterval=5.0, desc="train") as bar:
     while step < tcfg.num_train_steps:
       state, step_metrics = run.train_step(state, *_next_batch(run))
@@ -205,7 +216,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step += tcfg.steps_per_call
       run.chrono.tick(tcfg.steps_per_call)
       bar.update(tcfg.steps_per_call)
-      last = _is_last_step(tcfg, step, preemption, deadline)
+      dispatches += 1
+      last = _is_last_step(tcfg, step, preemption, deadline, dispatches)
       if periodic.itstime(step, tcfg.log_every_steps, last):
         metrics, accumulated = _log(run, state, step, accumulated), None
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
@@ -221,6 +233,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run.manager.wait_until_finished()
   run.manager.close()
   run.writer.close()
-  if jax.process_index() == 0:
+  if distributed.is_primary():
     (workdir_path / "last_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
   return {"step": step, **metrics}

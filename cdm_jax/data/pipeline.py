@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 
+from cdm_jax import distributed
 from cdm_jax.data import corpora
 from cdm_jax.data import tokenizer as tokenizer_lib
 
@@ -219,14 +220,16 @@ def prepare_data(data_config, workdir: str) -> Dataset:
   examples = corpora.read_corpus(data_config.corpus, data_config.path, data_config.field,
                                  data_config.hf_split, data_config.max_examples,
                                  pair_fields=pair_fields)
-  check_fingerprint(examples, workdir)
   train_text, valid_text = split_examples(examples, data_config.valid_percent)
-  if (pathlib.Path(workdir) / tokenizer_lib.MODEL_FILE).is_file():
-    tokenizer = tokenizer_lib.load_tokenizer(workdir)
-  else:
-    tokenizer = tokenizer_lib.train_tokenizer(texts_of(train_text), data_config.vocab_size,
-                                              data_config.tokenizer_type)
-    tokenizer_lib.save_tokenizer(tokenizer, workdir)
+
+  def record_corpus_and_tokenizer():  # process 0 writes, the others then read
+    check_fingerprint(examples, workdir)
+    if not (pathlib.Path(workdir) / tokenizer_lib.MODEL_FILE).is_file():
+      tokenizer_lib.save_tokenizer(tokenizer_lib.train_tokenizer(
+          texts_of(train_text), data_config.vocab_size, data_config.tokenizer_type), workdir)
+
+  distributed.on_primary(record_corpus_and_tokenizer, "recording the corpus and tokenizer")
+  tokenizer = tokenizer_lib.load_tokenizer(workdir)
   if tokenizer.get_piece_size() != data_config.vocab_size:
     raise ValueError(f"The tokenizer in {workdir} has {tokenizer.get_piece_size()} pieces but "
                      f"data.vocab_size={data_config.vocab_size}; use a new workdir.")

@@ -33,7 +33,9 @@ def train_tokenizer(examples: list[str], vocab_size: int, model_type: str = "uni
 
 def save_tokenizer(tokenizer: spm.SentencePieceProcessor, workdir: str) -> pathlib.Path:
   path = pathlib.Path(workdir) / MODEL_FILE
-  path.write_bytes(tokenizer.serialized_model_proto())
+  temporary = path.with_suffix(".tmp")  # a crash mid-write never leaves half a tokenizer
+  temporary.write_bytes(tokenizer.serialized_model_proto())
+  temporary.replace(path)
   return path
 
 

@@ -1,0 +1,69 @@
+"""One process of a run of tests/test_multiprocess.py: python multiprocess_worker.py SPEC.json ID.
+
+SPEC (JSON): processes, devices (per process), port, workdir, corpus, train (overrides of the
+train block of conftest's `trained_config`, the shared `trained` workdir's config), out (folder
+for this process's results), sample (bool: also load
+the workdir with `cdm_jax.load` and sample). Writes out/result_ID.json (last metrics, samples,
+the files this process opened for writing outside checkpoints/) and out/params_ID.npz.
+"""
+
+import builtins
+import io
+import json
+import os
+import pathlib
+import sys
+
+SPEC = json.loads(pathlib.Path(sys.argv[1]).read_text())
+PROCESS_ID = int(sys.argv[2])
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import trained_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+os.environ.pop("XLA_FLAGS")  # conftest's four fake devices: this process has SPEC["devices"]
+
+jax.config.update("jax_num_cpu_devices", SPEC["devices"])
+
+
+def _record_writes(workdir: pathlib.Path, written: list):
+  """Wraps open() to note every file under `workdir` (outside checkpoints/) opened for writing."""
+  original = builtins.open
+
+  def recording_open(file, mode="r", *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+      path = pathlib.Path(file).absolute()
+      if workdir in path.parents and "checkpoints" not in path.relative_to(workdir).parts:
+        written.append(str(path.relative_to(workdir)))
+    return original(file, mode, *args, **kwargs)
+
+  builtins.open = io.open = recording_open
+
+
+def main():
+  from cdm_jax import distributed, train  # pylint: disable=g-import-not-at-top
+  import cdm_jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if SPEC["processes"] > 1:
+    distributed.initialize(f"127.0.0.1:{SPEC['port']}", SPEC["processes"], PROCESS_ID,
+                           timeout_s=120)
+  workdir = pathlib.Path(SPEC["workdir"]).absolute()
+  written = []
+  _record_writes(workdir, written)
+  config = trained_config(SPEC["corpus"], **SPEC["train"])  # the `trained` fixture's config
+  metrics = train.train_and_evaluate(config, str(workdir))
+  result = {"metrics": metrics, "written": written, "process_count": jax.process_count()}
+  if SPEC.get("sample"):
+    generator = cdm_jax.load(str(workdir))
+    result["samples"] = generator.sample(6, seed=3)
+    params = distributed.to_host(generator.params)
+    flat = {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    np.savez(pathlib.Path(SPEC["out"]) / f"params_{PROCESS_ID}.npz", **flat)
+  (pathlib.Path(SPEC["out"]) / f"result_{PROCESS_ID}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()

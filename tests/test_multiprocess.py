@@ -1,0 +1,147 @@
+"""Two real JAX processes on 127.0.0.1 (gloo collectives, one CPU device each) against one process
+on two devices (the same global batch and reductions): training, evaluation, sampling, checkpoints, resume and a SIGTERM to one process.
+
+Each run starts fresh Python processes (tests/multiprocess_worker.py) with a free port and bounded
+timeouts; a failure prints every process's log.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import trained_config  # tests/ is on sys.path
+
+WORKER = pathlib.Path(__file__).resolve().parent / "multiprocess_worker.py"
+TRAIN = dict(num_train_steps=20, log_every_steps=5, eval_every_steps=10, sample_every_steps=10,
+             checkpoint_every_steps=10)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start(tmp: pathlib.Path, name: str, processes: int, devices: int, workdir, corpus,
+           train: dict, sample: bool = False):
+  out = tmp / name
+  out.mkdir()
+  spec = dict(processes=processes, devices=devices, port=_free_port(), workdir=str(workdir),
+              corpus=str(corpus), train={**TRAIN, **train}, out=str(out), sample=sample)
+  (out / "spec.json").write_text(json.dumps(spec))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # conftest's 4 fake devices
+  # Later runs of this module reuse the compiled steps of earlier ones (same programs).
+  env.update(JAX_PLATFORMS="cpu", CDM_JAX_TUNE_MALLOC="0",
+             JAX_COMPILATION_CACHE_DIR=str(tmp.parent / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  procs = []
+  for i in range(processes):
+    log = open(out / f"log_{i}.txt", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+    procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out / "spec.json"), str(i)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env))
+  return out, procs
+
+
+def _finish(out: pathlib.Path, procs, timeout: float = 300):
+  """Waits for every process (killing all past `timeout`); fails with their logs unless all
+  exited 0; returns their results."""
+  deadline = time.monotonic() + timeout
+  codes = []
+  for proc in procs:
+    try:
+      codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+      codes.append("timeout")
+  for proc in procs:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  if codes != [0] * len(procs):
+    logs = "\n".join(f"--- process {i} (exit {c}) ---\n" + (out / f"log_{i}.txt").read_text()[-6000:]
+                     for i, c in enumerate(codes))
+    pytest.fail(f"exit codes {codes}\n{logs}")
+  return [json.loads((out / f"result_{i}.json").read_text()) for i in range(len(procs))]
+
+
+def _params(out: pathlib.Path, i: int) -> dict:
+  with np.load(out / f"params_{i}.npz") as data:
+    return dict(data)
+
+
+def _assert_params_close(a: dict, b: dict, atol: float = 1e-5):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=0, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus, tmp_path_factory):
+  """The reference, in this process on two of its devices: 20 steps uninterrupted, then the
+  parameters `cdm_jax.load` restores, its samples and the last metrics."""
+  import cdm_jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from cdm_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("one_process")
+  metrics = train.train_and_evaluate(trained_config(corpus, **TRAIN, num_devices=2), str(workdir))
+  generator = cdm_jax.load(str(workdir), num_devices=2)
+  params = {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(generator.params)[0]}
+  return params, generator.sample(6, seed=3), metrics
+
+
+def test_two_processes_train_evaluate_sample_and_resume_like_one(corpus, one_process, tmp_path):
+  ref_params, ref_samples, ref_metrics = one_process
+  workdir = tmp_path / "workdir"
+  out, procs = _start(tmp_path, "first", 2, 1, workdir, corpus, {"stop_at_step": 10})
+  first = _finish(out, procs)
+  assert [r["process_count"] for r in first] == [2, 2]
+  assert all(r["metrics"]["step"] == 10 for r in first)
+  out, procs = _start(tmp_path, "resumed", 2, 1, workdir, corpus, {}, sample=True)
+  resumed = _finish(out, procs)
+  # The rerun resumed at step 10 and ends where one uninterrupted process ends.
+  for r in resumed:
+    assert r["metrics"]["step"] == 20
+    for key in ("loss", "valid_bound_bits"):
+      assert r["metrics"][key] == pytest.approx(ref_metrics[key], rel=1e-4, abs=1e-5), key
+    assert r["samples"] == ref_samples
+  _assert_params_close(_params(out, 0), ref_params)
+  _assert_params_close(_params(out, 1), ref_params)
+  # Every workdir file is written by process 0 alone; appended records hold each step once.
+  assert not resumed[1]["written"] and not first[1]["written"]
+  assert {"config.json", "metrics.jsonl", "tokenizer.model"} <= set(
+      p.split(os.sep)[-1] for p in first[0]["written"] + [str(p.name) for p in workdir.iterdir()])
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert sorted(set(steps)) == [5, 10, 15, 20]
+  assert len(steps) == len(set(steps)) + 2  # the eval lines of steps 10 and 20 are separate rows
+  assert sorted(p.name for p in (workdir / "samples").iterdir()) == [
+      "step_00000010.txt", "step_00000020.txt"]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+      10, 20]
+
+
+def test_sigterm_to_one_process_stops_both_with_one_checkpoint(corpus, tmp_path):
+  workdir = tmp_path / "workdir"
+  out, procs = _start(tmp_path, "run", 2, 1, workdir, corpus,
+                      dict(num_train_steps=100_000, eval_every_steps=0, sample_every_steps=0,
+                           checkpoint_every_steps=100_000, log_every_steps=10))
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.monotonic() + 240
+  while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+    assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (
+        "training did not start: " + (out / "log_0.txt").read_text()[-3000:])
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)
+  sent = time.monotonic()
+  results = _finish(out, procs, timeout=60)
+  assert time.monotonic() - sent < 60
+  stops = {r["metrics"]["step"] for r in results}
+  assert len(stops) == 1 and 20 <= stops.pop() < 100_000
+  saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert saved == [results[0]["metrics"]["step"]]
