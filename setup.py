@@ -26,6 +26,8 @@ setup(
         # MAUVE (scored as null without it) and the experiment plots.
         "eval": EVAL,
         "hf": ["datasets>=3"],
+        # gs:// workdirs and corpora (epath through gcsfs; Orbax and TensorBoard need the client).
+        "gcs": ["gcsfs", "google-cloud-storage"],
         "test": ["pytest>=8"] + EVAL,
     },
 )

@@ -5,15 +5,14 @@ the initial state and the abstract states that checkpoints are restored into.
 """
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cdm_jax import (checkpointing, conditioning, diffusion, parallel, record, samplers, schedules,
-                     steps)
+from cdm_jax import (checkpointing, conditioning, diffusion, fs, parallel, record, samplers,
+                     schedules, steps)
 from cdm_jax.models import DiffusionLM, ModelConfig
 
 CONFIG_FILE = record.CONFIG_FILE
@@ -21,7 +20,7 @@ CONFIG_FILE = record.CONFIG_FILE
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a workdir was trained with."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = fs.path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"No {CONFIG_FILE} in {workdir!r}: not a cdm_jax workdir.")
   return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -1,21 +1,20 @@
 """The one place that talks to Orbax: train state + data-iterator position, keep-last-N, async."""
 
 import logging
-import pathlib
-import shutil
 import time
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from cdm_jax import distributed
+from cdm_jax import distributed, fs
 
 log = logging.getLogger(__name__)
 QUARANTINE = "checkpoints_unreadable"  # beside checkpoints/: where unreadable steps are moved
 
 
 def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
-  directory = pathlib.Path(workdir).absolute() / "checkpoints"
+  directory = fs.path(workdir) / "checkpoints"
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
@@ -40,17 +39,17 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
                             data=ocp.args.JsonRestore())
   restored, step, unreadable = _newest_readable(
       sorted(manager.all_steps(), reverse=True), lambda s: manager.restore(s, args=args),
-      pathlib.Path(manager.directory))
+      epath.Path(manager.directory))
   if restored is None:
     return None
   if unreadable:
-    distributed.on_primary(lambda: _quarantine(pathlib.Path(manager.directory), unreadable),
+    distributed.on_primary(lambda: _quarantine(epath.Path(manager.directory), unreadable),
                            "moving unreadable checkpoints aside")
     manager.reload()
   return restored["state"], restored["data"], step
 
 
-def _newest_readable(steps: list[int], restore, directory: pathlib.Path):
+def _newest_readable(steps: list[int], restore, directory: epath.Path):
   """(restored, step, [unreadable newer steps]) of the first of `steps` that `restore` reads;
   (None, None, []) without steps; raises when none is readable."""
   failures = []
@@ -70,13 +69,13 @@ def _newest_readable(steps: list[int], restore, directory: pathlib.Path):
   return None, None, []
 
 
-def _quarantine(directory: pathlib.Path, steps: list[int]):
+def _quarantine(directory: epath.Path, steps: list[int]):
   """Moves unreadable step folders to ../checkpoints_unreadable/<step>-<time> (kept, not deleted)."""
   target = directory.parent / QUARANTINE
   target.mkdir(exist_ok=True)
   for step in steps:
     destination = target / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-    shutil.move(str(directory / str(step)), str(destination))
+    (directory / str(step)).rename(destination)
     log.warning("Moved the unreadable checkpoint %d to %s.", step, destination)
 
 
@@ -93,7 +92,7 @@ def restore_subtree(workdir: str, abstract: dict, step: int | None = None):
   if step is not None and step not in steps:
     raise FileNotFoundError(f"No checkpoint of step {step} in {workdir}/checkpoints; there are "
                             f"{sorted(steps)}.")
-  directory = pathlib.Path(workdir).absolute() / "checkpoints"
+  directory = fs.path(workdir) / "checkpoints"
   args = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
                                 restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
   restore = lambda s: ocp.PyTreeCheckpointer().restore(directory / str(s) / "state", args=args)
@@ -106,12 +105,12 @@ def abstract_like(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def save_tree(path: pathlib.Path, tree):
+def save_tree(path, tree):
   """Saves one pytree (e.g. the judge's parameters) synchronously to `path`."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(pathlib.Path(path).absolute(), tree, force=True)
+  checkpointer.save(fs.path(path), tree, force=True)
   checkpointer.wait_until_finished()
 
 
-def restore_tree(path: pathlib.Path, abstract_tree):
-  return ocp.StandardCheckpointer().restore(pathlib.Path(path).absolute(), abstract_tree)
+def restore_tree(path, abstract_tree):
+  return ocp.StandardCheckpointer().restore(fs.path(path), abstract_tree)

@@ -12,14 +12,13 @@ import dataclasses
 import json
 import logging
 import math
-import pathlib
 import sys
 import time
 
 import jax
 import numpy as np
 
-from cdm_jax import cli, diffusion, generate, steps, tasks, text_metrics
+from cdm_jax import cli, diffusion, fs, generate, steps, tasks, text_metrics
 from cdm_jax import judge as judge_lib
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
@@ -170,7 +169,7 @@ def evaluate(workdir: str, *, num_samples: int = 1000, seed: int = 0,
   }
   result["wall_seconds"] = time.perf_counter() - start
   if write:
-    out = pathlib.Path(workdir) / "eval"
+    out = fs.path(workdir) / "eval"
     out.mkdir(exist_ok=True)
     name = f"eval_{options.sampler}_{options.num_steps}_{options.clamp}_n{n}_seed{seed}.json"
     (out / name).write_text(to_json(result))
@@ -195,7 +194,7 @@ def evaluate_task(workdir: str, task: str, *, num_examples: int = 200, seed: int
     raise ValueError(f"Unknown task {task!r}; choose seq2seq or infill (or use evaluate()).")
   result["wall_seconds"] = time.perf_counter() - start
   if write:
-    out = pathlib.Path(workdir) / "eval"
+    out = fs.path(workdir) / "eval"
     out.mkdir(exist_ok=True)
     (out / f"task_{task}_n{num_examples}_seed{seed}.json").write_text(to_json(result))
   return result

@@ -2,9 +2,10 @@
 
 import json
 import logging
-import pathlib
 
 import jax
+
+from cdm_jax import fs
 
 log = logging.getLogger(__name__)
 
@@ -14,23 +15,29 @@ class MetricWriter:
 
   def __init__(self, workdir: str, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self._jsonl = self._tb = None
+    self._jsonl = fs.path(workdir) / "metrics.jsonl"
+    self._tb = None
     if self.enabled:
-      path = pathlib.Path(workdir)
-      self._jsonl = open(path / "metrics.jsonl", "a", encoding="utf-8")
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(str(path / "tensorboard"))
-      except ImportError:
-        log.warning("tensorboardX is not installed: no TensorBoard events.")
+        if fs.is_remote(workdir):  # tensorboardX writes to buckets with the cloud client
+          import google.cloud.storage  # pylint: disable=g-import-not-at-top,unused-import
+      except ImportError as err:
+        log.warning("No TensorBoard events (%s); metrics.jsonl has every scalar. pip install "
+                    "tensorboardX, and the `gcs` extra for a gs:// workdir.", err)
+        return
+      try:
+        self._tb = SummaryWriter(str(fs.path(workdir) / "tensorboard"))
+      except Exception as err:  # pylint: disable=broad-except  (e.g. a bucket without its client)
+        log.warning("No TensorBoard events in %s (%s: %s); metrics.jsonl has every scalar.",
+                    workdir, type(err).__name__, err)
 
   def write_scalars(self, step: int, scalars: dict):
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
     log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
-    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-    self._jsonl.flush()
+    fs.append_line(self._jsonl, json.dumps({"step": step, **scalars}))
     if self._tb is not None:
       for key, value in scalars.items():
         self._tb.add_scalar(key, value, step)
@@ -40,7 +47,5 @@ class MetricWriter:
       self._tb.add_text(key, "\n\n".join(texts), step)
 
   def close(self):
-    if self._jsonl is not None:
-      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()

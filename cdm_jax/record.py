@@ -3,12 +3,11 @@ every field that shapes the checkpoint; what a resume changed is appended to `co
 """
 
 import json
-import pathlib
 import time
 
 import ml_collections
 
-from cdm_jax import config_base
+from cdm_jax import config_base, fs
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
@@ -56,13 +55,14 @@ def config_changes(saved: dict, new: dict, defaults: dict | None = None) -> tupl
   return conflicts, allowed
 
 
-def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
+def write_config(workdir, config: ml_collections.ConfigDict):
   """Writes the run record, or on a resume checks it first.
 
   Raises ValueError naming every differing field (old -> new) when the new config changes one
   that shapes the checkpoint or the data; nothing is written then. Allowed changes are appended to
   the history with a time stamp.
   """
+  workdir = fs.path(workdir)
   path = workdir / CONFIG_FILE
   new = json.loads(config.to_json_best_effort())
   if path.is_file():
@@ -77,9 +77,7 @@ def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
           "--workdir. Only the length of training, intervals and sampling may change on resume.")
     if not allowed:
       return
-    with open(workdir / HISTORY_FILE, "a", encoding="utf-8") as history:
-      history.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "changed": {k: list(v) for k, v in allowed.items()}}) + "\n")
-  temporary = path.with_suffix(".tmp")  # readers never see half a record
-  temporary.write_text(config.to_json_best_effort(indent=2), encoding="utf-8")
-  temporary.replace(path)
+    fs.append_line(workdir / HISTORY_FILE, json.dumps(
+        {"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+         "changed": {k: list(v) for k, v in allowed.items()}}))
+  fs.write_atomic(path, config.to_json_best_effort(indent=2))  # readers never see half a record

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import math
-import pathlib
 import signal
 import threading
 
@@ -18,9 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from etils import epath
 
-from cdm_jax import (builders, checkpointing, conditioning, distributed, embedding_stats, generate,
-                     host, metric_writers, parallel, periodic, record, steps)
+from cdm_jax import (builders, checkpointing, conditioning, distributed, embedding_stats, fs,
+                     generate, host, metric_writers, parallel, periodic, record, steps)
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def write_samples(path: pathlib.Path, texts: list[str]):
+def write_samples(path, texts: list[str]):
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("\n".join(texts) + "\n", encoding="utf-8")
 
@@ -60,7 +60,7 @@ def write_samples(path: pathlib.Path, texts: list[str]):
 class _Run:
   """Everything the loop's periodic actions use; built once per `train_and_evaluate`."""
   config: ml_collections.ConfigDict
-  workdir: pathlib.Path
+  workdir: epath.Path
   mesh: jax.sharding.Mesh
   data: pipeline.Dataset
   model: object
@@ -75,7 +75,7 @@ class _Run:
   sample_fn: object = None  # compiled on first use
 
 
-def _build(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[_Run, object]:
+def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[_Run, object]:
   tcfg = config.train
   mesh = parallel.make_mesh(tcfg.num_devices or None)
   data = pipeline.prepare_data(config.data, str(workdir))
@@ -194,7 +194,7 @@ def _is_last_step(tcfg, step: int, preemption: _Preemption, deadline: periodic.D
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the diffusion LM in `workdir`; returns the last logged metrics."""
   host.tune_malloc()  # before any JAX call, or it cannot apply
-  workdir_path = pathlib.Path(workdir)
+  workdir_path = fs.path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   # On a resume this refuses a conflicting config before anything is written.
   distributed.on_primary(lambda: record.write_config(workdir_path, config), "checking config.json")

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 
-from cdm_jax import registry
+from cdm_jax import fs, registry
 
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 WORDNET_CACHE = pathlib.Path(os.path.expanduser("~/.cache/cdm_jax/wordnet"))
@@ -64,9 +64,9 @@ def is_pair(example: Example) -> bool:
 def _read_lines(path: str) -> list[str]:
   """The file's lines: UTF-8 (a leading BOM dropped), split on \\n only (a trailing \\r removed),
   so U+2028, U+0085, \\x0b and \\x0c stay inside their line; NUL bytes are refused."""
-  file = pathlib.Path(path).expanduser()
   if not path:
     raise FileNotFoundError("No corpus file given: set data.path to a text or JSONL file.")
+  file = fs.path(path)
   if not file.is_file():
     raise FileNotFoundError(f"Corpus file {str(file)!r} does not exist (set data.path).")
   raw = file.read_bytes()

@@ -4,12 +4,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import pathlib
 import zlib
 
 import numpy as np
 
-from cdm_jax import distributed
+from cdm_jax import distributed, fs
 from cdm_jax.data import corpora
 from cdm_jax.data import tokenizer as tokenizer_lib
 
@@ -188,7 +187,7 @@ def check_fingerprint(examples: list, workdir: str):
   the same workdir (edited file, other path, other max_examples) is an error, since its tokenizer,
   split and data position were made for the first one."""
   digest = hashlib.sha256(json.dumps(examples, ensure_ascii=False).encode("utf-8")).hexdigest()
-  path = pathlib.Path(workdir) / FINGERPRINT_FILE
+  path = fs.path(workdir) / FINGERPRINT_FILE
   record = {"sha256": digest, "examples": len(examples)}
   if path.is_file():
     saved = json.loads(path.read_text(encoding="utf-8"))
@@ -200,9 +199,7 @@ def check_fingerprint(examples: list, workdir: str):
     return
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record), encoding="utf-8")
-    temporary.replace(path)
+    fs.write_atomic(path, json.dumps(record))
   except OSError as err:  # a read-only workdir (e.g. evaluating someone else's run)
     log.warning("Could not record the corpus fingerprint in %s: %s", workdir, err)
 
@@ -224,7 +221,7 @@ def prepare_data(data_config, workdir: str) -> Dataset:
 
   def record_corpus_and_tokenizer():  # process 0 writes, the others then read
     check_fingerprint(examples, workdir)
-    if not (pathlib.Path(workdir) / tokenizer_lib.MODEL_FILE).is_file():
+    if not (fs.path(workdir) / tokenizer_lib.MODEL_FILE).is_file():
       tokenizer_lib.save_tokenizer(tokenizer_lib.train_tokenizer(
           texts_of(train_text), data_config.vocab_size, data_config.tokenizer_type), workdir)
 

@@ -1,9 +1,11 @@
 """SentencePiece tokenizer, trained in-process on the training split and stored in the workdir."""
 
 import io
-import pathlib
 
 import sentencepiece as spm
+from etils import epath
+
+from cdm_jax import fs
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_FILE = "tokenizer.model"
@@ -31,19 +33,17 @@ def train_tokenizer(examples: list[str], vocab_size: int, model_type: str = "uni
   return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
-def save_tokenizer(tokenizer: spm.SentencePieceProcessor, workdir: str) -> pathlib.Path:
-  path = pathlib.Path(workdir) / MODEL_FILE
-  temporary = path.with_suffix(".tmp")  # a crash mid-write never leaves half a tokenizer
-  temporary.write_bytes(tokenizer.serialized_model_proto())
-  temporary.replace(path)
+def save_tokenizer(tokenizer: spm.SentencePieceProcessor, workdir: str) -> epath.Path:
+  path = fs.path(workdir) / MODEL_FILE
+  fs.write_atomic(path, tokenizer.serialized_model_proto())  # never half a tokenizer after a crash
   return path
 
 
 def load_tokenizer(workdir: str) -> spm.SentencePieceProcessor:
-  path = pathlib.Path(workdir) / MODEL_FILE
+  path = fs.path(workdir) / MODEL_FILE
   if not path.is_file():
     raise FileNotFoundError(f"No tokenizer at {path}: is {workdir!r} a cdm_jax training workdir?")
-  return spm.SentencePieceProcessor(model_file=str(path))
+  return spm.SentencePieceProcessor(model_proto=path.read_bytes())
 
 
 def decode_tokens(tokenizer: spm.SentencePieceProcessor, tokens) -> str:
