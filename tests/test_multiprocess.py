@@ -145,3 +145,19 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(corpus, tmp_path)
   assert len(stops) == 1 and 20 <= stops.pop() < 100_000
   saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
   assert saved == [results[0]["metrics"]["step"]]
+
+
+def test_pod_launcher_dry_run_starts_every_worker_on_a_bucket_workdir():
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = {**os.environ, "DRY_RUN": "1", "TPU_NAME": "cdm-pod", "ZONE": "us-central2-b",
+         "WORKDIR": "gs://bucket/cdm/run"}
+  launch = subprocess.run(["bash", str(root / "scripts/tpu_pod.sh"), "launch"], env=env,
+                          capture_output=True, text=True, check=True).stdout
+  assert "--worker=all" in launch and "--multihost" in launch
+  assert "--workdir=gs://bucket/cdm/run" in launch and "configs/tpu_pod.py" in launch
+  stop = subprocess.run(["bash", str(root / "scripts/tpu_pod.sh"), "stop"], env=env,
+                        capture_output=True, text=True, check=True).stdout
+  assert "--worker=all" in stop and "TERM" in stop
+  local = subprocess.run(["bash", str(root / "scripts/tpu_pod.sh"), "launch"],
+                         env={**env, "WORKDIR": "/tmp/run"}, capture_output=True, text=True)
+  assert local.returncode == 2 and "gs://" in local.stderr

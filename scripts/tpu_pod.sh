@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Train on a TPU VM slice with one process per host (all workers run the same command).
+#
+#   TPU_NAME=cdm-pod ZONE=us-central2-b ACCELERATOR=v4-32 WORKDIR=gs://BUCKET/cdm/run \
+#     bash scripts/tpu_pod.sh ACTION
+#
+# ACTION: create (reuses a slice of that name if it exists) | copy (this checkout's committed tree
+# to every worker) | setup (venv with jax[tpu] and the gcs extra on every worker) | launch
+# (training in the background on every worker, one log per worker) | tail (worker 0's log) |
+# logs (the last lines of every worker's log) | stop (SIGTERM: all processes agree on a step,
+# save one checkpoint and exit; rerun `launch` to resume) | delete | all (create, copy, setup,
+# launch).
+# Settings (environment): TPU_NAME, ZONE, ACCELERATOR (default v4-32), RUNTIME (default
+# tpu-ubuntu2204-base), CONFIG (default configs/tpu_pod.py), WORKDIR (a gs:// path: every host
+# must see the same checkpoints), EXTRA_FLAGS (more --config.x=y flags), SPOT=1 (a spot slice).
+# DRY_RUN=1 prints the commands instead of running them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ACTION="${1:?usage: bash scripts/tpu_pod.sh create|copy|setup|launch|tail|logs|stop|delete|all}"
+TPU_NAME="${TPU_NAME:?set TPU_NAME}"
+ZONE="${ZONE:?set ZONE}"
+ACCELERATOR="${ACCELERATOR:-v4-32}"
+RUNTIME="${RUNTIME:-tpu-ubuntu2204-base}"
+CONFIG="${CONFIG:-configs/tpu_pod.py}"
+WORKDIR="${WORKDIR:-}"
+EXTRA_FLAGS="${EXTRA_FLAGS:-}"
+REMOTE_DIR="cdm_jax"
+LOG="train.log"
+
+run() {
+  if [ "${DRY_RUN:-0}" = "1" ]; then
+    printf '%q ' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+on_workers() {  # on_workers WORKERS COMMAND: one ssh per worker, in parallel (gcloud's --worker)
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker="$1" --command="$2"
+}
+
+create() {
+  if [ "${DRY_RUN:-0}" != "1" ] && gcloud compute tpus tpu-vm describe "$TPU_NAME" \
+      --zone="$ZONE" > /dev/null 2>&1; then
+    echo "Reusing the TPU VM slice $TPU_NAME."
+    return
+  fi
+  run gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \
+      --accelerator-type="$ACCELERATOR" --version="$RUNTIME" ${SPOT:+--spot}
+}
+
+copy() {
+  local archive
+  archive="$(mktemp -d)/cdm_jax.tar.gz"
+  run git archive --format=tar.gz --prefix="$REMOTE_DIR/" -o "$archive" HEAD
+  run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:~/cdm_jax.tar.gz" --zone="$ZONE" \
+      --worker=all
+  on_workers all "rm -rf $REMOTE_DIR && tar xzf cdm_jax.tar.gz"
+}
+
+setup() {
+  on_workers all "cd $REMOTE_DIR && bash scripts/setup_venv.sh gcs && \
+.venv/bin/python -m pip install --quiet 'jax[tpu]'"
+}
+
+launch() {
+  case "$WORKDIR" in
+    gs://*) ;;
+    *) echo "WORKDIR must be a gs:// path that every host reads and writes, got '$WORKDIR'." >&2
+       exit 2 ;;
+  esac
+  on_workers all "cd $REMOTE_DIR && nohup .venv/bin/python -m cdm_jax.main --multihost \
+--config=$CONFIG --workdir=$WORKDIR $EXTRA_FLAGS > $LOG 2>&1 < /dev/null &"
+}
+
+case "$ACTION" in
+  create) create ;;
+  copy) copy ;;
+  setup) setup ;;
+  launch) launch ;;
+  tail) on_workers 0 "tail -n 50 -f $REMOTE_DIR/$LOG" ;;
+  logs) on_workers all "echo == \$(hostname); tail -n 5 $REMOTE_DIR/$LOG" ;;
+  stop) on_workers all "pkill -TERM -f cdm_jax.main || true" ;;
+  delete) run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet ;;
+  all) create; copy; setup; launch ;;
+  *) echo "Unknown action '$ACTION'." >&2; exit 2 ;;
+esac
