@@ -95,10 +95,18 @@ def init_state(config, model: DiffusionLM, tx) -> steps.TrainState:
                                 config.diffusion.warp_bins)
 
 
+def fsdp_min_size(config) -> int | None:
+  """The FSDP threshold of `parallel.state_specs`, or None for a replicated train state."""
+  return config.train.get("fsdp_min_size", 4096) if config.train.get("fsdp", False) else None
+
+
 def abstract_state(config, model: DiffusionLM, tx, mesh):
-  """The train state's structure, shapes and (replicated) shardings, for restoring."""
+  """The train state's structure, shapes and shardings (replicated, or sharded with train.fsdp),
+  for restoring; a checkpoint restores under either."""
   shapes = jax.eval_shape(lambda: init_state(config, model, tx))
-  return checkpointing.abstract_like(shapes, parallel.replicated(mesh))
+  shardings = parallel.state_shardings(shapes, mesh, fsdp_min_size(config))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                      shardings)
 
 
 def abstract_params(config, model: DiffusionLM, mesh):

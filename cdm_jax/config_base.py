@@ -120,6 +120,8 @@ def _train() -> ml_collections.ConfigDict:
   train.num_devices = 0        # 0: every visible device
   train.skip_nonfinite = False  # True: a step with a non-finite loss/gradient is skipped (state
                                 # kept, counted as skipped_nonfinite) instead of stopping training
+  train.fsdp = False           # True: parameters, Adam moments and EMA sharded over the devices
+  train.fsdp_min_size = 4096   # (FSDP) arrays with fewer elements stay replicated
   return train
 
 

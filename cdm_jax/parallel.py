@@ -63,3 +63,59 @@ def global_array(batch: np.ndarray, mesh, axis: int = 0) -> Array:
 def example_keys(rng: Array, num_examples: int) -> Array:
   """One raw key per example [num_examples, 2], independent of the device layout."""
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_examples))
+
+
+# Fully sharded data parallelism (FSDP, ZeRO-3 on the 'data' axis): each array of the train state
+# with at least `min_size` elements is split over the devices along its largest dimension that
+# divides by the device count; smaller ones (biases, norms, the time warp) stay replicated. The
+# step gathers the parameters for the forward pass; the gradient of that gather is a
+# reduce-scatter, so each device updates only its slice of parameters, Adam moments and EMA.
+
+
+def fsdp_spec(shape: tuple, num_devices: int, min_size: int) -> P:
+  """P with AXIS on the largest dimension divisible by `num_devices` (the first of equals), or P()
+  for a small or indivisible array."""
+  if num_devices < 2 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  candidates = [i for i, n in enumerate(shape) if n % num_devices == 0]
+  if not candidates:
+    return P()
+  dim = max(candidates, key=lambda i: (shape[i], -i))
+  return P(*([None] * dim + [AXIS]))
+
+
+def state_specs(tree, num_devices: int, min_size: int | None):
+  """The PartitionSpec of every leaf of `tree` (arrays or ShapeDtypeStructs): `fsdp_spec`, or P()
+  everywhere when `min_size` is None (replicated state)."""
+  if min_size is None:
+    return jax.tree.map(lambda _: P(), tree)
+  return jax.tree.map(lambda x: fsdp_spec(tuple(x.shape), num_devices, min_size), tree)
+
+
+def state_shardings(tree, mesh, min_size: int | None):
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                      state_specs(tree, mesh.devices.size, min_size),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def sharded_dim(spec: P) -> int | None:
+  """The dimension `spec` splits over AXIS, or None."""
+  return next((i for i, name in enumerate(spec) if name == AXIS), None)
+
+
+def gather(tree, specs):
+  """Inside the step (`shard_map`): every sharded leaf all-gathered to its full shape."""
+  def one(x, spec):
+    dim = sharded_dim(spec)
+    return x if dim is None else jax.lax.all_gather(x, AXIS, axis=dim, tiled=True)
+  return jax.tree.map(one, tree, specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def global_norm(tree, specs) -> Array:
+  """Inside the step: the L2 norm of the whole tree, sharded leaves' squares summed over devices."""
+  squares = [(jnp.sum(jnp.square(x.astype(jnp.float32))), sharded_dim(spec) is not None)
+             for x, spec in zip(jax.tree.leaves(tree),
+                                jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))]
+  local = sum((s for s, sharded in squares if sharded), jnp.zeros((), jnp.float32))
+  whole = sum((s for s, sharded in squares if not sharded), jnp.zeros((), jnp.float32))
+  return jnp.sqrt(jax.lax.psum(local, AXIS) + whole)

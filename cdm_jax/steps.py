@@ -5,6 +5,7 @@ Metrics leave a step as sums; `METRIC_DENOMINATORS` says what each is divided by
 `summarize_metrics` does it once per log interval on the host.
 """
 
+import functools
 from typing import Any, Callable
 
 import flax
@@ -92,33 +93,38 @@ def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossCon
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules_lib.Schedule,
                     loss_config: diffusion.LossConfig, mesh, *, global_batch: int,
-                    ema_decay: float, steps_per_call: int = 1,
-                    skip_nonfinite: bool = False) -> Callable:
+                    ema_decay: float, steps_per_call: int = 1, skip_nonfinite: bool = False,
+                    fsdp_min_size: int | None = None, grad_clip_norm: float = 0.0) -> Callable:
   """Returns jit(step)(state, tokens, mask) -> (state, metric sums); state is donated.
 
   With `steps_per_call = k`, tokens/mask are [k, global_batch, length] and k optimizer steps run in
   one dispatch (`lax.scan`); their metrics are merged. With `skip_nonfinite`, a step whose loss or
   gradient is not finite leaves parameters, optimizer state, EMA and warp as they were (the step
   counter still advances) and is counted in the `skipped_nonfinite` metric instead of stopping.
+
+  With `fsdp_min_size`, the state is sharded (`parallel.state_shardings`: pass it so) and the step
+  gathers the parameters inside; gradients are clipped to `grad_clip_norm` by their global norm
+  here, since a clipping transformation inside `tx` would see one device's slice only (after this
+  clip it never acts). Results equal the replicated step's up to float rounding.
   """
   num_devices = mesh.devices.size
   if global_batch % num_devices:
     raise ValueError(f"Global batch {global_batch} is not divisible by {num_devices} devices.")
   local_batch = global_batch // num_devices
 
-  def one_step(state: TrainState, batch):
+  def one_step(state: TrainState, batch, specs):
     inputs = _loss_inputs(state, *batch, loss_config, global_batch, model.config.embed_dim)
     step_key = jax.random.fold_in(state.rng, state.step)
     rngs = {"dropout": jax.random.fold_in(jax.random.fold_in(step_key, 3), jax.lax.axis_index(AXIS))}
     positions = local_batch * inputs.tokens.shape[1]
 
-    def loss_fn(params):
-      loss_sum, aux = diffusion.training_losses(model, params, inputs, schedule, loss_config,
-                                                rngs=rngs)
+    def loss_fn(params):  # the gather's gradient is a reduce-scatter (sharded leaves only)
+      loss_sum, aux = diffusion.training_losses(model, parallel.gather(params, specs.params),
+                                                inputs, schedule, loss_config, rngs=rngs)
       return loss_sum / positions, aux
 
     grads, (metrics, per_example_loss) = jax.grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, AXIS)
+    grads, grad_norm = _mean_gradients(grads, specs.params, num_devices, grad_clip_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
@@ -128,7 +134,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
       warp = warp.update(jax.lax.all_gather(inputs.t, AXIS, tiled=True),
                          jax.lax.all_gather(per_example_loss, AXIS, tiled=True))
     metrics = jax.lax.psum(metrics, AXIS)
-    metrics.update(grad_norm=optax.tree.norm(grads), steps=jnp.ones((), jnp.float32))
+    metrics.update(grad_norm=grad_norm, steps=jnp.ones((), jnp.float32))
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])  # on every device
     metrics["first_nonfinite_step"] = jnp.where(finite, jnp.inf, state.step.astype(jnp.float32))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -136,19 +142,38 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
     return _keep_if_nonfinite(finite, new_state, state, metrics) if skip_nonfinite else (
         new_state, metrics)
 
-  def per_device(state, tokens, mask):
+  def per_device(specs, state, tokens, mask):
     if steps_per_call == 1:
-      return one_step(state, (tokens, mask))
-    state, stacked = jax.lax.scan(one_step, state, (tokens, mask))
+      return one_step(state, (tokens, mask), specs)
+    state, stacked = jax.lax.scan(lambda s, b: one_step(s, b, specs), state, (tokens, mask))
     metrics = None
     for i in range(steps_per_call):
       metrics = merge_metrics(metrics, jax.tree.map(lambda v: v[i], stacked))
     return state, metrics
 
   batch_spec = P(AXIS) if steps_per_call == 1 else P(None, AXIS)
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), batch_spec, batch_spec),
-                          out_specs=(P(), P()), check_vma=False)
+
+  def sharded(state, tokens, mask):
+    specs = parallel.state_specs(state, num_devices, fsdp_min_size)
+    return jax.shard_map(functools.partial(per_device, specs), mesh=mesh,
+                         in_specs=(specs, batch_spec, batch_spec), out_specs=(specs, P()),
+                         check_vma=False)(state, tokens, mask)
   return jax.jit(sharded, donate_argnums=(0,))
+
+
+def _mean_gradients(grads, specs, num_devices: int, clip_norm: float):
+  """(mean gradient over devices, its global norm before clipping). A sharded leaf arrives summed
+  over devices (the reduce-scatter), a replicated one per device (pmean); with sharded leaves the
+  global norm is clipped to `clip_norm` (> 0) here."""
+  is_spec = lambda x: isinstance(x, P)
+  sharded = lambda spec: parallel.sharded_dim(spec) is not None
+  grads = jax.tree.map(lambda g, spec: g / num_devices if sharded(spec) else
+                       jax.lax.pmean(g, AXIS), grads, specs, is_leaf=is_spec)
+  norm = parallel.global_norm(grads, specs)
+  if clip_norm and any(sharded(s) for s in jax.tree.leaves(specs, is_leaf=is_spec)):
+    scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
+    grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+  return grads, norm
 
 
 def _keep_if_nonfinite(finite, new_state: TrainState, state: TrainState, metrics: dict):

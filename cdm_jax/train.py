@@ -85,7 +85,9 @@ def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[_Run
   train_step = steps.make_train_step(model, tx, schedule, builders.loss_config(config), mesh,
                                      global_batch=tcfg.batch_size, ema_decay=tcfg.ema_decay,
                                      steps_per_call=tcfg.steps_per_call,
-                                     skip_nonfinite=tcfg.get("skip_nonfinite", False))
+                                     skip_nonfinite=tcfg.get("skip_nonfinite", False),
+                                     fsdp_min_size=builders.fsdp_min_size(config),
+                                     grad_clip_norm=tcfg.grad_clip_norm)
   stats_fn = jax.jit(lambda table, key: embedding_stats.embedding_statistics(
       table, schedule, key, t_small=tcfg.embedding_stats_t))
   run = _Run(config=config, workdir=workdir, mesh=mesh, data=data, model=model, schedule=schedule,
@@ -106,7 +108,9 @@ def _restore_or_init(run: _Run, tx):
       run.manager, builders.abstract_state(config, run.model, tx, run.mesh))
   if restored is None:
     log.info("Starting from scratch in %s.", run.workdir)
-    return jax.device_put(builders.init_state(config, run.model, tx), parallel.replicated(run.mesh))
+    state = builders.init_state(config, run.model, tx)
+    return jax.device_put(state, parallel.state_shardings(state, run.mesh,
+                                                          builders.fsdp_min_size(config)))
   state, data_state, start = restored
   run.batches.set_state(data_state)
   log.info("Resumed from step %d in %s.", start, run.workdir)
@@ -143,9 +147,14 @@ def _log(run: _Run, state, step: int, accumulated: dict) -> dict:
   return metrics
 
 
+def _whole_ema(run: _Run, state):
+  """The EMA parameters replicated on every device (gathered when train.fsdp shards them)."""
+  return jax.device_put(state.ema_params, parallel.replicated(run.mesh))
+
+
 def _evaluate(run: _Run, state, step: int) -> dict:
   tcfg = run.config.train
-  metrics = steps.evaluate_bound(run.bound_fn, state.ema_params, run.data.valid,
+  metrics = steps.evaluate_bound(run.bound_fn, _whole_ema(run, state), run.data.valid,
                                  batch_size=tcfg.batch_size, num_batches=tcfg.num_eval_batches,
                                  seed=run.config.seed, mesh=run.mesh)
   if metrics:
@@ -166,10 +175,10 @@ def _sample(run: _Run, state, step: int):
   if seq2seq:
     rows = run.data.valid[:n]
     known = np.arange(rows.shape[1]) <= np.argmax(rows == tokenizer_lib.EOS_ID, axis=1)[:, None]
-    tokens = distributed.to_host(run.sample_fn(state.ema_params, key, rows, known))
+    tokens = distributed.to_host(run.sample_fn(_whole_ema(run, state), key, rows, known))
     texts = [f"{decode(row)} => {decode(conditioning.target_tokens(row))}" for row in tokens]
   else:
-    texts = [decode(row) for row in distributed.to_host(run.sample_fn(state.ema_params, key))]
+    texts = [decode(row) for row in distributed.to_host(run.sample_fn(_whole_ema(run, state), key))]
   if distributed.is_primary():
     write_samples(run.workdir / "samples" / f"step_{step:08d}.txt", texts)
   run.writer.write_texts(step, "samples", texts)

@@ -157,3 +157,17 @@ def test_toy_denoise_memorises_training_sequences():
   result = toy["run"](num_steps=800, num_samples=32, log=False)
   assert result["losses"][-1] < 0.5 * result["losses"][0]
   assert result["exact_match_fraction"] >= 0.5
+
+
+def test_fsdp_resumes_a_replicated_checkpoint_and_ends_where_it_would(corpus, trained, tmp_path):
+  """Steps 0-10 replicated, 10-20 with train.fsdp (sharded restore, eval, samples and save of a
+  sharded state): the final EMA parameters equal the uninterrupted replicated run's."""
+  workdir = tmp_path / "fsdp"
+  train.train_and_evaluate(trained_config(corpus, stop_at_step=10), str(workdir))
+  assert train.train_and_evaluate(trained_config(corpus, fsdp=True, fsdp_min_size=256),
+                                  str(workdir))["step"] == 20
+  assert (workdir / "samples/step_00000020.txt").is_file()
+  state_a, _, _ = restore_everything(trained_config(corpus), trained[0])
+  state_b, _, step = restore_everything(trained_config(corpus), workdir)
+  assert step == 20
+  chex.assert_trees_all_close(state_b.ema_params, state_a.ema_params, atol=1e-4)
