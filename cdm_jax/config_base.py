@@ -56,6 +56,7 @@ def _model() -> ml_collections.ConfigDict:
                                   # sampling clamp (float32 accumulation): bfloat16 uses AMX on
                                   # recent Xeons (2x faster sampling forward here)
   model.scan_layers = False    # nn.scan over layers: faster compile for deep models
+  model.remat = False          # recompute block activations in the backward pass (less memory)
   model.pos_init_std = 0.02    # init std of the denoiser's position embedding. Its input projection
                                # of the noisy latents has std ~1 per unit: at 0.02 a fresh denoiser
                                # cannot tell positions apart (a bag of noisy tokens) until training

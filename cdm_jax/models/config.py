@@ -30,6 +30,8 @@ class ModelConfig:
   matmul_dtype: str = "float32"  # operand dtype of the transformers' Dense matmuls; they always
                                  # accumulate in float32 (benchmarks/NOTES.md)
   scan_layers: bool = False     # nn.scan over layers (cuts compile time for deep models)
+  remat: bool = False           # recompute each block's activations in the backward pass (less
+                                # memory, ~1/3 more compute); the parameters are the same
   pos_init_std: float = 0.02    # init std of the denoiser's learned position embedding; its input
                                 # projection of x_t has std ~1 per unit, so at 0.02 the positions
                                 # are invisible until training has grown them (see config_base)

@@ -137,13 +137,16 @@ class Stack(nn.Module):
   @nn.compact
   def __call__(self, x, cond, bias, deterministic: bool):
     cfg = self.config
+    # Rematerialized blocks keep only their inputs for the backward pass (argument 4, after self,
+    # is the static `deterministic` flag).
+    block = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
     if cfg.scan_layers:
-      scanned = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+      scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
       x, _ = scanned(cfg, name="layers")(x, cond, bias, deterministic)
     else:
       for i in range(cfg.num_layers):
-        x, _ = Block(cfg, name=f"layer_{i}")(x, cond, bias, deterministic)
+        x, _ = block(cfg, name=f"layer_{i}")(x, cond, bias, deterministic)
     return nn.LayerNorm(dtype=cfg.compute_dtype, name="ln_final")(x)
 
 

@@ -1,0 +1,63 @@
+"""Per-device bytes of the train state, replicated against FSDP, for a config on N devices, and
+(optionally) the compiled train step's memory analysis on N fake CPU devices.
+
+python experiments/fsdp_memory.py [--config=configs/tpu_pod_1b.py] [--devices=64] [--compile]
+
+Bytes come from the state's shapes (`jax.eval_shape`, nothing allocated) and the FSDP rule
+(`parallel.state_specs`); `--compile` lowers and compiles the real step for the fake devices
+(minutes for a large model) and prints XLA's argument/temporary byte counts per device.
+"""
+
+import argparse
+import os
+import runpy
+import sys
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--config", default="configs/tpu_pod_1b.py")
+  parser.add_argument("--devices", type=int, default=64)
+  parser.add_argument("--compile", action="store_true")
+  args = parser.parse_args()
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cdm_jax import builders, parallel, steps  # pylint: disable=g-import-not-at-top
+
+  config = runpy.run_path(args.config)["get_config"]()
+  model, tx = builders.make_model(config), builders.make_optimizer(config.train)
+  mesh = parallel.make_mesh()
+  shapes = jax.eval_shape(lambda: builders.init_state(config, model, tx))
+  params = sum(x.size for x in jax.tree.leaves(shapes.params))
+  print(f"{args.config}: {params / 1e9:.3f}B parameters on {args.devices} devices")
+  rows = {}
+  for name, min_size in (("replicated", None), ("fsdp", builders.fsdp_min_size(config) or 4096)):
+    specs = jax.tree.leaves(parallel.state_specs(shapes, args.devices, min_size),
+                            is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    rows[name] = sum(x.size * x.dtype.itemsize // (args.devices if parallel.sharded_dim(s)
+                                                    is not None else 1)
+                     for x, s in zip(jax.tree.leaves(shapes), specs))
+    print(f"  {name:10s} train state per device: {rows[name] / 2**30:8.3f} GiB")
+  print(f"  ratio {rows['replicated'] / rows['fsdp']:.1f}x")
+  if not args.compile:
+    return
+  for name, min_size in (("replicated", None), ("fsdp", builders.fsdp_min_size(config) or 4096)):
+    step = steps.make_train_step(model, tx, builders.make_schedule(config),
+                                 builders.loss_config(config), mesh,
+                                 global_batch=config.train.batch_size, ema_decay=0.999,
+                                 fsdp_min_size=min_size, grad_clip_norm=config.train.grad_clip_norm)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                         parallel.state_shardings(shapes, mesh, min_size))
+    batch = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), np.int32,
+                                 sharding=parallel.batch_sharding(mesh))
+    mask = jax.ShapeDtypeStruct(batch.shape, np.bool_, sharding=parallel.batch_sharding(mesh))
+    memory = step.lower(state, batch, mask).compile().memory_analysis()
+    print(f"  compiled {name:10s} per device: arguments {memory.argument_size_in_bytes / 2**30:.3f}"
+          f" GiB, temporaries {memory.temp_size_in_bytes / 2**30:.3f} GiB")
+
+
+if __name__ == "__main__":
+  main()
