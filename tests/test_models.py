@@ -160,12 +160,11 @@ def test_diffusion_lm_matches_float64_numpy(output):
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_remat_keeps_parameters_outputs_and_gradients(scan_layers):
+def test_remat_keeps_parameters_outputs_and_gradients():
   """model.remat recomputes activations in the backward pass: same parameter tree, same loss and
   gradients; the compiled gradient does the forward's matmuls again (more dots)."""
   base = ModelConfig(vocab_size=16, seq_len=6, embed_dim=4, width=16, num_layers=2, num_heads=2,
-                     mlp_dim=32, scan_layers=scan_layers)
+                     mlp_dim=32, scan_layers=True)  # as the large configs use it
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 16))
   cond = jax.random.normal(jax.random.PRNGKey(2), (2, 16))
   results, dots = [], []
