@@ -118,7 +118,7 @@ def _train() -> ml_collections.ConfigDict:
   train.sample_every_steps = 500  # write samples to workdir/samples/; 0 disables it
   train.time_limit_minutes = 0.0  # > 0: stop (and checkpoint) after this much training time
   train.stop_at_step = 0       # > 0: checkpoint and stop there (split a run into jobs); rerun resumes
-  train.num_devices = 0        # 0: every visible device
+  train.num_devices = 0        # devices of each process to use; 0: all of them
   train.skip_nonfinite = False  # True: a step with a non-finite loss/gradient is skipped (state
                                 # kept, counted as skipped_nonfinite) instead of stopping training
   train.fsdp = False           # True: parameters, Adam moments and EMA sharded over the devices

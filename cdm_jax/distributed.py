@@ -1,5 +1,5 @@
 """Multi-process runs (TPU VM pods, several GPU hosts, or local processes for tests): start-up,
-bringing global arrays to the host, barriers, and agreeing on a stop.
+bringing global arrays to the host, writing from one process, and agreeing on a stop.
 
 JAX runs one process per host; every process runs the same program on its own devices and the
 arrays of a compiled step span all of them. The rules the library keeps:
@@ -8,8 +8,8 @@ arrays of a compiled step span all of them. The rules the library keeps:
   the same whole array (`parallel.global_array`);
 * an array that spans other processes' devices reaches the host through `to_host` (an all-gather),
   never `jax.device_get` (which cannot fetch non-addressable shards);
-* files in the workdir are written by process 0 only (`is_primary`), and processes that must read
-  them wait at a `barrier`; Orbax coordinates its own checkpoint writes;
+* files in the workdir are written by process 0 only, inside `on_primary` (the others wait, then
+  read them; an error there stops every process); Orbax coordinates its own checkpoint writes;
 * a decision taken by one process (SIGTERM, its clock passing the time limit) is shared with
   `any_process` before anybody acts on it, so no process waits in a collective the others left.
 """
@@ -84,12 +84,6 @@ def to_host(tree):
       return np.asarray(jax.device_get(x))
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return jax.tree.map(fetch, tree)
-
-
-def barrier(name: str):
-  """Waits until every process got here (a no-op with one process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
 
 
 def any_process(flag: bool) -> bool:
