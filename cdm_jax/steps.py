@@ -102,10 +102,9 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
   gradient is not finite leaves parameters, optimizer state, EMA and warp as they were (the step
   counter still advances) and is counted in the `skipped_nonfinite` metric instead of stopping.
 
-  With `fsdp_min_size`, the state is sharded (`parallel.state_shardings`: pass it so) and the step
-  gathers the parameters inside; gradients are clipped to `grad_clip_norm` by their global norm
-  here, since a clipping transformation inside `tx` would see one device's slice only (after this
-  clip it never acts). Results equal the replicated step's up to float rounding.
+  With `fsdp_min_size`, the state comes sharded (`parallel.state_shardings`), the step gathers the
+  parameters, and clips gradients to `grad_clip_norm` by their global norm (a clip inside `tx` sees
+  one slice; after this one it never acts). Results equal the replicated step's up to rounding.
   """
   num_devices = mesh.devices.size
   if global_batch % num_devices:
@@ -151,10 +150,16 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
       metrics = merge_metrics(metrics, jax.tree.map(lambda v: v[i], stacked))
     return state, metrics
 
+  return _jit_over_mesh(per_device, mesh, steps_per_call, fsdp_min_size)
+
+
+def _jit_over_mesh(per_device, mesh, steps_per_call: int, fsdp_min_size: int | None):
+  """jit of `per_device(specs, state, tokens, mask)` under `shard_map`: the state split by the
+  FSDP rule (or replicated), batches by rows, metrics replicated; the state is donated."""
   batch_spec = P(AXIS) if steps_per_call == 1 else P(None, AXIS)
 
   def sharded(state, tokens, mask):
-    specs = parallel.state_specs(state, num_devices, fsdp_min_size)
+    specs = parallel.state_specs(state, mesh.devices.size, fsdp_min_size)
     return jax.shard_map(functools.partial(per_device, specs), mesh=mesh,
                          in_specs=(specs, batch_spec, batch_spec), out_specs=(specs, P()),
                          check_vma=False)(state, tokens, mask)
