@@ -101,8 +101,9 @@ def test_judge_budget():
 def test_results_are_strict_json():
   """All-empty samples give a NaN judge perplexity; the written JSON has null there, not NaN."""
   import json
+  import pathlib
   result = {"judge_ppl_ratio": float("nan"), "mauve": None, "ppl": np.float32(3.5),
-            "nested": {"values": [1.0, float("inf"), np.float64("nan")]}, "path": evaluate.pathlib.Path("a")}
+            "nested": {"values": [1.0, float("inf"), np.float64("nan")]}, "path": pathlib.Path("a")}
   text = evaluate.to_json(result)
   parsed = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
   assert parsed == {"judge_ppl_ratio": None, "mauve": None, "ppl": 3.5,
