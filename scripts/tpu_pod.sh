@@ -57,7 +57,7 @@ copy() {
   run git archive --format=tar.gz --prefix="$REMOTE_DIR/" -o "$archive" HEAD
   run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:~/cdm_jax.tar.gz" --zone="$ZONE" \
       --worker=all
-  on_workers all "rm -rf $REMOTE_DIR && tar xzf cdm_jax.tar.gz"
+  on_workers all "tar xzf cdm_jax.tar.gz"  # over the old copy: its .venv stays
 }
 
 setup() {

@@ -1,5 +1,5 @@
-"""Two real JAX processes on 127.0.0.1 (gloo collectives, one CPU device each) against one process
-on two devices (the same global batch and reductions): training, evaluation, sampling, checkpoints, resume and a SIGTERM to one process.
+"""Two real JAX processes on 127.0.0.1 (gloo collectives, two CPU devices each) against one process
+on four devices (conftest's shared `trained` run): training, evaluation, sampling, checkpoints, resume and a SIGTERM to one process.
 
 Each run starts fresh Python processes (tests/multiprocess_worker.py) with a free port and bounded
 timeouts; a failure prints every process's log.
@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import pytest
-from conftest import trained_config  # tests/ is on sys.path
 
 WORKER = pathlib.Path(__file__).resolve().parent / "multiprocess_worker.py"
 TRAIN = dict(num_train_steps=20, log_every_steps=5, eval_every_steps=10, sample_every_steps=10,
@@ -76,21 +75,26 @@ def _params(out: pathlib.Path, i: int) -> dict:
 
 
 def _assert_params_close(a: dict, b: dict, atol: float = 1e-5):
+  """Every parameter within `atol`, except the attention's key bias: its true gradient is exactly
+  zero (softmax ignores a constant per query), so Adam scales the rounding noise of a different
+  reduction order up to full-size steps (see tests/test_parallel.py)."""
   assert a.keys() == b.keys()
   for key in a:
-    np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=0, err_msg=key)
+    x, y = a[key], b[key]
+    if key.endswith("['qkv']['bias']"):
+      width = x.shape[-1] // 3
+      x, y = np.delete(x, np.s_[width:2 * width], -1), np.delete(y, np.s_[width:2 * width], -1)
+    np.testing.assert_allclose(x, y, atol=atol, rtol=0, err_msg=key)
 
 
 @pytest.fixture(scope="module")
-def one_process(corpus, tmp_path_factory):
-  """The reference, in this process on two of its devices: 20 steps uninterrupted, then the
-  parameters `cdm_jax.load` restores, its samples and the last metrics."""
+def one_process(trained):
+  """The reference: the shared `trained` workdir (one process, four devices, `TRAIN`'s schedule)
+  as `cdm_jax.load` restores it, its samples and its last metrics."""
   import cdm_jax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from cdm_jax import train  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path_factory.mktemp("one_process")
-  metrics = train.train_and_evaluate(trained_config(corpus, **TRAIN, num_devices=2), str(workdir))
-  generator = cdm_jax.load(str(workdir), num_devices=2)
+  workdir, metrics = trained
+  generator = cdm_jax.load(str(workdir))
   params = {jax.tree_util.keystr(k): np.asarray(v)
             for k, v in jax.tree_util.tree_flatten_with_path(generator.params)[0]}
   return params, generator.sample(6, seed=3), metrics
@@ -99,11 +103,11 @@ def one_process(corpus, tmp_path_factory):
 def test_two_processes_train_evaluate_sample_and_resume_like_one(corpus, one_process, tmp_path):
   ref_params, ref_samples, ref_metrics = one_process
   workdir = tmp_path / "workdir"
-  out, procs = _start(tmp_path, "first", 2, 1, workdir, corpus, {"stop_at_step": 10})
+  out, procs = _start(tmp_path, "first", 2, 2, workdir, corpus, {"stop_at_step": 10})
   first = _finish(out, procs)
   assert [r["process_count"] for r in first] == [2, 2]
   assert all(r["metrics"]["step"] == 10 for r in first)
-  out, procs = _start(tmp_path, "resumed", 2, 1, workdir, corpus, {}, sample=True)
+  out, procs = _start(tmp_path, "resumed", 2, 2, workdir, corpus, {}, sample=True)
   resumed = _finish(out, procs)
   # The rerun resumed at step 10 and ends where one uninterrupted process ends.
   for r in resumed:
@@ -115,8 +119,8 @@ def test_two_processes_train_evaluate_sample_and_resume_like_one(corpus, one_pro
   _assert_params_close(_params(out, 1), ref_params)
   # Every workdir file is written by process 0 alone; appended records hold each step once.
   assert not resumed[1]["written"] and not first[1]["written"]
-  assert {"config.json", "metrics.jsonl", "tokenizer.model"} <= set(
-      p.split(os.sep)[-1] for p in first[0]["written"] + [str(p.name) for p in workdir.iterdir()])
+  assert {"config.json.tmp", "tokenizer.model.tmp", "data_fingerprint.json.tmp", "metrics.jsonl",
+          "samples/step_00000010.txt", "last_metrics.json"} <= set(first[0]["written"])
   steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert sorted(set(steps)) == [5, 10, 15, 20]
   assert len(steps) == len(set(steps)) + 2  # the eval lines of steps 10 and 20 are separate rows
