@@ -49,8 +49,8 @@ def main():
                                  builders.loss_config(config), mesh,
                                  global_batch=config.train.batch_size, ema_decay=0.999,
                                  fsdp_min_size=min_size, grad_clip_norm=config.train.grad_clip_norm)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
-                         parallel.state_shardings(shapes, mesh, min_size))
+    config.train.fsdp = min_size is not None
+    state = builders.abstract_state(config, model, tx, mesh)  # shapes placed as training places them
     batch = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), np.int32,
                                  sharding=parallel.batch_sharding(mesh))
     mask = jax.ShapeDtypeStruct(batch.shape, np.bool_, sharding=parallel.batch_sharding(mesh))
