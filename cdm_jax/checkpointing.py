@@ -1,6 +1,7 @@
 """The one place that talks to Orbax: train state + data-iterator position, keep-last-N, async."""
 
 import logging
+import threading
 import time
 
 import jax
@@ -20,10 +21,55 @@ def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True) ->
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
 
+class SaveError(OSError):
+  """A checkpoint could not be written (e.g. a full disk); the steps already committed are intact."""
+
+
+def _save_failed(manager: ocp.CheckpointManager, err: Exception) -> SaveError:
+  newest = manager.latest_step()
+  resume = (f"rerun the same command to resume from step {newest}" if newest is not None
+            else "rerun the same command (no checkpoint was committed yet)")
+  return SaveError(f"Writing a checkpoint to {manager.directory} failed: {err}. The checkpoints "
+                   f"committed before it are intact; free space or fix the path, then {resume}.")
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, force: bool = False):
-  """Starts an (async) save of `state` and the data position at `step`."""
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             data=ocp.args.JsonSave(data_state)), force=force)
+  """Starts an (async) save of `state` and the data position at `step`. A failure of this save or
+  of the previous (async) one raises `SaveError`."""
+  try:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=ocp.args.JsonSave(data_state)), force=force)
+  except OSError as err:
+    raise _save_failed(manager, err) from err
+
+
+def _join_orbax_threads(timeout: float = 60.0):
+  """After a failed save, Orbax's other commit threads of it are still running; left alone, they
+  fail again during interpreter shutdown with screens of unrelated tracebacks."""
+  deadline = time.monotonic() + timeout
+  for thread in threading.enumerate():
+    if type(thread).__module__.startswith("orbax") and thread is not threading.current_thread():
+      try:  # Orbax's signalling threads re-raise their own error from join(); it is reported already
+        thread.join(max(0.0, deadline - time.monotonic()))
+      except Exception:  # pylint: disable=broad-except
+        pass
+
+
+def finish(manager: ocp.CheckpointManager, *, raise_errors: bool = True):
+  """Waits for the pending save and stops Orbax's threads. A failed save raises `SaveError` (or,
+  with `raise_errors=False`, as when another error is already on its way out, is only logged)."""
+  try:
+    manager.wait_until_finished()
+  except OSError as err:
+    _join_orbax_threads()
+    if raise_errors:
+      raise _save_failed(manager, err) from err
+    log.error("The pending checkpoint save failed as well: %s", err)
+  finally:
+    try:
+      manager.close()
+    except Exception as err:  # pylint: disable=broad-except  # the save's error was reported above
+      log.warning("Closing the checkpoint manager: %s", err)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):

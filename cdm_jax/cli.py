@@ -1,5 +1,6 @@
 """What every command-line entry point shares: a bad input ends the process with one readable
-line on stderr and exit status 2, not a traceback."""
+line on stderr and exit status 2, not a traceback; a run that fails for a reason it can name (a
+checkpoint that cannot be written, a non-finite loss) with one line and exit status 1."""
 
 import functools
 import logging
@@ -7,11 +8,20 @@ import sys
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (ValueError, FileNotFoundError)
+# Errors whose message already says what happened and what to do (checkpointing.SaveError is an
+# OSError subclass; other OSErrors keep their traceback).
+RUN_ERRORS = (FloatingPointError,)
+
+
+def _is_run_error(err: BaseException) -> bool:
+  from cdm_jax import checkpointing  # pylint: disable=g-import-not-at-top  # keeps this module light
+  return isinstance(err, RUN_ERRORS + (checkpointing.SaveError,))
 
 
 def user_errors_exit(main):
   """Wraps an absl `main(argv)`: ValueError / FileNotFoundError (bad flags, configs, paths,
-  workdirs; their messages say the fix) print `error: ...` and exit 2."""
+  workdirs; their messages say the fix) print `error: ...` and exit 2; a failed checkpoint write
+  or a non-finite loss prints `error: ...` and exits 1."""
   @functools.wraps(main)
   def wrapped(argv):
     try:
@@ -20,4 +30,10 @@ def user_errors_exit(main):
       print(f"error: {err}", file=sys.stderr)
       logging.shutdown()
       sys.exit(2)
+    except Exception as err:  # pylint: disable=broad-except
+      if not _is_run_error(err):
+        raise
+      print(f"error: {err}", file=sys.stderr)
+      logging.shutdown()
+      sys.exit(1)
   return wrapped

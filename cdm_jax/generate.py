@@ -13,24 +13,45 @@ import jax.numpy as jnp
 import numpy as np
 
 from cdm_jax import (builders, checkpointing, cli, conditioning, distributed, host, parallel,
-                     samplers, schedules)
+                     parameterization, samplers, schedules)
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM
 
 P = jax.sharding.PartitionSpec
 
 
-def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, condition=None,
-                    guidance_scale: float = 0.0):
+def _tempered_x0(model: DiffusionLM, params, temperature: float):
+  """DenoiserOutput -> x0_hat, re-weighting the expected embedding by softmax(logits / temperature)."""
+  if temperature == 1.0:
+    return lambda out: out.x0_hat
+  if not temperature > 0:
+    raise ValueError(f"logit_temperature must be > 0, got {temperature}.")
+  if not parameterization.get(model.config.output).predicts_logits:
+    raise ValueError(f"logit_temperature needs a model that predicts logits (model.output logits "
+                     f"or logits_prior), not {model.config.output!r}; leave it at 1.0.")
+
+  def x0_of(out):
+    table = model.apply(params, method="embeddings")
+    probs = jax.nn.softmax(out.logits.astype(jnp.float32) / temperature, axis=-1)
+    return (probs @ table).astype(out.x0_hat.dtype)
+  return x0_of
+
+
+def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, condition=None, *,
+                    guidance_scale: float = 0.0, logit_temperature: float = 1.0):
   """The sampler's `(x_t, t, x0_selfcond) -> x0_hat` for `params`.
 
   `condition`: None, or (known tokens [batch, length], known mask [batch, length] bool). With
   `guidance_scale` w != 0 the estimate is classifier-free guided: one forward pass over the batch
   twice, with the known latents and with the null condition (zeros), combined by
-  `conditioning.guide`; known positions keep their clean latents either way.
+  `conditioning.guide`; known positions keep their clean latents either way. `logit_temperature`
+  tau != 1 (models that predict logits) takes x0_hat = softmax(logits / tau) E instead of
+  softmax(logits) E: tau < 1 sharpens every step's estimate toward its likeliest tokens.
   """
+  x0_of = _tempered_x0(model, params, logit_temperature)
+
   def plain(x_t, t, x0_selfcond):
-    return model.apply(params, x_t, schedule.log_snr(t), x0_selfcond, method="denoise").x0_hat
+    return x0_of(model.apply(params, x_t, schedule.log_snr(t), x0_selfcond, method="denoise"))
 
   if condition is None:
     if guidance_scale:
@@ -42,13 +63,14 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
   def denoise_fn(x_t, t, x0_selfcond):
     log_snr = schedule.log_snr(t)
     if not guidance_scale:
-      return model.apply(params, x_t, log_snr, x0_selfcond, cond=cond, cond_mask=known_mask,
-                         method="denoise").x0_hat
+      out = model.apply(params, x_t, log_snr, x0_selfcond, cond=cond, cond_mask=known_mask,
+                        method="denoise")
+      return jnp.where(known_mask[..., None], cond, x0_of(out))
     twice = lambda a: jnp.concatenate([a, a])
     both = model.apply(params, twice(x_t), twice(log_snr), twice(x0_selfcond),
                        cond=jnp.concatenate([cond, jnp.zeros_like(cond)]),
-                       cond_mask=twice(known_mask), method="denoise").x0_hat
-    x0_cond, x0_null = jnp.split(both, 2)
+                       cond_mask=twice(known_mask), method="denoise")
+    x0_cond, x0_null = jnp.split(x0_of(both), 2)
     return jnp.where(known_mask[..., None], cond,
                      conditioning.guide(x0_cond, x0_null, guidance_scale))
 
@@ -66,8 +88,7 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   (bool, same shape) condition the samples: known positions come out as given (prefix, infilling
   template, seq2seq source; `conditioning` builds them). Conditional and unconditional calls
   compile separately; different prompts of one shape reuse the compiled function. `guide`: an
-  optional map from the denoiser `(x_t, t, x0_selfcond) -> x0_hat` to a steered one (e.g.
-  `guidance.classifier_guided`).
+  optional map from the denoiser to a steered one (e.g. `guidance.classifier_guided`).
   """
   cfg = model.config
   num_devices = mesh.devices.size
@@ -80,7 +101,9 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
     clamp_fn = samplers.make_clamp_fn(config.clamp, table, bias, decoder=config.decoder,
                                       temperature=config.clamp_temperature,
                                       operand_dtype=cfg.matmul_operand_dtype)
-    denoise_fn = make_denoise_fn(model, params, schedule, condition, config.guidance_scale)
+    denoise_fn = make_denoise_fn(model, params, schedule, condition,
+                                 guidance_scale=config.guidance_scale,
+                                 logit_temperature=config.logit_temperature)
     if guide is not None:
       denoise_fn = guide(denoise_fn)
     if condition is not None and clamp_fn is not None:  # the clamp leaves known latents alone
@@ -90,7 +113,8 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
     loop_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     x0_hat = samplers.sample_loop(denoise_fn, x_init, loop_keys, schedule, config.num_steps,
                                   sampler=config.sampler, clamp_fn=clamp_fn, times=times,
-                                  clamp_max_t=config.clamp_max_t)
+                                  clamp_max_t=config.clamp_max_t,
+                                  renoise_interval=config.renoise_interval)
     tokens = samplers.decode(x0_hat, table, bias, config.decoder)
     return tokens if condition is None else jnp.where(condition[1], condition[0], tokens)
 
@@ -157,11 +181,13 @@ class Generator:
                                self.config.diffusion.get("warp_follow", "loss"))
 
   def options(self, **overrides) -> samplers.SampleConfig:
-    """The config's sampling options with `overrides` (SampleConfig fields; `steps` for num_steps);
-    None leaves a field at its default."""
+    """The config's sampling options with `overrides` (SampleConfig fields; `steps` for num_steps,
+    `temperature` for logit_temperature); None leaves a field at its default."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "steps" in overrides:
       overrides["num_steps"] = overrides.pop("steps")
+    if "temperature" in overrides:
+      overrides["logit_temperature"] = overrides.pop("temperature")
     return self.sample_config.replace(**overrides)
 
   def sample_tokens(self, num_samples: int = 8, *, seed: int = 0, condition=None,
@@ -294,12 +320,15 @@ def define_sampling_flags(flags, num_samples: int):
   flags.DEFINE_string("sampler", None, "ddpm | ddim | euler | heun.")
   flags.DEFINE_string("clamp", None, "none | hard | soft.")
   flags.DEFINE_string("decoder", None, "readout | l2 | cosine.")
+  flags.DEFINE_float("temperature", None, "x0_hat = softmax(logits / T) E at every step (models "
+                     "predicting logits; default: the config's sample.logit_temperature).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 def sampling_overrides(flag_values) -> dict:
   """The sampling flags' values as `Generator.options` overrides."""
-  return {name: getattr(flag_values, name) for name in ("steps", "sampler", "clamp", "decoder")}
+  return {name: getattr(flag_values, name) for name in ("steps", "sampler", "clamp", "decoder",
+                                                        "temperature")}
 
 
 def _cli_samples(generator: Generator, f) -> list[str]:

@@ -124,10 +124,22 @@ def evaluations_per_step(sampler: str) -> int:
   return 2 if sampler == "heun" else 1
 
 
+def _renoise_within(x_s, x0_hat, inp: StepInput, schedule, interval):
+  """x_s where t lies outside [lo, hi]; a fresh q-sample gamma_s x0_hat + sigma_s eps inside."""
+  lo, hi = interval
+  key = inp.key
+  key = (jax.vmap(lambda k: jax.random.fold_in(k, 7))(key) if key.ndim == 2
+         else jax.random.fold_in(key, 7))
+  gamma_s, sigma_s = schedule.alpha_sigma(inp.s)
+  q_sample = _b(gamma_s, x0_hat) * x0_hat + _b(sigma_s, x0_hat) * _normal(key, x0_hat)
+  inside = (inp.t >= lo) & (inp.t <= hi)
+  return jnp.where(_b(inside, x_s), q_sample, x_s)
+
+
 def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: schedules_lib.Schedule,
                 num_steps: int, *, sampler: str = "ddim",
                 clamp_fn: Callable[[Array], Array] | None = None, times: Array | None = None,
-                clamp_max_t: float = 1.0) -> Array:
+                clamp_max_t: float = 1.0, renoise_interval: tuple[float, float] | None = None) -> Array:
   """Runs the reverse process from `x_init` (x at t_max) and returns x0_hat [batch, m, d].
 
   Args:
@@ -138,6 +150,10 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
     clamp_max_t: clamp only at times t <= clamp_max_t. Early (noisy) x0_hat hedge toward the
       frequent tokens, and clamping them commits to PAD/EOS; late clamping removes the drift that
       unclamped x0_hat errors accumulate along the trajectory.
+    renoise_interval: optional (lo, hi): steps from a time t with lo <= t <= hi (per position with a
+      skewed schedule) replace the sampler's x_s by q-sampling from x0_hat, x_s ~ N(gamma_s x0_hat,
+      sigma_s^2 I), as Shabalin et al. (2026) re-noise only in the narrow interval where DDPM
+      leaves the data manifold; elsewhere the sampler's own update runs.
   """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
@@ -169,7 +185,10 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
     x_t, x0_selfcond = carry
     t, s = (schedule.position_times(jnp.full((batch,), times[j]), length) for j in (i, i + 1))
     inp = StepInput(x_t, x0_selfcond, t, s, fold(i))
-    return step_fn(denoise, inp, schedule), None
+    x_s, x0_hat = step_fn(denoise, inp, schedule)
+    if renoise_interval is not None:
+      x_s = _renoise_within(x_s, x0_hat, inp, schedule, renoise_interval)
+    return (x_s, x0_hat), None
 
   (x_last, x0_selfcond), _ = jax.lax.scan(
       body, (x_init, jnp.zeros_like(x_init)), jnp.arange(num_steps))
@@ -245,6 +264,9 @@ class SampleConfig:
   clamp: str = "soft"            # none | hard (nearest embedding) | soft (read-out expectation)
   clamp_temperature: float = 1.0
   clamp_max_t: float = 1.0       # clamp only at t <= this
+  logit_temperature: float = 1.0  # x0_hat = softmax(logits / this) E (models predicting logits)
+  renoise_min_t: float = 0.0     # q-sample from x0_hat at steps from t in [renoise_min_t,
+  renoise_max_t: float = 0.0     #   renoise_max_t] (Shabalin et al.); an empty interval: off
   decoder: str = "readout"       # a registered decoder: readout | l2 | cosine
   time_grid: str = "uniform"     # uniform | warp (the learned time warping's quantiles)
   guidance_scale: float = 0.0    # classifier-free guidance weight w on conditional samples (0: off)
@@ -259,10 +281,21 @@ class SampleConfig:
       raise ValueError(f"Unknown clamp {self.clamp!r}; choose one of {list(CLAMPS)}.")
     if self.time_grid not in TIME_GRIDS:
       raise ValueError(f"time_grid must be one of {list(TIME_GRIDS)}, got {self.time_grid!r}.")
+    if not self.logit_temperature > 0:
+      raise ValueError(f"logit_temperature must be > 0, got {self.logit_temperature}.")
     if not self.clamp_temperature > 0:
       raise ValueError(f"clamp_temperature must be > 0, got {self.clamp_temperature}.")
+    if not 0.0 <= self.renoise_min_t <= 1.0 or not 0.0 <= self.renoise_max_t <= 1.0:
+      raise ValueError(f"renoise_min_t and renoise_max_t must lie in [0, 1], got "
+                       f"{self.renoise_min_t} and {self.renoise_max_t}.")
     if not abs(self.guidance_scale) < float("inf"):
       raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}.")
+
+  @property
+  def renoise_interval(self) -> tuple[float, float] | None:
+    if self.renoise_max_t <= self.renoise_min_t:
+      return None
+    return (self.renoise_min_t, self.renoise_max_t)
 
   def replace(self, **changes) -> "SampleConfig":
     return dataclasses.replace(self, **changes)

@@ -208,8 +208,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # On a resume this refuses a conflicting config before anything is written.
   distributed.on_primary(lambda: record.write_config(workdir_path, config), "checking config.json")
   run, tx = _build(config, workdir_path)
-  state = _restore_or_init(run, tx)
-  tcfg = config.train
+  try:
+    step, metrics = _train_loop(run, _restore_or_init(run, tx))
+  except BaseException:
+    checkpointing.finish(run.manager, raise_errors=False)  # Orbax's threads stop before the exit
+    run.writer.close()
+    raise
+  checkpointing.finish(run.manager)
+  run.writer.close()
+  if distributed.is_primary():
+    (workdir_path / "last_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
+  return {"step": step, **metrics}
+
+
+def _train_loop(run: _Run, state) -> tuple[int, dict]:
+  """Steps from the restored `state` to the end (or a stop request); (last step, last metrics)."""
+  tcfg = run.config.train
   step = int(jax.device_get(state.step))
   log.info("Model: %.2fM parameters; %d devices; global batch %d.",
            sum(x.size for x in jax.tree.leaves(state.params)) / 1e6, run.mesh.devices.size,
@@ -239,9 +253,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           checkpointing.save(run.manager, step, state, run.batches.get_state(), force=last)
       if last:
         break
-  run.manager.wait_until_finished()
-  run.manager.close()
-  run.writer.close()
-  if distributed.is_primary():
-    (workdir_path / "last_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
-  return {"step": step, **metrics}
+  return step, metrics

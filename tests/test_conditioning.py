@@ -230,10 +230,10 @@ def test_guidance_combines_the_conditional_and_null_estimates():
   schedule = schedules.get_schedule("cosine")
   sc = jnp.zeros_like(x_t)
   plain = generate.make_denoise_fn(model, {}, schedule, (known, mask))(x_t, t, sc)
-  zero_w = generate.make_denoise_fn(model, {}, schedule, (known, mask), 0.0)(x_t, t, sc)
+  zero_w = generate.make_denoise_fn(model, {}, schedule, (known, mask), guidance_scale=0.0)(x_t, t, sc)
   np.testing.assert_array_equal(plain, zero_w)
   w = 1.5
-  guided = np.asarray(generate.make_denoise_fn(model, {}, schedule, (known, mask), w)(x_t, t, sc),
+  guided = np.asarray(generate.make_denoise_fn(model, {}, schedule, (known, mask), guidance_scale=w)(x_t, t, sc),
                       np.float64)
   cond = np.asarray(model.table[known], np.float64)
   null = np.asarray(model.apply({}, x_t, schedule.log_snr(t), sc, method="denoise",
@@ -242,7 +242,7 @@ def test_guidance_combines_the_conditional_and_null_estimates():
   expected[np.asarray(mask)] = cond[np.asarray(mask)]
   np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="needs a condition"):
-    generate.make_denoise_fn(model, {}, schedule, None, 1.0)
+    generate.make_denoise_fn(model, {}, schedule, None, guidance_scale=1.0)
 
 
 def test_generator_keeps_prompts_verbatim(trained):
@@ -320,10 +320,43 @@ def test_generate_cli_flags_map_to_the_conditional_calls(trained):
   import types  # pylint: disable=g-import-not-at-top
   g = cdm_jax.load(str(trained[0]))
   flags = dict(num_samples=4, seed=1, steps=3, sampler=None, clamp=None, decoder=None, source=None,
-               template=None, prefix=None, suffix=None, gap_length=None, guidance_scale=None, mbr=1)
+               template=None, prefix=None, suffix=None, gap_length=None, guidance_scale=None, mbr=1,
+               temperature=None)
   cli = lambda **kw: generate._cli_samples(g, types.SimpleNamespace(**{**flags, **kw}))  # pylint: disable=protected-access
   assert cli(template="the ___:2 sat") == g.infill("the ___:2 sat", 4, seed=1, steps=3)
   assert cli(prefix="the cat") == g.sample(4, seed=1, steps=3, prefix="the cat")
   assert cli(source=["the cat", "a dog"]) == g.generate(["the cat", "a dog"], seed=1, steps=3)
+  with pytest.raises(ValueError, match="predicts logits"):  # --temperature reaches the sampler
+    cli(temperature=0.5)
   with pytest.raises(ValueError, match="one of --source, --template"):
     cli(template="the ___", prefix="a")
+
+
+def test_logit_temperature_reweights_the_expected_embedding():
+  """x0_hat = softmax(logits / tau) E in float64, with and without a condition; tau = 1 is the
+  model's own x0_hat; models that do not predict logits refuse a temperature."""
+  from cdm_jax.models import DiffusionLM, ModelConfig
+  cfg = ModelConfig(vocab_size=13, seq_len=5, embed_dim=4, width=16, num_layers=1, num_heads=2,
+                    mlp_dim=32, output="logits_prior", normalize_embeddings=True, conditioning=True)
+  model = DiffusionLM(cfg)
+  params = model.init(jax.random.PRNGKey(1), jnp.zeros((2, 5), jnp.int32), jnp.zeros(2))
+  schedule = schedules.get_schedule("cosine")
+  x_t = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4))
+  t, sc = jnp.array([0.3, 0.7]), jnp.zeros_like(x_t)
+  out = model.apply(params, x_t, schedule.log_snr(t), sc, method="denoise")
+  table = np.asarray(model.apply(params, method="embeddings"), np.float64)
+  logits = np.asarray(out.logits, np.float64) / 0.5
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  expected = (probs / probs.sum(-1, keepdims=True)) @ table
+  got = generate.make_denoise_fn(model, params, schedule, logit_temperature=0.5)(x_t, t, sc)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  same = generate.make_denoise_fn(model, params, schedule, logit_temperature=1.0)(x_t, t, sc)
+  np.testing.assert_array_equal(same, out.x0_hat)
+  known = jnp.array([[3, 0, 0, 0, 0]] * 2)
+  cond_got = generate.make_denoise_fn(model, params, schedule, (known, known != 0),
+                                      logit_temperature=0.5)(x_t, t, sc)
+  np.testing.assert_allclose(cond_got[:, 0], np.broadcast_to(table[3], (2, 4)), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(cond_got[:, 1:], out.x0_hat[:, 1:], atol=1e-3)
+  x0_model = DiffusionLM(dataclasses.replace(cfg, output="x0", normalize_embeddings=False))
+  with pytest.raises(ValueError, match="predicts logits"):
+    generate.make_denoise_fn(x0_model, params, schedule, logit_temperature=0.5)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cdm_jax
-from cdm_jax import builders, checkpointing, parallel, train
+from cdm_jax import builders, checkpointing, cli, parallel, train
 
 from conftest import trained_config
 
@@ -124,6 +124,38 @@ def test_a_changed_corpus_under_the_same_workdir_is_refused(copied, corpus):
       train.train_and_evaluate(config, str(copied))
   finally:
     corpus.write_text(original)
+
+
+def test_a_full_disk_during_a_save_is_one_clear_error_and_a_rerun_resumes(copied, corpus,
+                                                                          monkeypatch, capsys):
+  """ENOSPC injected at the file layer into every write of step 22's save (Orbax's metadata and
+  commit files): training stops with a SaveError naming the step to resume from, the committed
+  checkpoints stay readable, no Orbax thread outlives the error, and a rerun finishes the run."""
+  import builtins
+  import errno
+  import threading
+  real_open = builtins.open
+
+  def full_disk_open(file, mode="r", *args, **kwargs):
+    if any(m in mode for m in "wax") and "checkpoints/22.orbax-checkpoint-tmp" in str(file):
+      raise OSError(errno.ENOSPC, "No space left on device", str(file))
+    return real_open(file, mode, *args, **kwargs)
+
+  config = trained_config(corpus, num_train_steps=22, eval_every_steps=0, sample_every_steps=0)
+  monkeypatch.setattr(builtins, "open", full_disk_open)
+  with pytest.raises(checkpointing.SaveError, match=r"No space left.*resume from step 20"):
+    train.train_and_evaluate(config, str(copied))
+  assert not [t for t in threading.enumerate() if type(t).__module__.startswith("orbax")]
+  monkeypatch.setattr(builtins, "open", real_open)
+  assert cdm_jax.load(str(copied)).step == 20
+  assert train.train_and_evaluate(config, str(copied))["step"] == 22
+  assert cdm_jax.load(str(copied)).step == 22
+  monkeypatch.setattr(cli.logging, "shutdown", lambda: None)  # keep pytest's log capture open
+  capsys.readouterr()
+  wrapped = cli.user_errors_exit(lambda argv: (_ for _ in ()).throw(checkpointing.SaveError("disk")))
+  with pytest.raises(SystemExit) as stop:
+    wrapped([])
+  assert stop.value.code == 1 and capsys.readouterr().err == "error: disk\n"
 
 
 def test_loading_a_workdir_never_unpickles_or_evaluates_code(trained, monkeypatch):

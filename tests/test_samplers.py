@@ -263,3 +263,34 @@ def test_renoise_step_draws_from_q_given_x0_hat():
   np.testing.assert_allclose(x_s.mean(axis=0)[0], gamma_s * np.array([0.7, -1.2]), atol=0.02)
   np.testing.assert_allclose(x_s.std(axis=0)[0], [sigma_s, sigma_s], rtol=0.03)
   assert returned is x0_hat
+
+
+def test_renoise_interval_q_samples_inside_and_runs_the_sampler_outside():
+  """Three DDIM steps on the grid 0.9 > 0.6 > 0.3 > 0.05 with re-noising for t in [0.5, 0.7]:
+  only the middle step (t = 0.6) is a q-sample from x0_hat; checked in float64 against NumPy."""
+  sched = schedules.get_schedule("cosine")
+  times = jnp.array([0.9, 0.6, 0.3, 0.05])
+  denoise = lambda x_t, t, c: 0.5 * x_t + 0.1 * c + 0.2  # depends on x_t and the self-conditioning
+  x_init = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4))
+  rng = jax.random.PRNGKey(5)
+  out = samplers.sample_loop(denoise, x_init, rng, sched, 3, sampler="ddim", times=times,
+                             renoise_interval=(0.5, 0.7))
+  ga = lambda t: tuple(float(v) for v in sched.alpha_sigma(jnp.float32(t)))
+  x, c = np.asarray(x_init, np.float64), np.zeros(x_init.shape)
+  for i in range(3):
+    x0 = 0.5 * x + 0.1 * c + 0.2
+    (g_t, s_t), (g_s, s_s) = ga(times[i]), ga(times[i + 1])
+    if i == 1:
+      key = jax.random.fold_in(jax.random.fold_in(rng, i), 7)
+      x = g_s * x0 + s_s * np.asarray(jax.random.normal(key, x.shape), np.float64)
+    else:
+      x = g_s * x0 + s_s * (x - g_t * x0) / s_t
+    c = x0
+  np.testing.assert_allclose(out, 0.5 * x + 0.1 * c + 0.2, rtol=1e-4, atol=1e-5)
+  plain = samplers.sample_loop(denoise, x_init, rng, sched, 3, sampler="ddim", times=times)
+  assert not np.allclose(out, plain, atol=1e-3)
+  empty = samplers.SampleConfig(renoise_min_t=0.7, renoise_max_t=0.5)
+  assert empty.renoise_interval is None
+  assert samplers.SampleConfig(renoise_min_t=0.5, renoise_max_t=0.7).renoise_interval == (0.5, 0.7)
+  with pytest.raises(ValueError, match="renoise_min_t"):
+    samplers.SampleConfig(renoise_max_t=1.5)
