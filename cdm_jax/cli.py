@@ -18,12 +18,24 @@ def _is_run_error(err: BaseException) -> bool:
   return isinstance(err, RUN_ERRORS + (checkpointing.SaveError,))
 
 
+class _OrbaxErrorsOnOneLine(logging.Filter):
+  """Keeps Orbax's log lines but drops their tracebacks: one failed save (a full disk) makes every
+  background commit thread log the same error with a chained traceback, hundreds of lines that
+  would bury the one `error:` line saying what happened and what to do."""
+
+  def filter(self, record):
+    if "orbax" in record.pathname:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
 def user_errors_exit(main):
   """Wraps an absl `main(argv)`: ValueError / FileNotFoundError (bad flags, configs, paths,
   workdirs; their messages say the fix) print `error: ...` and exit 2; a failed checkpoint write
   or a non-finite loss prints `error: ...` and exits 1."""
   @functools.wraps(main)
   def wrapped(argv):
+    logging.getLogger("absl").addFilter(_OrbaxErrorsOnOneLine())
     try:
       return main(argv)
     except USER_ERRORS as err:

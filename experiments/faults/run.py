@@ -1,8 +1,9 @@
 """Fault injection on real training processes: `kill -9` at random moments (during steps, during
-async checkpoint saves, during start-up) and corrupted newest checkpoints, each followed by rerunning
-the same command; the final train state must equal an uninterrupted run's bit for bit.
+async checkpoint saves, during start-up), corrupted newest checkpoints, a full disk during a save
+and a NaN loss (`inject.py`), each followed by rerunning the same command; the final train state
+must equal an uninterrupted run's bit for bit, and an injected fault must end in one clear line.
 
-python experiments/faults/run.py [--kills=20 --seed=0 --out=experiments/results/faults.md]
+python experiments/faults/run.py [--kills=20 --injections=4 --seed=0 --out=experiments/results/faults.md]
 
 Each run is `python -m cdm_jax.main --config=configs/tiny.py` on a small corpus this script writes,
 with a checkpoint every 5 of 40 steps (on one CPU device, so every run sees the same arithmetic).
@@ -129,9 +130,50 @@ def corruption_trials(args, tmp: pathlib.Path, corpus: pathlib.Path, reference_d
   return {"trials": len(rows), "identical": sum(r["resumed_identical"] for r in rows), "rows": rows}
 
 
+def injected(fault: str, workdir: pathlib.Path, corpus: pathlib.Path) -> list[str]:
+  return [sys.executable, str(ROOT / "experiments/faults/inject.py"), fault, "--",
+          *command(workdir, corpus)[3:]]
+
+
+def run_stderr(cmd) -> tuple[int, str]:
+  process = subprocess.run(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, check=False)
+  return process.returncode, process.stderr
+
+
+def injected_trials(args, tmp: pathlib.Path, corpus: pathlib.Path, reference) -> dict:
+  """A full disk during the save of a random checkpoint step, and a NaN loss at a random step:
+  each run must stop with one `error:` line naming what happened (exit 1), the checkpoints before
+  it must stay readable, and rerunning the plain command must end bit-identical to the reference."""
+  rng = random.Random(args.seed + 2)
+  rows = []
+  for trial in range(args.injections):
+    kind = ("full_disk", "nan")[trial % 2]
+    step = rng.randrange(10, STEPS + 1, 5) if kind == "full_disk" else rng.randrange(6, STEPS)
+    expect = (f"resume from step {step - 5}" if kind == "full_disk"
+              else f"Non-finite loss at step {step};")
+    workdir = tmp / f"{kind}{trial}"
+    code, err = run_stderr(injected(f"{kind}:{step}", workdir, corpus))
+    last_line = err.strip().splitlines()[-1] if err.strip() else ""
+    clear = code == 1 and last_line.startswith("error:") and expect in last_line
+    rerun, _ = run(command(workdir, corpus))
+    ok = clear and rerun == 0 and same(final_state(workdir), reference)
+    rows.append({"fault": kind, "step": step, "exit": code, "message": last_line[:200],
+                 "clear_message": clear, "rerun_identical": ok})
+    print(json.dumps(rows[-1]), flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+  summary = {}
+  for kind in ("full_disk", "nan"):
+    mine = [r for r in rows if r["fault"] == kind]
+    summary[kind] = {"trials": len(mine), "clear": sum(r["clear_message"] for r in mine),
+                     "identical": sum(r["rerun_identical"] for r in mine)}
+  return {**summary, "rows": rows}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--kills", type=int, default=20)
+  parser.add_argument("--injections", type=int, default=4, help="full disk / NaN runs, alternating")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=str(ROOT / "experiments/results/faults.md"))
   args = parser.parse_args()
@@ -146,6 +188,8 @@ def main():
   print(f"reference run: {wall:.1f} s, final step {reference[2]}", flush=True)
   kills = kill_trials(args, tmp, corpus, reference, wall)
   corruptions = corruption_trials(args, tmp, corpus, tmp / "reference")
+  injections = injected_trials(args, tmp, corpus, reference)
+  disk, nans = injections["full_disk"], injections["nan"]
   table = ["| fault | trials | resumed, final state bit-identical to an uninterrupted run | lost |",
            "|---|---|---|---|",
            f"| `kill -9` at a random moment (0.2-1.0 x the {wall:.0f} s run: start-up, steps, async "
@@ -154,12 +198,18 @@ def main():
            "(interval 5), redone |",
            f"| newest checkpoint truncated / metadata missing / garbage bytes | "
            f"{corruptions['trials']} | {corruptions['identical']} (moved to checkpoints_unreadable/) "
-           "| the newest checkpoint interval, redone |"]
+           "| the newest checkpoint interval, redone |",
+           f"| full disk (ENOSPC on every write of a random checkpoint step's save) | "
+           f"{disk['trials']} | {disk['identical']} (one `error:` line naming the step to resume "
+           f"from, exit 1: {disk['clear']}) | the failed save's interval, redone |",
+           f"| NaN loss at a random step k | {nans['trials']} | {nans['identical']} (one `error:` "
+           f"line naming k, exit 1: {nans['clear']}) | steps after the last checkpoint, redone |"]
   text = "\n".join(table) + "\n"
   pathlib.Path(args.out).write_text(
       f"# Faults tried\n\n`python experiments/faults/run.py --kills={args.kills} "
-      f"--seed={args.seed}` on {time.strftime('%Y-%m-%d')}:\n\n{text}\n```json\n"
-      + json.dumps({"kill": kills, "corruption": corruptions}, indent=1) + "\n```\n")
+      f"--injections={args.injections} --seed={args.seed}` on {time.strftime('%Y-%m-%d')}:\n\n{text}\n```json\n"
+      + json.dumps({"kill": kills, "corruption": corruptions, "injected": injections},
+                   indent=1) + "\n```\n")
   print(text)
   shutil.rmtree(tmp, ignore_errors=True)
 

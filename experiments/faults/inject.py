@@ -1,0 +1,50 @@
+"""Runs `python -m cdm_jax.main ARGS` with one fault injected on purpose, for experiments/faults/run.py.
+
+python experiments/faults/inject.py full_disk:STEP -- ARGS   # every write of step STEP's save: ENOSPC
+python experiments/faults/inject.py nan:STEP -- ARGS         # the diffusion noise of step STEP: NaN
+
+The full disk is simulated at the file layer (Python's `open` raises ENOSPC for the files of that
+checkpoint; Orbax writes its metadata and commit markers through it), since a tmpfs or loop device
+needs root here.
+"""
+
+import builtins
+import errno
+import runpy
+import sys
+
+
+def full_disk(step: int):
+  real_open = builtins.open
+  marker = f"checkpoints/{step}.orbax-checkpoint-tmp"
+
+  def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+    if any(m in mode for m in "wax") and marker in str(file):
+      raise OSError(errno.ENOSPC, "No space left on device", str(file))
+    return real_open(file, mode, *args, **kwargs)
+  builtins.open = open_on_a_full_disk
+
+
+def nan(step: int):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cdm_jax import steps  # pylint: disable=g-import-not-at-top
+  original = steps._loss_inputs  # pylint: disable=protected-access
+
+  def poisoned(state, *args):  # the step training reports as "step {step}"
+    inputs = original(state, *args)
+    return inputs.replace(noise=jnp.where(state.step == step, jnp.nan, inputs.noise))
+  steps._loss_inputs = poisoned  # pylint: disable=protected-access
+
+
+def main():
+  fault, rest = sys.argv[1], sys.argv[2:]
+  if rest[:1] == ["--"]:
+    rest = rest[1:]
+  kind, step = fault.split(":")
+  {"full_disk": full_disk, "nan": nan}[kind](int(step))
+  sys.argv = ["cdm_jax.main", *rest]
+  runpy.run_module("cdm_jax.main", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+  main()
