@@ -7,7 +7,7 @@ import logging
 import sys
 
 log = logging.getLogger(__name__)
-USER_ERRORS = (ValueError, FileNotFoundError)
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError)
 # Errors whose message already says what happened and what to do (checkpointing.SaveError is an
 # OSError subclass; other OSErrors keep their traceback).
 RUN_ERRORS = (FloatingPointError,)

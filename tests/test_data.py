@@ -1,5 +1,7 @@
 import json
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 
@@ -228,3 +230,46 @@ def test_packing_keeps_every_example_whole_once_and_in_order():
       next_first = _segments(packed[index + 1])[0][0]
       assert next_first[:len(head)] == head and len(next_first) > len(head)
   assert whole == examples
+
+
+FUZZ = hypothesis.settings(max_examples=120, deadline=None, derandomize=True,
+                           suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@hypothesis.given(lines=st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\x00")),
+                                 max_size=12),
+                  crlf=st.booleans(), bom=st.booleans(), final_newline=st.booleans())
+def test_fuzzed_text_corpus_reads_every_line_collapsed(tmp_path, lines, crlf, bom, final_newline):
+  """Any Unicode lines (control characters, separators, CR, very long runs; BOM and CRLF or not):
+  the examples are exactly the non-blank lines with whitespace collapsed, or the one clear error of
+  a corpus without any."""
+  path = tmp_path / "fuzz.txt"
+  body = ("\r\n" if crlf else "\n").join(lines) + ("\n" if final_newline and lines else "")
+  path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + body.encode("utf-8"))
+  expected = [" ".join(line.split()) for line in lines if line.split()]
+  if not expected:
+    with pytest.raises(ValueError, match="holds no non-empty examples"):
+      corpora.read_corpus("text", str(path))
+  else:
+    assert corpora.read_corpus("text", str(path)) == expected
+
+
+@FUZZ
+@hypothesis.given(raw=st.binary(max_size=300), kind=st.sampled_from(["text", "jsonl"]))
+def test_fuzzed_bytes_are_read_or_refused_with_a_message(tmp_path, raw, kind):
+  """Arbitrary bytes (invalid UTF-8, NUL, broken JSON): clean examples or a ValueError that names
+  the file; never another exception."""
+  path = tmp_path / "fuzz.bin"
+  path.write_bytes(raw)
+  try:
+    examples = corpora.read_corpus(kind, str(path))
+  except ValueError as err:
+    assert str(path) in str(err) or "holds no non-empty examples" in str(err)
+  else:
+    assert examples and all(e and e == " ".join(e.split()) and "\x00" not in e for e in examples)
+
+
+def test_a_directory_as_corpus_path_is_refused_by_name(tmp_path):
+  with pytest.raises(IsADirectoryError, match="is a directory; set data.path to one"):
+    corpora.read_corpus("text", str(tmp_path))

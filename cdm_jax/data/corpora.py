@@ -67,6 +67,9 @@ def _read_lines(path: str) -> list[str]:
   if not path:
     raise FileNotFoundError("No corpus file given: set data.path to a text or JSONL file.")
   file = fs.path(path)
+  if file.is_dir():
+    raise IsADirectoryError(f"Corpus path {str(file)!r} is a directory; set data.path to one text "
+                            "or JSONL file in it.")
   if not file.is_file():
     raise FileNotFoundError(f"Corpus file {str(file)!r} does not exist (set data.path).")
   raw = file.read_bytes()
