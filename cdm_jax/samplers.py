@@ -127,9 +127,8 @@ def evaluations_per_step(sampler: str) -> int:
 def _renoise_within(x_s, x0_hat, inp: StepInput, schedule, interval):
   """x_s where t lies outside [lo, hi]; a fresh q-sample gamma_s x0_hat + sigma_s eps inside."""
   lo, hi = interval
-  key = inp.key
-  key = (jax.vmap(lambda k: jax.random.fold_in(k, 7))(key) if key.ndim == 2
-         else jax.random.fold_in(key, 7))
+  key = (jax.vmap(lambda k: jax.random.fold_in(k, 7))(inp.key) if inp.key.ndim == 2
+         else jax.random.fold_in(inp.key, 7))  # not the sampler's own noise of this step
   gamma_s, sigma_s = schedule.alpha_sigma(inp.s)
   q_sample = _b(gamma_s, x0_hat) * x0_hat + _b(sigma_s, x0_hat) * _normal(key, x0_hat)
   inside = (inp.t >= lo) & (inp.t <= hi)

@@ -126,11 +126,12 @@ def test_a_changed_corpus_under_the_same_workdir_is_refused(copied, corpus):
     corpus.write_text(original)
 
 
-def test_a_full_disk_during_a_save_is_one_clear_error_and_a_rerun_resumes(copied, corpus,
-                                                                          monkeypatch, capsys):
+def test_a_full_disk_during_a_save_is_one_clear_error_and_loses_no_checkpoint(copied, corpus,
+                                                                             monkeypatch, capsys):
   """ENOSPC injected at the file layer into every write of step 22's save (Orbax's metadata and
   commit files): training stops with a SaveError naming the step to resume from, the committed
-  checkpoints stay readable, no Orbax thread outlives the error, and a rerun finishes the run."""
+  checkpoints stay readable and no Orbax thread outlives the error. (The rerun that then ends
+  bit-identical to an uninterrupted run: experiments/faults/run.py's full-disk trials.)"""
   import builtins
   import errno
   import threading
@@ -148,8 +149,7 @@ def test_a_full_disk_during_a_save_is_one_clear_error_and_a_rerun_resumes(copied
   assert not [t for t in threading.enumerate() if type(t).__module__.startswith("orbax")]
   monkeypatch.setattr(builtins, "open", real_open)
   assert cdm_jax.load(str(copied)).step == 20
-  assert train.train_and_evaluate(config, str(copied))["step"] == 22
-  assert cdm_jax.load(str(copied)).step == 22
+  assert sorted(p.name for p in (copied / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
   monkeypatch.setattr(cli.logging, "shutdown", lambda: None)  # keep pytest's log capture open
   capsys.readouterr()
   wrapped = cli.user_errors_exit(lambda argv: (_ for _ in ()).throw(checkpointing.SaveError("disk")))
