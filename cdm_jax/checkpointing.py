@@ -1,6 +1,7 @@
 """The one place that talks to Orbax: train state + data-iterator position, keep-last-N, async."""
 
 import logging
+import sys
 import threading
 import time
 
@@ -40,6 +41,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, for
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                data=ocp.args.JsonSave(data_state)), force=force)
   except OSError as err:
+    _join_orbax_threads()
     raise _save_failed(manager, err) from err
 
 
@@ -61,7 +63,6 @@ def finish(manager: ocp.CheckpointManager, *, raise_errors: bool = True):
   try:
     manager.wait_until_finished()
   except OSError as err:
-    _join_orbax_threads()
     if raise_errors:
       raise _save_failed(manager, err) from err
     log.error("The pending checkpoint save failed as well: %s", err)
@@ -70,6 +71,8 @@ def finish(manager: ocp.CheckpointManager, *, raise_errors: bool = True):
       manager.close()
     except Exception as err:  # pylint: disable=broad-except  # the save's error was reported above
       log.warning("Closing the checkpoint manager: %s", err)
+    if not raise_errors or sys.exc_info()[0] is not None:  # after a failure: wait for its threads
+      _join_orbax_threads()
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):

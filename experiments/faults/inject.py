@@ -1,7 +1,7 @@
 """Runs `python -m cdm_jax.main ARGS` with one fault injected on purpose, for experiments/faults/run.py.
 
 python experiments/faults/inject.py full_disk:STEP -- ARGS   # every write of step STEP's save: ENOSPC
-python experiments/faults/inject.py nan:STEP -- ARGS         # the diffusion noise of step STEP: NaN
+python experiments/faults/inject.py nan:STEP -- ARGS         # a NaN parameter before step STEP
 
 The full disk is simulated at the file layer (Python's `open` raises ENOSPC for the files of that
 checkpoint; Orbax writes its metadata and commit markers through it), since a tmpfs or loop device
@@ -26,14 +26,25 @@ def full_disk(step: int):
 
 
 def nan(step: int):
+  """Poisons the train state on the host just before optimizer step `step` + 1 (the step training
+  reports as "step {step}"): one parameter becomes NaN. The compiled step is left as it is, so the
+  steps before it compute exactly what an uninterrupted run computes."""
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from cdm_jax import steps  # pylint: disable=g-import-not-at-top
-  original = steps._loss_inputs  # pylint: disable=protected-access
+  make_train_step = steps.make_train_step
 
-  def poisoned(state, *args):  # the step training reports as "step {step}"
-    inputs = original(state, *args)
-    return inputs.replace(noise=jnp.where(state.step == step, jnp.nan, inputs.noise))
-  steps._loss_inputs = poisoned  # pylint: disable=protected-access
+  def make_poisoned(*args, **kwargs):
+    train_step = make_train_step(*args, **kwargs)
+
+    def poisoned(state, *batch):
+      if int(jax.device_get(state.step)) == step:
+        leaves, treedef = jax.tree.flatten(state.params)
+        leaves[0] = jnp.full_like(leaves[0], jnp.nan)
+        state = state.replace(params=jax.tree.unflatten(treedef, leaves))
+      return train_step(state, *batch)
+    return poisoned
+  steps.make_train_step = make_poisoned
 
 
 def main():
