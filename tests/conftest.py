@@ -1,10 +1,21 @@
-"""Four fake CPU devices for every test (2-4 keeps XLA's CPU collectives reliable on 2 cores)."""
+"""Four fake CPU devices for every test (2-4 keeps XLA's CPU collectives reliable on 2 cores), and
+one persistent compilation cache for the run: many tests (and the CLIs' subprocesses, which inherit
+the environment) compile the same tiny programs from fresh closures, which JAX's in-memory cache
+cannot share. The cache lives in a temporary folder of this run only."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="cdm_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
