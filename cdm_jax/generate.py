@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdm_jax import (builders, checkpointing, cli, conditioning, distributed, host, parallel,
-                     parameterization, samplers, schedules)
+from cdm_jax import (builders, checkpointing, cli, conditioning, distill, distributed, host,
+                     parallel, parameterization, samplers, schedules)
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM
 
@@ -294,16 +294,21 @@ class Generator:
 
 
 def load(workdir: str, *, use_ema: bool = True, step: int | None = None,
-         num_devices: int | None = None, matmul_dtype: str | None = None) -> Generator:
+         num_devices: int | None = None, matmul_dtype: str | None = None,
+         student: int | None = None) -> Generator:
   """Restores the parameters (EMA by default) and the time warp of the latest (or given)
   checkpoint of `workdir` onto the visible devices; nothing else of the train state is read.
   `matmul_dtype` overrides the config's `model.matmul_dtype` for sampling (parameters stay as
-  trained, e.g. "bfloat16" operands for a model trained in float32)."""
+  trained, e.g. "bfloat16" operands for a model trained in float32). `student=N`: the N-step
+  student that `cdm_jax.distill` wrote beside the model instead, sampling with N DDIM steps by
+  default."""
   host.tune_malloc()  # before any JAX call, or it cannot apply
   config = builders.load_config(workdir)
   if matmul_dtype is not None:
     config.model.matmul_dtype = matmul_dtype
   mesh = parallel.make_mesh(num_devices)
+  if student is not None:
+    return _load_student(workdir, config, mesh, student)
   key = "ema_params" if use_ema else "params"
   model = builders.make_model(config)
   abstract = {key: builders.abstract_params(config, model, mesh),
@@ -311,6 +316,18 @@ def load(workdir: str, *, use_ema: bool = True, step: int | None = None,
   restored, step = checkpointing.restore_subtree(workdir, abstract, step)
   return Generator(config, restored[key], tokenizer_lib.load_tokenizer(workdir), step=step,
                    mesh=mesh, warp=distributed.to_host(restored["warp"]))
+
+
+def _load_student(workdir: str, config, mesh, steps: int) -> Generator:
+  """A `Generator` of the `steps`-step student: DDIM, no clamp, no temperature or re-noising (the
+  sampler it was distilled for); other options as the config's, and every one can be overridden."""
+  meta = distill.read_student(workdir, steps)
+  abstract = builders.abstract_params(config, builders.make_model(config), mesh)
+  params = checkpointing.restore_tree(distill.student_path(workdir, steps) / "params", abstract)
+  config.sample.update(num_steps=steps, sampler="ddim", clamp="none", time_grid="uniform",
+                       logit_temperature=1.0, renoise_min_t=0.0, renoise_max_t=0.0)
+  return Generator(config, params, tokenizer_lib.load_tokenizer(workdir),
+                   step=meta["teacher_checkpoint_step"], mesh=mesh)
 
 
 def define_sampling_flags(flags, num_samples: int):
@@ -358,13 +375,16 @@ def main(argv=None):
   flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance weight (0: off).")
   flags.DEFINE_integer("mbr", 1, "Candidates per template or source; the MBR one is kept.")
   flags.DEFINE_bool("raw_params", False, "Use the raw parameters instead of the EMA.")
+  flags.DEFINE_integer("student", None, "Sample the N-step student that cdm_jax.distill wrote "
+                       "(N DDIM steps unless --steps says otherwise).")
   flags.DEFINE_string("matmul_dtype", None, "Override model.matmul_dtype (e.g. bfloat16).")
   flags.DEFINE_string("output", None, "Also write the samples to this file, one per line.")
 
   def run(unused_argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     f = flags.FLAGS
-    generator = load(f.workdir, use_ema=not f.raw_params, matmul_dtype=f.matmul_dtype)
+    generator = load(f.workdir, use_ema=not f.raw_params, matmul_dtype=f.matmul_dtype,
+                     student=f.student)
     texts = _cli_samples(generator, f)
     for text in texts:
       print(text)

@@ -1,7 +1,12 @@
 """Small helpers for loops with periodic actions: when is it time, and how long has it taken."""
 
 import contextlib
+import logging
+import signal
+import threading
 import time
+
+log = logging.getLogger(__name__)
 
 
 def itstime(step: int, every: int, force: bool = False) -> bool:
@@ -48,3 +53,25 @@ class Chrono:
     seconds, steps = now - self._start, self._steps
     self._start, self._steps = now, 0
     return seconds, steps
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (then it checkpoints and returns)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    log.warning("SIGTERM received: checkpointing and stopping.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

@@ -10,8 +10,6 @@ import dataclasses
 import json
 import logging
 import math
-import signal
-import threading
 
 import jax
 import ml_collections
@@ -27,28 +25,6 @@ log = logging.getLogger(__name__)
 # With several processes, how often (in dispatches of train.steps_per_call steps) they pool their
 # stop requests: each pooling is a small all-gather that waits for the step before it.
 STOP_SYNC_DISPATCHES = 10
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (then it checkpoints and returns)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    log.warning("SIGTERM received: checkpointing and stopping.")
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def write_samples(path, texts: list[str]):
@@ -184,7 +160,7 @@ def _sample(run: _Run, state, step: int):
   run.writer.write_texts(step, "samples", texts)
 
 
-def _is_last_step(tcfg, step: int, preemption: _Preemption, deadline: periodic.Deadline,
+def _is_last_step(tcfg, step: int, preemption: periodic.Preemption, deadline: periodic.Deadline,
                   dispatch: int) -> bool:
   """Whether to stop after `step`. SIGTERM and the time limit reach each process on its own: with
   several processes they are pooled (`any_process`) every STOP_SYNC_DISPATCHES dispatches, and all
@@ -230,7 +206,7 @@ def _train_loop(run: _Run, state) -> tuple[int, dict]:
            tcfg.batch_size)
   deadline, accumulated, metrics = periodic.Deadline(tcfg.time_limit_minutes), None, {}
   dispatches = 0
-  with _Preemption() as preemption, tqdm.tqdm(
+  with periodic.Preemption() as preemption, tqdm.tqdm(
       total=tcfg.num_train_steps, initial=step, disable=not distributed.is_primary(),
       dynamic_ncols=True, mininterval=5.0, desc="train") as bar:
     while step < tcfg.num_train_steps:
