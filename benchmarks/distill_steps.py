@@ -4,13 +4,13 @@
       [--steps=1,2,4,8,16 --judge_seed=7 --judge_steps=626 --out=benchmarks/results]
 
 Rows: the teacher as its config samples it (the reference: `sample.num_steps` steps of
-`sample.sampler`), the teacher with DDIM at each of `--steps`, and every student in
-`WORKDIR/students/` at its own step count and at each of `--steps` below it. Each row: judge
-perplexity, word unigram entropy (nats), MAUVE against real held-out text and against the
-reference's own samples, mean length, empty share, and the median wall time to 64 samples
-(compiled, `--repeats` calls; run on an idle machine). The judge is the cached one of
-`experiments/compute_gap.py` (`--judge_seed`, `--judge_steps`): trained on the workdir's tokenizer
-if it is not cached. Writes distill_steps.{json,md,png} under `--out`.
+`sample.sampler`, and once more with other noise), the teacher with DDIM at each of `--steps`,
+and every student in `WORKDIR/students/` at its own step count (the last one also at each of
+`--steps` below it). Each row: judge perplexity, word unigram entropy (nats), MAUVE against real
+held-out text and against the reference's own samples, mean length, empty share, and the median
+wall time to 64 samples (compiled, `--repeats` calls; run on an idle machine). The judge is the
+cached one of `experiments/compute_gap.py` (`--judge_seed`, `--judge_steps`), trained on the
+workdir's tokenizer if it is not cached. Writes distill_steps.{json,md,png} under `--out`.
 """
 
 import argparse
@@ -100,7 +100,8 @@ def measure(args) -> dict:
                     for p in (pathlib.Path(args.workdir) / distill.STUDENTS_DIR).glob("steps_*"))
   for k in students:
     student = cdm_jax.load(args.workdir, student=k)
-    for s in sorted({k} | {s for s in steps if s < k}):
+    own = [k] if k != min(students) else sorted({k} | {s for s in steps if s < k})
+    for s in own:
       rows.append(_row(f"student_{k}", student, {"steps": s}, scorers, args))
   metas = {k: distill.read_student(args.workdir, k) for k in students}
   return {"workdir": args.workdir, "teacher_step": teacher.step, "num_samples": n,

@@ -47,7 +47,7 @@ from cdm_jax import (builders, checkpointing, conditioning, distributed, flops, 
 from cdm_jax.data import pipeline
 from cdm_jax.parameterization import expand_like as _b
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cdm_jax.distill")  # not __main__ under python -m
 Array = jax.Array
 SNR_CAP = 100.0      # the truncated-SNR weight max(SNR, 1) is capped here (the t_min point's SNR
                      # would otherwise outweigh every other one by orders of magnitude)
