@@ -65,6 +65,16 @@ MUTATIONS = [
     Mutation("lines split with str.splitlines()", "cdm_jax/data/corpora.py",
              'for line in text.split("\\n")]', "for line in text.splitlines()]",
              "tests/test_data.py::test_jsonl_corpus_with_bom_and_a_line_separator_in_a_record"),
+    Mutation("distillation target's noise ratio inverted", "cdm_jax/distill.py",
+             "  ratio = sigma_u / sigma_t\n", "  ratio = sigma_t / sigma_u\n",
+             "tests/test_distill.py::test_trajectory_targets_match_a_float64_teacher_run_and_land_on_it"),
+    Mutation("distillation's self-conditioning inputs are zeros", "cdm_jax/distill.py",
+             "    return (x_next, x0_hat), (x, x0_selfcond)",
+             "    return (x_next, x0_hat), (x, jnp.zeros_like(x0_selfcond))",
+             "tests/test_distill.py::test_trajectory_targets_match_a_float64_teacher_run_and_land_on_it"),
+    Mutation("distillation resume forgets the data position", "cdm_jax/distill.py",
+             "  run.batches.set_state(data_state)\n", "",
+             "tests/test_distill.py::test_resume_ends_where_the_uninterrupted_run_ends"),
 ]
 
 
