@@ -13,7 +13,7 @@ import optax
 
 from cdm_jax import (checkpointing, conditioning, diffusion, fs, parallel, record, samplers,
                      schedules, steps)
-from cdm_jax.models import DiffusionLM, ModelConfig
+from cdm_jax.models import DiffusionLM, ModelConfig, partitioning
 
 CONFIG_FILE = record.CONFIG_FILE
 
@@ -100,13 +100,31 @@ def fsdp_min_size(config) -> int | None:
   return config.train.get("fsdp_min_size", 4096) if config.train.get("fsdp", False) else None
 
 
+def make_mesh(config):
+  """The ('data', 'fsdp') mesh of `config.train`: `num_devices` per process (0: all), FSDP groups
+  of `fsdp_axis_size` devices with train.fsdp (0: all of them), else 1 (replicated)."""
+  tcfg = config.train
+  fsdp = tcfg.get("fsdp_axis_size", 0) if tcfg.get("fsdp", False) else 1
+  return parallel.make_mesh(tcfg.num_devices or None, fsdp=fsdp)
+
+
+def state_specs(config, model: DiffusionLM, tx, mesh):
+  """The train state's PartitionSpecs on `mesh`: split over its 'fsdp' axis by the parameters'
+  logical axis names (`parallel.RULES`) with train.fsdp, else replicated."""
+  return _state_layout(config, model, tx, mesh)[1]
+
+
 def abstract_state(config, model: DiffusionLM, tx, mesh):
   """The train state's structure, shapes and shardings (replicated, or sharded with train.fsdp),
   for restoring; a checkpoint restores under either."""
-  shapes = jax.eval_shape(lambda: init_state(config, model, tx))
-  shardings = parallel.state_shardings(shapes, mesh, fsdp_min_size(config))
+  shapes, specs = _state_layout(config, model, tx, mesh)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
-                      shardings)
+                      parallel.shardings(mesh, specs))
+
+
+def _state_layout(config, model: DiffusionLM, tx, mesh):
+  shapes, names = partitioning.logical_specs(lambda: init_state(config, model, tx))
+  return shapes, parallel.state_specs(shapes, names, mesh, fsdp_min_size(config))
 
 
 def abstract_params(config, model: DiffusionLM, mesh):

@@ -123,6 +123,8 @@ def _train() -> ml_collections.ConfigDict:
                                 # kept, counted as skipped_nonfinite) instead of stopping training
   train.fsdp = False           # True: parameters, Adam moments and EMA sharded over the devices
   train.fsdp_min_size = 4096   # (FSDP) arrays with fewer elements stay replicated
+  train.fsdp_axis_size = 0     # (FSDP) devices per group sharing one copy of the state (mesh axis
+                               # 'fsdp'; groups replicate over 'data'); 0: all devices, one group
   return train
 
 

@@ -119,7 +119,7 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
     return tokens if condition is None else jnp.where(condition[1], condition[0], tokens)
 
   def sharded(params, keys, condition):
-    spec = P(parallel.AXIS)
+    spec = P(parallel.BATCH)
     return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), spec, spec), out_specs=spec,
                          check_vma=False)(params, keys, condition)
 

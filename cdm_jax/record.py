@@ -16,7 +16,7 @@ MUTABLE = ("train.num_train_steps", "train.time_limit_minutes", "train.stop_at_s
            "train.log_every_steps", "train.eval_every_steps", "train.num_eval_batches",
            "train.checkpoint_every_steps", "train.keep_checkpoints", "train.sample_every_steps",
            "train.num_devices", "train.steps_per_call", "train.embedding_stats_t", "train.fsdp",
-           "train.fsdp_min_size", "model.remat", "sample.")
+           "train.fsdp_min_size", "train.fsdp_axis_size", "model.remat", "sample.")
 _ABSENT = "(absent)"
 # A field a newer version of the library added may appear on resume at its default value: the old
 # run behaved as the default does. Not so where absence has its own meaning (an absent `condition`

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from cdm_jax import conditioning, diffusion, distributed, parallel, schedules as schedules_lib
 
 Array = jax.Array
-AXIS = parallel.AXIS
+BATCH = parallel.BATCH
 
 # metric -> the summed count it is an average over
 METRIC_DENOMINATORS = {**diffusion.METRIC_DENOMINATORS, "grad_norm": "steps"}
@@ -73,7 +73,7 @@ def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossCon
   """This device's share of the step's randomness, drawn per *global* example index."""
   local_batch, length = tokens.shape
   step_key = jax.random.fold_in(state.rng, state.step)
-  example_index = jax.lax.axis_index(AXIS) * local_batch + jnp.arange(local_batch)
+  example_index = jax.lax.axis_index(BATCH) * local_batch + jnp.arange(local_batch)
   u0 = jax.random.uniform(jax.random.fold_in(step_key, 0))
   warp = state.warp if loss_config.time_warp else None
   t, weight = diffusion.sample_times(u0, example_index, global_batch, warp, loss_config.warp_follow)
@@ -94,7 +94,7 @@ def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossCon
 def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules_lib.Schedule,
                     loss_config: diffusion.LossConfig, mesh, *, global_batch: int,
                     ema_decay: float, steps_per_call: int = 1, skip_nonfinite: bool = False,
-                    fsdp_min_size: int | None = None, grad_clip_norm: float = 0.0) -> Callable:
+                    state_specs=None, grad_clip_norm: float = 0.0) -> Callable:
   """Returns jit(step)(state, tokens, mask) -> (state, metric sums); state is donated.
 
   With `steps_per_call = k`, tokens/mask are [k, global_batch, length] and k optimizer steps run in
@@ -102,9 +102,10 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
   gradient is not finite leaves parameters, optimizer state, EMA and warp as they were (the step
   counter still advances) and is counted in the `skipped_nonfinite` metric instead of stopping.
 
-  With `fsdp_min_size`, the state comes sharded (`parallel.state_shardings`), the step gathers the
-  parameters, and clips gradients to `grad_clip_norm` by their global norm (a clip inside `tx` sees
-  one slice; after this one it never acts). Results equal the replicated step's up to rounding.
+  With `state_specs` (`builders.state_specs`: the state sharded over the mesh's 'fsdp' axis), the
+  step gathers the parameters, and clips gradients to `grad_clip_norm` by their global norm (a clip
+  inside `tx` sees one slice; after this one it never acts). Results equal the replicated step's up
+  to rounding. Without, the state is replicated.
   """
   num_devices = mesh.devices.size
   if global_batch % num_devices:
@@ -114,7 +115,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
   def one_step(state: TrainState, batch, specs):
     inputs = _loss_inputs(state, *batch, loss_config, global_batch, model.config.embed_dim)
     step_key = jax.random.fold_in(state.rng, state.step)
-    rngs = {"dropout": jax.random.fold_in(jax.random.fold_in(step_key, 3), jax.lax.axis_index(AXIS))}
+    rngs = {"dropout": jax.random.fold_in(jax.random.fold_in(step_key, 3), jax.lax.axis_index(BATCH))}
     positions = local_batch * inputs.tokens.shape[1]
 
     def loss_fn(params):  # the gather's gradient is a reduce-scatter (sharded leaves only)
@@ -130,9 +131,9 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     warp = state.warp
     if loss_config.time_warp:
-      warp = warp.update(jax.lax.all_gather(inputs.t, AXIS, tiled=True),
-                         jax.lax.all_gather(per_example_loss, AXIS, tiled=True))
-    metrics = jax.lax.psum(metrics, AXIS)
+      warp = warp.update(jax.lax.all_gather(inputs.t, BATCH, tiled=True),
+                         jax.lax.all_gather(per_example_loss, BATCH, tiled=True))
+    metrics = jax.lax.psum(metrics, BATCH)
     metrics.update(grad_norm=grad_norm, steps=jnp.ones((), jnp.float32))
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])  # on every device
     metrics["first_nonfinite_step"] = jnp.where(finite, jnp.inf, state.step.astype(jnp.float32))
@@ -150,16 +151,16 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
       metrics = merge_metrics(metrics, jax.tree.map(lambda v: v[i], stacked))
     return state, metrics
 
-  return _jit_over_mesh(per_device, mesh, steps_per_call, fsdp_min_size)
+  return _jit_over_mesh(per_device, mesh, steps_per_call, state_specs)
 
 
-def _jit_over_mesh(per_device, mesh, steps_per_call: int, fsdp_min_size: int | None):
-  """jit of `per_device(specs, state, tokens, mask)` under `shard_map`: the state split by the
-  FSDP rule (or replicated), batches by rows, metrics replicated; the state is donated."""
-  batch_spec = P(AXIS) if steps_per_call == 1 else P(None, AXIS)
+def _jit_over_mesh(per_device, mesh, steps_per_call: int, state_specs):
+  """jit of `per_device(specs, state, tokens, mask)` under `shard_map`: the state split by
+  `state_specs` (None: replicated), batches by rows, metrics replicated; the state is donated."""
+  batch_spec = P(BATCH) if steps_per_call == 1 else P(None, BATCH)
 
   def sharded(state, tokens, mask):
-    specs = parallel.state_specs(state, mesh.devices.size, fsdp_min_size)
+    specs = jax.tree.map(lambda _: P(), state) if state_specs is None else state_specs
     return jax.shard_map(functools.partial(per_device, specs), mesh=mesh,
                          in_specs=(specs, batch_spec, batch_spec), out_specs=(specs, P()),
                          check_vma=False)(state, tokens, mask)
@@ -168,12 +169,12 @@ def _jit_over_mesh(per_device, mesh, steps_per_call: int, fsdp_min_size: int | N
 
 def _mean_gradients(grads, specs, num_devices: int, clip_norm: float):
   """(mean gradient over devices, its global norm before clipping). A sharded leaf arrives summed
-  over devices (the reduce-scatter), a replicated one per device (pmean); with sharded leaves the
-  global norm is clipped to `clip_norm` (> 0) here."""
+  over its FSDP group (the reduce-scatter) and is summed over the groups here; a replicated one
+  arrives per device (pmean); with sharded leaves the global norm is clipped to `clip_norm` (> 0)."""
   is_spec = lambda x: isinstance(x, P)
   sharded = lambda spec: parallel.sharded_dim(spec) is not None
-  grads = jax.tree.map(lambda g, spec: g / num_devices if sharded(spec) else
-                       jax.lax.pmean(g, AXIS), grads, specs, is_leaf=is_spec)
+  grads = jax.tree.map(lambda g, spec: jax.lax.psum(g, parallel.DATA) / num_devices if sharded(spec)
+                       else jax.lax.pmean(g, BATCH), grads, specs, is_leaf=is_spec)
   norm = parallel.global_norm(grads, specs)
   if clip_norm and any(sharded(s) for s in jax.tree.leaves(specs, is_leaf=is_spec)):
     scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))

@@ -53,7 +53,7 @@ class _Run:
 
 def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[_Run, object]:
   tcfg = config.train
-  mesh = parallel.make_mesh(tcfg.num_devices or None)
+  mesh = builders.make_mesh(config)
   data = pipeline.prepare_data(config.data, str(workdir))
   model = builders.make_model(config)
   schedule = builders.make_schedule(config)
@@ -62,7 +62,7 @@ def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[_Run
                                      global_batch=tcfg.batch_size, ema_decay=tcfg.ema_decay,
                                      steps_per_call=tcfg.steps_per_call,
                                      skip_nonfinite=tcfg.get("skip_nonfinite", False),
-                                     fsdp_min_size=builders.fsdp_min_size(config),
+                                     state_specs=builders.state_specs(config, model, tx, mesh),
                                      grad_clip_norm=tcfg.grad_clip_norm)
   stats_fn = jax.jit(lambda table, key: embedding_stats.embedding_statistics(
       table, schedule, key, t_small=tcfg.embedding_stats_t))
@@ -85,8 +85,8 @@ def _restore_or_init(run: _Run, tx):
   if restored is None:
     log.info("Starting from scratch in %s.", run.workdir)
     state = builders.init_state(config, run.model, tx)
-    return jax.device_put(state, parallel.state_shardings(state, run.mesh,
-                                                          builders.fsdp_min_size(config)))
+    return jax.device_put(state, parallel.shardings(
+        run.mesh, builders.state_specs(config, run.model, tx, run.mesh)))
   state, data_state, start = restored
   run.batches.set_state(data_state)
   log.info("Resumed from step %d in %s.", start, run.workdir)

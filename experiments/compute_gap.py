@@ -76,7 +76,7 @@ def run(args) -> dict:
   from cdm_jax import evaluate, flops, generate, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top
   from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  generator = generate.load(args.workdir)
+  generator = generate.load(args.workdir, use_ema=not args.raw_params)
   config = generator.config
   data = pipeline.prepare_data(config.data, args.workdir)
   model = config.model
@@ -137,6 +137,7 @@ def run(args) -> dict:
   ladder = [rows[f] for f in sorted(rows)]
   real_row = {"name": "real", **scorer.score(real)}
   return {"workdir": args.workdir, "checkpoint_step": generator.step, "num_samples": n,
+          "params": "raw" if args.raw_params else "ema",
           "seed": args.seed, "sampling": dataclasses.asdict(generator.options(**overrides)),
           "judge": judge.info, "ar_step_flops": ar_step_flops, "diffusion": diffusion,
           "ar": ladder, "real": real_row, **compute_gap(diffusion, ladder),
@@ -219,6 +220,8 @@ def main():
   parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
                       help="a sampling option for the diffusion samples (repeatable), e.g. "
                            "--set sampler=renoise; default: the workdir's config")
+  parser.add_argument("--raw_params", action="store_true",
+                      help="sample the raw parameters instead of their EMA")
   parser.add_argument("--out", default=None, help="default: WORKDIR/compute_gap")
   args = parser.parse_args()
   write(run(args), pathlib.Path(args.out or pathlib.Path(args.workdir) / "compute_gap"))

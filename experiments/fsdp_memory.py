@@ -3,8 +3,8 @@
 
 python experiments/fsdp_memory.py [--config=configs/tpu_pod_1b.py] [--devices=64] [--compile]
 
-Bytes come from the state's shapes (`jax.eval_shape`, nothing allocated) and the FSDP rule
-(`parallel.state_specs`); `--compile` lowers and compiles the real step for the fake devices
+Bytes come from the state's shapes (`jax.eval_shape`, nothing allocated) and the logical axis
+rules (`builders.state_specs`: FSDP groups of the config's train.fsdp_axis_size devices, 0: all); `--compile` lowers and compiles the real step for the fake devices
 (minutes for a large model) and prints XLA's argument/temporary byte counts per device.
 """
 
@@ -29,27 +29,31 @@ def main():
 
   config = runpy.run_path(args.config)["get_config"]()
   model, tx = builders.make_model(config), builders.make_optimizer(config.train)
-  mesh = parallel.make_mesh()
   shapes = jax.eval_shape(lambda: builders.init_state(config, model, tx))
   params = sum(x.size for x in jax.tree.leaves(shapes.params))
-  print(f"{args.config}: {params / 1e9:.3f}B parameters on {args.devices} devices")
-  rows = {}
-  for name, min_size in (("replicated", None), ("fsdp", builders.fsdp_min_size(config) or 4096)):
-    specs = jax.tree.leaves(parallel.state_specs(shapes, args.devices, min_size),
-                            is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    rows[name] = sum(x.size * x.dtype.itemsize // (args.devices if parallel.sharded_dim(s)
-                                                    is not None else 1)
-                     for x, s in zip(jax.tree.leaves(shapes), specs))
-    print(f"  {name:10s} train state per device: {rows[name] / 2**30:8.3f} GiB")
-  print(f"  ratio {rows['replicated'] / rows['fsdp']:.1f}x")
+  fsdp = config.train.get("fsdp_axis_size", 0) or args.devices
+  print(f"{args.config}: {params / 1e9:.3f}B parameters on {args.devices} devices "
+        f"(FSDP groups of {fsdp})")
+  layouts = {}
+  for name, sharded in (("replicated", False), ("fsdp", True)):
+    config.train.fsdp = sharded
+    mesh = builders.make_mesh(config)
+    specs = builders.state_specs(config, model, tx, mesh)
+    layouts[name] = mesh
+    leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    per_device = sum(x.size * x.dtype.itemsize // (fsdp if parallel.sharded_dim(s) is not None
+                                                   else 1)
+                     for x, s in zip(jax.tree.leaves(shapes), leaves))
+    print(f"  {name:10s} train state per device: {per_device / 2**30:8.3f} GiB")
   if not args.compile:
     return
-  for name, min_size in (("replicated", None), ("fsdp", builders.fsdp_min_size(config) or 4096)):
+  for name, mesh in layouts.items():
+    config.train.fsdp = name == "fsdp"
     step = steps.make_train_step(model, tx, builders.make_schedule(config),
                                  builders.loss_config(config), mesh,
                                  global_batch=config.train.batch_size, ema_decay=0.999,
-                                 fsdp_min_size=min_size, grad_clip_norm=config.train.grad_clip_norm)
-    config.train.fsdp = min_size is not None
+                                 state_specs=builders.state_specs(config, model, tx, mesh),
+                                 grad_clip_norm=config.train.grad_clip_norm)
     state = builders.abstract_state(config, model, tx, mesh)  # shapes placed as training places them
     batch = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len), np.int32,
                                  sharding=parallel.batch_sharding(mesh))

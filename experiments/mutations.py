@@ -75,6 +75,12 @@ MUTATIONS = [
     Mutation("distillation resume forgets the data position", "cdm_jax/distill.py",
              "  run.batches.set_state(data_state)\n", "",
              "tests/test_distill.py::test_resume_ends_where_the_uninterrupted_run_ends"),
+    Mutation("FSDP gradients not summed over the mesh's data axis", "cdm_jax/steps.py",
+             "jax.lax.psum(g, parallel.DATA) / num_devices", "g / num_devices",
+             "tests/test_parallel.py::test_fsdp_matches_replicated_with_a_share_of_the_state_per_device[2]"),
+    Mutation("a scanned stack without the 'layers' axis name", "cdm_jax/models/transformer.py",
+             'metadata_params={nn.PARTITION_NAME: "layers"}', 'metadata_params={nn.PARTITION_NAME: None}',
+             "tests/test_parallel.py::test_every_parameter_carries_logical_axis_names"),
 ]
 
 

@@ -161,14 +161,14 @@ def test_toy_denoise_memorises_training_sequences():
 
 
 def test_fsdp_resumes_a_replicated_checkpoint_and_ends_where_it_would(corpus, trained, tmp_path):
-  """Steps 0-10 replicated (the `trained` run's step-10 checkpoint), 10-20 with train.fsdp (sharded
-  restore, eval, samples and save of a sharded state): the final EMA parameters equal the
-  uninterrupted replicated run's."""
+  """Steps 0-10 replicated (the `trained` run's step-10 checkpoint), 10-20 with train.fsdp in two
+  groups of two devices (mesh 2 x 2: sharded restore, eval, samples and save of a sharded state):
+  the final EMA parameters equal the uninterrupted replicated run's."""
   workdir = tmp_path / "fsdp"
   shutil.copytree(trained[0], workdir, ignore=shutil.ignore_patterns("samples", "20"))
   (workdir / "last_metrics.json").unlink()
-  assert train.train_and_evaluate(trained_config(corpus, fsdp=True, fsdp_min_size=256),
-                                  str(workdir))["step"] == 20
+  config = trained_config(corpus, fsdp=True, fsdp_min_size=256, fsdp_axis_size=2)
+  assert train.train_and_evaluate(config, str(workdir))["step"] == 20
   assert (workdir / "samples/step_00000020.txt").is_file()
   state_a, _, _ = restore_everything(trained_config(corpus), trained[0])
   state_b, _, step = restore_everything(trained_config(corpus), workdir)

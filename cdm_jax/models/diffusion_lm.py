@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from cdm_jax import parameterization
 from cdm_jax.models.config import ModelConfig
+from cdm_jax.models.partitioning import logical
 from cdm_jax.parameterization import expand_like
 from cdm_jax.models.transformer import TransformerDenoiser
 
@@ -26,9 +27,10 @@ class Embedder(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.table = self.param("table", nn.initializers.normal(cfg.embed_scale),
+    self.table = self.param("table", logical(nn.initializers.normal(cfg.embed_scale), "vocab", "latent"),
                             (cfg.vocab_size, cfg.embed_dim))
-    self.readout_bias = self.param("readout_bias", nn.initializers.zeros, (cfg.vocab_size,))
+    self.readout_bias = self.param("readout_bias", logical(nn.initializers.zeros, "vocab"),
+                                   (cfg.vocab_size,))
 
   def embeddings(self) -> Array:
     """The table as used everywhere (normalized to norm embed_scale * sqrt(dim) if configured)."""

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from cdm_jax.models.config import ModelConfig
+from cdm_jax.models.partitioning import logical
 
 Array = jax.Array
 
@@ -65,14 +66,24 @@ def _cast_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
   return out.reshape(lhs.shape[:-1] + (rhs.shape[1],)).astype(lhs.dtype)
 
 
-def dense(cfg: ModelConfig, features: int, name: str, **kwargs) -> nn.Dense:
-  """nn.Dense in the compute dtype. With `model.matmul_dtype` different from `model.dtype`, its
-  matmul takes operands of matmul_dtype (accumulating in float32): bfloat16 operands run on the
-  bfloat16/AMX units of recent x86 CPUs (and on TPU/GPU). Same parameters, same names."""
+def dense(cfg: ModelConfig, features: int, name: str, axes: tuple[str, str],
+          kernel_init=nn.initializers.lecun_normal()) -> nn.Dense:
+  """nn.Dense in the compute dtype, its kernel [in, out] named by the logical `axes` (its bias by
+  the second). With `model.matmul_dtype` different from `model.dtype`, its matmul takes operands of
+  matmul_dtype (accumulating in float32): bfloat16 operands run on the bfloat16/AMX units of recent
+  x86 CPUs (and on TPU/GPU). Same parameters, same names."""
   dot_general = None
   if cfg.matmul_dtype != cfg.dtype:
     dot_general = functools.partial(_cast_dot_general, operand_dtype=cfg.matmul_operand_dtype)
-  return nn.Dense(features, dtype=cfg.compute_dtype, dot_general=dot_general, name=name, **kwargs)
+  return nn.Dense(features, dtype=cfg.compute_dtype, dot_general=dot_general, name=name,
+                  kernel_init=logical(kernel_init, *axes),
+                  bias_init=logical(nn.initializers.zeros, axes[1]))
+
+
+def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(dtype=cfg.compute_dtype, name=name,
+                      scale_init=logical(nn.initializers.ones, "embed"),
+                      bias_init=logical(nn.initializers.zeros, "embed"))
 
 
 def rows(layer: nn.Dense, x: Array) -> Array:
@@ -105,12 +116,12 @@ class Block(nn.Module):
     batch, length, width = x.shape
     head_dim = width // cfg.num_heads
     if cond is not None:  # adaLN: zero-initialised so every block starts as a plain pre-LN block
-      mod = dense(cfg, 4 * width, "adaln", kernel_init=nn.initializers.zeros)(cond)
+      mod = dense(cfg, 4 * width, "adaln", ("embed", "mlp"), nn.initializers.zeros)(cond)
       shift1, scale1, shift2, scale2 = jnp.split(mod[:, None, :], 4, axis=-1)
     else:
       shift1 = scale1 = shift2 = scale2 = 0.0
-    h = nn.LayerNorm(dtype=dtype, name="ln_attn")(x) * (1 + scale1) + shift1
-    qkv = rows(dense(cfg, 3 * width, "qkv"), h)  # [batch, length, 3 * width]
+    h = layer_norm(cfg, "ln_attn")(x) * (1 + scale1) + shift1
+    qkv = rows(dense(cfg, 3 * width, "qkv", ("embed", "heads")), h)  # [batch, length, 3 * width]
     # Heads move ahead of positions once, so both attention products are plain batched matmuls
     # over [batch, heads] (on XLA:CPU about half the time of the head-interleaved einsums).
     qkv = qkv.reshape(batch, length, 3, cfg.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
@@ -122,10 +133,10 @@ class Block(nn.Module):
     weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
     attended = jnp.matmul(weights, v).transpose(0, 2, 1, 3).reshape(batch, length, width)
     x = x + nn.Dropout(cfg.dropout_rate)(
-        rows(dense(cfg, width, "attn_out"), attended), deterministic=deterministic)
-    h = nn.LayerNorm(dtype=dtype, name="ln_mlp")(x) * (1 + scale2) + shift2
-    h = nn.gelu(rows(dense(cfg, cfg.mlp_dim, "mlp_in"), h))
-    h = rows(dense(cfg, width, "mlp_out"), h)
+        rows(dense(cfg, width, "attn_out", ("heads", "embed")), attended), deterministic=deterministic)
+    h = layer_norm(cfg, "ln_mlp")(x) * (1 + scale2) + shift2
+    h = nn.gelu(rows(dense(cfg, cfg.mlp_dim, "mlp_in", ("embed", "mlp")), h))
+    h = rows(dense(cfg, width, "mlp_out", ("mlp", "embed")), h)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return x, None
 
@@ -142,12 +153,13 @@ class Stack(nn.Module):
     block = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
     if cfg.scan_layers:
       scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
       x, _ = scanned(cfg, name="layers")(x, cond, bias, deterministic)
     else:
       for i in range(cfg.num_layers):
         x, _ = block(cfg, name=f"layer_{i}")(x, cond, bias, deterministic)
-    return nn.LayerNorm(dtype=cfg.compute_dtype, name="ln_final")(x)
+    return layer_norm(cfg, "ln_final")(x)
 
 
 class TransformerDenoiser(nn.Module):
@@ -171,17 +183,17 @@ class TransformerDenoiser(nn.Module):
     if x0_selfcond is None:
       x0_selfcond = jnp.zeros_like(x_t)
     inputs = jnp.concatenate([x_t, x0_selfcond], axis=-1) if cfg.self_conditioning else x_t
-    h = rows(dense(cfg, cfg.width, "in_proj"), inputs.astype(dtype))
-    pos = self.param("pos_embedding", nn.initializers.normal(cfg.pos_init_std),
+    h = rows(dense(cfg, cfg.width, "in_proj", ("latent", "embed")), inputs.astype(dtype))
+    pos = self.param("pos_embedding", logical(nn.initializers.normal(cfg.pos_init_std), "length", "embed"),
                      (cfg.seq_len, cfg.width))
     h = h + pos[None, :length].astype(dtype)
     if cfg.conditioning:  # a learned marker on the positions whose latents are given
-      flag = self.param("cond_flag", nn.initializers.normal(0.02), (cfg.width,))
+      flag = self.param("cond_flag", logical(nn.initializers.normal(0.02), "embed"), (cfg.width,))
       if cond_mask is not None:
         h = h + cond_mask[..., None].astype(dtype) * flag.astype(dtype)
     t_emb = sinusoidal_features(log_snr, cfg.width)
-    t_emb = dense(cfg, cfg.width, "time_mlp_in")(t_emb)
-    t_emb = dense(cfg, cfg.width, "time_mlp_out")(nn.silu(t_emb))
+    t_emb = dense(cfg, cfg.width, "time_mlp_in", ("embed", "mlp"))(t_emb)
+    t_emb = dense(cfg, cfg.width, "time_mlp_out", ("mlp", "embed"))(nn.silu(t_emb))
     if log_snr.ndim == 2:  # one noise level per position: each position's embedding is added to
       h = h + t_emb        # its input, and the blocks' conditioning is their mean over positions
       t_emb = jnp.mean(t_emb, axis=1)
@@ -190,7 +202,7 @@ class TransformerDenoiser(nn.Module):
     block_cond = None if cfg.time_conditioning == "add" else nn.silu(t_emb)  # [batch, width]
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
     h = Stack(cfg, name="stack")(h, block_cond, attention_bias(mask, length, False), not train)
-    out = rows(dense(cfg, self.out_dim, "out_proj"), h)
+    out = rows(dense(cfg, self.out_dim, "out_proj", ("embed", "latent")), h)
     return out.astype(jnp.float32)
 
 
@@ -204,9 +216,10 @@ class TransformerLM(nn.Module):
     cfg = self.config
     dtype = cfg.compute_dtype
     _, length = tokens.shape
-    embed = nn.Embed(cfg.vocab_size, cfg.width, embedding_init=nn.initializers.normal(0.02),
-                     name="embed")
-    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (cfg.seq_len, cfg.width))
+    embed = nn.Embed(cfg.vocab_size, cfg.width, name="embed",
+                     embedding_init=logical(nn.initializers.normal(0.02), "vocab", "embed"))
+    pos = self.param("pos_embedding", logical(nn.initializers.normal(0.02), "length", "embed"),
+                     (cfg.seq_len, cfg.width))
     h = (embed(tokens) + pos[None, :length]).astype(dtype)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
     h = Stack(cfg, name="stack")(h, None, attention_bias(None, length, True), not train)

@@ -5,7 +5,7 @@
 #   e.g. bash experiments/quality/sample_sweep.sh workdirs/q1500/ce_prior_slope_warp_pos1_seed0 \
 #            lt09=logit_temperature=0.9 ddim=sampler=ddim
 #   Each variant writes WORKDIR/cg_NAME/ (compute_gap.md, .json, .png); SEED=1 changes the sampling
-#   seed, NUM_SAMPLES (200) the number of samples.
+#   seed, NUM_SAMPLES (200) the number of samples, RAW=1 samples the raw parameters (not the EMA).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORKDIR="$1"
@@ -20,7 +20,7 @@ for variant in "$@"; do
   IFS=',' read -r -a fields <<< "${variant#*=}"
   for field in "${fields[@]}"; do sets+=(--set "$field"); done
   .venv/bin/python experiments/compute_gap.py --workdir="$WORKDIR" --ladder_flops="$LADDER" \
-      --num_samples="${NUM_SAMPLES:-200}" --seed="${SEED:-0}" "${sets[@]}" \
+      --num_samples="${NUM_SAMPLES:-200}" --seed="${SEED:-0}" ${RAW:+--raw_params} "${sets[@]}" \
       --out="$WORKDIR/cg_$name" 2>&1 | grep -E "^\| diffusion|compute gap" || true
   echo "== $name"
 done
