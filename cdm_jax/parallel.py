@@ -12,6 +12,7 @@ not depend on how many devices share the batch.
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 Array = jax.Array
@@ -130,6 +131,22 @@ def gather(tree, specs):
     dim = sharded_dim(spec)
     return x if dim is None else jax.lax.all_gather(x, FSDP, axis=dim, tiled=True)
   return jax.tree.map(one, tree, specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def gather_params(params, specs, layers: tuple | None = None):
+  """Inside the step: (the parameters for the forward pass, a per-layer gather or None). Every
+  sharded leaf is all-gathered, except the leaves under the path `layers` (a scanned stack, layer
+  axis first): they stay sharded, and the function returned gathers one layer's tree inside the
+  scan (`models.partitioning.gathering_layers`), so that only one layer is whole at a time."""
+  flat, flat_specs = traverse_util.flatten_dict(params), traverse_util.flatten_dict(specs)
+  n = len(layers or ())
+  inside = lambda path: layers is not None and path[:n] == layers
+  layer_specs = {path[n:]: P(*spec[1:]) for path, spec in flat_specs.items() if inside(path)}
+  if not any(sharded_dim(spec) is not None for spec in layer_specs.values()):
+    return gather(params, specs), None
+  outer = {path: x if inside(path) else gather(x, flat_specs[path]) for path, x in flat.items()}
+  layer_specs = traverse_util.unflatten_dict(layer_specs)
+  return traverse_util.unflatten_dict(outer), lambda tree: gather(tree, layer_specs)
 
 
 def global_norm(tree, specs) -> Array:

@@ -16,6 +16,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from cdm_jax import conditioning, diffusion, distributed, parallel, schedules as schedules_lib
+from cdm_jax.models import diffusion_lm, partitioning
 
 Array = jax.Array
 BATCH = parallel.BATCH
@@ -111,6 +112,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
   if global_batch % num_devices:
     raise ValueError(f"Global batch {global_batch} is not divisible by {num_devices} devices.")
   local_batch = global_batch // num_devices
+  layers = diffusion_lm.SCANNED_LAYERS if model.config.scan_layers else None
 
   def one_step(state: TrainState, batch, specs):
     inputs = _loss_inputs(state, *batch, loss_config, global_batch, model.config.embed_dim)
@@ -119,8 +121,10 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
     positions = local_batch * inputs.tokens.shape[1]
 
     def loss_fn(params):  # the gather's gradient is a reduce-scatter (sharded leaves only)
-      loss_sum, aux = diffusion.training_losses(model, parallel.gather(params, specs.params),
-                                                inputs, schedule, loss_config, rngs=rngs)
+      whole, layer_fn = parallel.gather_params(params, specs.params, layers)
+      with partitioning.gathering_layers(layer_fn):  # a scanned stack: one layer at a time
+        loss_sum, aux = diffusion.training_losses(model, whole, inputs, schedule, loss_config,
+                                                  rngs=rngs)
       return loss_sum / positions, aux
 
     grads, (metrics, per_example_loss) = jax.grad(loss_fn, has_aux=True)(state.params)

@@ -81,6 +81,10 @@ MUTATIONS = [
     Mutation("a scanned stack without the 'layers' axis name", "cdm_jax/models/transformer.py",
              'metadata_params={nn.PARTITION_NAME: "layers"}', 'metadata_params={nn.PARTITION_NAME: None}',
              "tests/test_parallel.py::test_every_parameter_carries_logical_axis_names"),
+    Mutation("FSDP gathers a scanned stack whole", "cdm_jax/steps.py",
+             "  layers = diffusion_lm.SCANNED_LAYERS if model.config.scan_layers else None\n",
+             "  layers = None\n",
+             "tests/test_parallel.py::test_fsdp_gathers_a_scanned_stack_one_layer_at_a_time"),
 ]
 
 

@@ -12,6 +12,8 @@ from cdm_jax.parameterization import expand_like
 from cdm_jax.models.transformer import TransformerDenoiser
 
 Array = jax.Array
+# Where a scanned stack's parameters (layer axis first) sit in DiffusionLM's parameter tree.
+SCANNED_LAYERS = ("params", "denoiser", "stack", "layers")
 
 
 @flax.struct.dataclass

@@ -11,14 +11,20 @@ Every parameter of the denoiser, the embedding table and the judge LM is declare
 `parallel.RULES` maps these names to mesh axes. Initialization returns plain arrays everywhere;
 only `logical_specs` traces an initialization with the names attached (as Flax's
 `LogicallyPartitioned` boxes), so no other code handles boxed parameters.
+
+`gathering_layers(fn)` hands a scanned stack's layer parameters to `fn` one layer at a time inside
+the scan (FSDP: each layer is all-gathered just before its use, and its gradient reduce-scattered
+right after, instead of the whole model at once).
 """
 
+import contextlib
 import contextvars
 
 import flax.linen as nn
 import jax
 
 _ANNOTATE = contextvars.ContextVar("cdm_jax_annotate_partitioning", default=False)
+_LAYER_FN = contextvars.ContextVar("cdm_jax_layer_params_fn", default=None)
 
 
 def logical(init, *names: str | None):
@@ -36,3 +42,19 @@ def logical_specs(init_fn):
   finally:
     _ANNOTATE.reset(token)
   return nn.meta.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+@contextlib.contextmanager
+def gathering_layers(fn):
+  """While tracing inside this context, a scanned stack (`model.scan_layers`) passes each layer's
+  parameter tree through `fn` inside the scan body."""
+  token = _LAYER_FN.set(fn)
+  try:
+    yield
+  finally:
+    _LAYER_FN.reset(token)
+
+
+def layer_params_fn():
+  """The function set by `gathering_layers`, or None."""
+  return _LAYER_FN.get()

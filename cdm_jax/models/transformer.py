@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from cdm_jax.models.config import ModelConfig
+from cdm_jax.models import partitioning
 from cdm_jax.models.partitioning import logical
 
 Array = jax.Array
@@ -148,9 +149,13 @@ class Stack(nn.Module):
   @nn.compact
   def __call__(self, x, cond, bias, deterministic: bool):
     cfg = self.config
+    block = Block
+    layer_fn = partitioning.layer_params_fn()
+    if cfg.scan_layers and layer_fn is not None and not self.is_initializing():
+      block = nn.map_variables(Block, "params", lambda v: {**v, "params": layer_fn(v["params"])})
     # Rematerialized blocks keep only their inputs for the backward pass (argument 4, after self,
-    # is the static `deterministic` flag).
-    block = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
+    # is the static `deterministic` flag); a layer's gathered parameters are gathered again there.
+    block = nn.remat(block, static_argnums=(4,)) if cfg.remat else block
     if cfg.scan_layers:
       scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
