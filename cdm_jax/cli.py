@@ -49,3 +49,23 @@ def user_errors_exit(main):
       logging.shutdown()
       sys.exit(1)
   return wrapped
+
+
+def define_multihost_flags(flags):
+  """--multihost and the three flags that name a run's processes (every CLI that runs compiled
+  steps over the devices: training, sampling, distillation)."""
+  flags.DEFINE_bool("multihost", False, "Join a multi-process run first (TPU VM pods, several GPU "
+                    "hosts): on a pod JAX finds the other processes itself; elsewhere give the "
+                    "three flags below (or CDM_JAX_COORDINATOR / CDM_JAX_NUM_PROCESSES / "
+                    "CDM_JAX_PROCESS_ID). Each process then reads its own share of every batch.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --multihost).")
+  flags.DEFINE_integer("num_processes", None, "Processes in the run (implies --multihost).")
+  flags.DEFINE_integer("process_id", None, "This process's id, 0 ... num_processes - 1.")
+
+
+def join_if_asked(values):
+  """`distributed.initialize` when the parsed flags `values` ask for a multi-process run."""
+  from cdm_jax import distributed  # pylint: disable=g-import-not-at-top  # keeps this module light
+  explicit = (values.coordinator_address, values.num_processes, values.process_id)
+  if values.multihost or any(x is not None for x in explicit):
+    distributed.initialize(*explicit)

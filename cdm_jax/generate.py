@@ -378,18 +378,22 @@ def main(argv=None):
   flags.DEFINE_integer("student", None, "Sample the N-step student that cdm_jax.distill wrote "
                        "(N DDIM steps unless --steps says otherwise).")
   flags.DEFINE_string("matmul_dtype", None, "Override model.matmul_dtype (e.g. bfloat16).")
-  flags.DEFINE_string("output", None, "Also write the samples to this file, one per line.")
+  flags.DEFINE_string("output", None, "Also write the samples to this file, one per line "
+                      "(by process 0 of a multi-process run).")
+  cli.define_multihost_flags(flags)
 
   def run(unused_argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     f = flags.FLAGS
+    cli.join_if_asked(f)
     generator = load(f.workdir, use_ema=not f.raw_params, matmul_dtype=f.matmul_dtype,
                      student=f.student)
     texts = _cli_samples(generator, f)
     for text in texts:
       print(text)
     if f.output:
-      pathlib.Path(f.output).write_text("\n".join(texts) + "\n", encoding="utf-8")
+      distributed.on_primary(lambda: pathlib.Path(f.output).write_text(
+          "\n".join(texts) + "\n", encoding="utf-8"), f"writing {f.output}")
 
   app.run(cli.user_errors_exit(run), argv=argv or sys.argv)
 

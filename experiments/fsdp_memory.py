@@ -2,6 +2,7 @@
 (optionally) the compiled train step's memory analysis on N fake CPU devices.
 
 python experiments/fsdp_memory.py [--config=configs/tpu_pod_1b.py] [--devices=64] [--compile]
+    [--fsdp_axis_size=N]
 
 Bytes come from the state's shapes (`jax.eval_shape`, nothing allocated) and the logical axis
 rules (`builders.state_specs`: FSDP groups of the config's train.fsdp_axis_size devices, 0: all); `--compile` lowers and compiles the real step for the fake devices
@@ -19,6 +20,8 @@ def main():
   parser.add_argument("--config", default="configs/tpu_pod_1b.py")
   parser.add_argument("--devices", type=int, default=64)
   parser.add_argument("--compile", action="store_true")
+  parser.add_argument("--fsdp_axis_size", type=int, default=None,
+                      help="devices per FSDP group (default: the config's train.fsdp_axis_size)")
   args = parser.parse_args()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -31,6 +34,8 @@ def main():
   model, tx = builders.make_model(config), builders.make_optimizer(config.train)
   shapes = jax.eval_shape(lambda: builders.init_state(config, model, tx))
   params = sum(x.size for x in jax.tree.leaves(shapes.params))
+  if args.fsdp_axis_size is not None:
+    config.train.fsdp_axis_size = args.fsdp_axis_size
   fsdp = config.train.get("fsdp_axis_size", 0) or args.devices
   print(f"{args.config}: {params / 1e9:.3f}B parameters on {args.devices} devices "
         f"(FSDP groups of {fsdp})")

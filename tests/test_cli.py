@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 
@@ -85,3 +86,18 @@ def test_cli_errors_are_one_line_and_exit_2(trained, tmp_path):
                         "--config.model.width=48")
   assert code == 2 and "Traceback" not in stderr and "Exception" not in stderr, stderr[-2000:]
   assert "model.width: 32 -> 48" in stderr
+
+
+def test_multihost_flags_join_a_run_only_when_asked(monkeypatch):
+  """`cli.join_if_asked` (training and sampling CLIs): nothing without the flags; the explicit
+  coordinator, process count and id as given; --multihost alone leaves detection to JAX."""
+  from cdm_jax import cli, distributed  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(distributed, "initialize", lambda *args: calls.append(args))
+  flags = lambda **kw: types.SimpleNamespace(**{"multihost": False, "coordinator_address": None,
+                                                "num_processes": None, "process_id": None, **kw})
+  cli.join_if_asked(flags())
+  assert not calls
+  cli.join_if_asked(flags(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1))
+  cli.join_if_asked(flags(multihost=True))
+  assert calls == [("127.0.0.1:1234", 2, 1), (None, None, None)]
