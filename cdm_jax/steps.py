@@ -112,21 +112,13 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
   if global_batch % num_devices:
     raise ValueError(f"Global batch {global_batch} is not divisible by {num_devices} devices.")
   local_batch = global_batch // num_devices
-  layers = diffusion_lm.SCANNED_LAYERS if model.config.scan_layers else None
 
   def one_step(state: TrainState, batch, specs):
     inputs = _loss_inputs(state, *batch, loss_config, global_batch, model.config.embed_dim)
     step_key = jax.random.fold_in(state.rng, state.step)
     rngs = {"dropout": jax.random.fold_in(jax.random.fold_in(step_key, 3), jax.lax.axis_index(BATCH))}
-    positions = local_batch * inputs.tokens.shape[1]
-
-    def loss_fn(params):  # the gather's gradient is a reduce-scatter (sharded leaves only)
-      whole, layer_fn = parallel.gather_params(params, specs.params, layers)
-      with partitioning.gathering_layers(layer_fn):  # a scanned stack: one layer at a time
-        loss_sum, aux = diffusion.training_losses(model, whole, inputs, schedule, loss_config,
-                                                  rngs=rngs)
-      return loss_sum / positions, aux
-
+    loss_fn = _loss_fn(model, schedule, loss_config, inputs, param_specs=specs.params, rngs=rngs,
+                       positions=local_batch * inputs.tokens.shape[1])
     grads, (metrics, per_example_loss) = jax.grad(loss_fn, has_aux=True)(state.params)
     grads, grad_norm = _mean_gradients(grads, specs.params, num_devices, grad_clip_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -156,6 +148,21 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
     return state, metrics
 
   return _jit_over_mesh(per_device, mesh, steps_per_call, state_specs)
+
+
+def _loss_fn(model, schedule, loss_config, inputs, *, param_specs, rngs, positions: int):
+  """params -> (this device's mean loss, aux), computed on the gathered parameters (replicated
+  leaves as they are; a scanned stack's layers gathered one at a time inside the scan). The
+  gather's gradient is a reduce-scatter: sharded leaves get their slice of the gradient."""
+  layers = diffusion_lm.SCANNED_LAYERS if model.config.scan_layers else None
+
+  def loss_fn(params):
+    whole, layer_fn = parallel.gather_params(params, param_specs, layers)
+    with partitioning.gathering_layers(layer_fn):
+      loss_sum, aux = diffusion.training_losses(model, whole, inputs, schedule, loss_config,
+                                                rngs=rngs)
+    return loss_sum / positions, aux
+  return loss_fn
 
 
 def _jit_over_mesh(per_device, mesh, steps_per_call: int, state_specs):
