@@ -399,7 +399,7 @@ def _loop(run: _Run, state: DistillState) -> dict:
       pending.append(metrics)
       step += 1
       round_done = step % cfg.steps_per_round == 0
-      stop = distributed.any_process(preemption.requested)
+      stop = distributed.stop_requested(preemption.requested, step)
       if periodic.itstime(step, cfg.log_every_steps, round_done or stop):
         record, pending = _log(run, step, jax.device_get(pending)), []
       if round_done:

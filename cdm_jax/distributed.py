@@ -86,6 +86,19 @@ def to_host(tree):
   return jax.tree.map(fetch, tree)
 
 
+# With several processes, how often (in dispatches) the training and distillation loops pool their
+# stop requests: each pooling is a small all-gather that waits for the step before it.
+STOP_SYNC_DISPATCHES = 10
+
+
+def stop_requested(flag: bool, dispatch: int) -> bool:
+  """`any_process(flag)` at every STOP_SYNC_DISPATCHES-th dispatch (at every one with a single
+  process), False in between: every process calls it after every dispatch and gets one answer."""
+  if jax.process_count() == 1 or dispatch % STOP_SYNC_DISPATCHES == 0:
+    return any_process(flag)
+  return False
+
+
 def any_process(flag: bool) -> bool:
   """True on every process when `flag` is True on any (every process must call it)."""
   if jax.process_count() == 1:

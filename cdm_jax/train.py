@@ -22,9 +22,6 @@ from cdm_jax import (builders, checkpointing, conditioning, distributed, embeddi
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
-# With several processes, how often (in dispatches of train.steps_per_call steps) they pool their
-# stop requests: each pooling is a small all-gather that waits for the step before it.
-STOP_SYNC_DISPATCHES = 10
 
 
 def write_samples(path, texts: list[str]):
@@ -163,16 +160,15 @@ def _sample(run: _Run, state, step: int):
 def _is_last_step(tcfg, step: int, preemption: periodic.Preemption, deadline: periodic.Deadline,
                   dispatch: int) -> bool:
   """Whether to stop after `step`. SIGTERM and the time limit reach each process on its own: with
-  several processes they are pooled (`any_process`) every STOP_SYNC_DISPATCHES dispatches, and all
-  stop at the same step."""
-  if jax.process_count() == 1 or dispatch % STOP_SYNC_DISPATCHES == 0:
-    timed_out = deadline.passed()
-    if distributed.any_process(preemption.requested or timed_out):
-      log.warning("Stopping at step %d (%s).", step,
-                  "SIGTERM" if preemption.requested else
-                  f"train.time_limit_minutes={tcfg.time_limit_minutes} reached" if timed_out else
-                  "another process was asked to stop")
-      return True
+  several processes they are pooled every `distributed.STOP_SYNC_DISPATCHES` dispatches of
+  train.steps_per_call steps, and all stop at the same step."""
+  timed_out = deadline.passed()
+  if distributed.stop_requested(preemption.requested or timed_out, dispatch):
+    log.warning("Stopping at step %d (%s).", step,
+                "SIGTERM" if preemption.requested else
+                f"train.time_limit_minutes={tcfg.time_limit_minutes} reached" if timed_out else
+                "another process was asked to stop")
+    return True
   return step >= tcfg.num_train_steps or bool(tcfg.stop_at_step and step >= tcfg.stop_at_step)
 
 

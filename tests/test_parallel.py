@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -93,6 +94,7 @@ def _state_layout(model, tx, mesh, min_size, abstract=False):
   return shapes if abstract else init(), parallel.state_specs(shapes, names, mesh, min_size)
 
 
+@functools.lru_cache(maxsize=None)  # the replicated run is the reference of several tests
 def _fsdp_run(min_size, fsdp=4, num_steps=5, config=CONFIG):
   """`num_steps` AdamW steps (clipped at 1.0, so the FSDP path clips by the global norm) on a
   (4 / fsdp, fsdp) mesh; (losses, grad norms, final params on the host, state bytes on one device,
