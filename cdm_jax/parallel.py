@@ -101,7 +101,7 @@ def mesh_spec(names: P, shape: tuple, axis_sizes: dict, min_size: int, rules=RUL
           shape[dim] % axis_sizes[mesh_axis] == 0):
         spec[dim] = mesh_axis
         used.add(mesh_axis)
-      break  # the first rule for a name decides
+      break  # the first rule for this name whose mesh axis is free decides
   return P(*spec) if used else P()
 
 
