@@ -52,8 +52,8 @@ def user_errors_exit(main):
 
 
 def define_multihost_flags(flags):
-  """--multihost and the three flags that name a run's processes (every CLI that runs compiled
-  steps over the devices: training, sampling, distillation)."""
+  """--multihost and the three flags that name a run's processes (the training and sampling
+  CLIs)."""
   flags.DEFINE_bool("multihost", False, "Join a multi-process run first (TPU VM pods, several GPU "
                     "hosts): on a pod JAX finds the other processes itself; elsewhere give the "
                     "three flags below (or CDM_JAX_COORDINATOR / CDM_JAX_NUM_PROCESSES / "

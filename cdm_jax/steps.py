@@ -181,7 +181,8 @@ def _jit_over_mesh(per_device, mesh, steps_per_call: int, state_specs):
 def _mean_gradients(grads, specs, num_devices: int, clip_norm: float):
   """(mean gradient over devices, its global norm before clipping). A sharded leaf arrives summed
   over its FSDP group (the reduce-scatter) and is summed over the groups here; a replicated one
-  arrives per device (pmean); with sharded leaves the global norm is clipped to `clip_norm` (> 0)."""
+  arrives per device (pmean); with sharded leaves the global norm is clipped to `clip_norm` (> 0)
+  here."""
   is_spec = lambda x: isinstance(x, P)
   sharded = lambda spec: parallel.sharded_dim(spec) is not None
   grads = jax.tree.map(lambda g, spec: jax.lax.psum(g, parallel.DATA) / num_devices if sharded(spec)

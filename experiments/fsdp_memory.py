@@ -5,7 +5,8 @@ python experiments/fsdp_memory.py [--config=configs/tpu_pod_1b.py] [--devices=64
     [--fsdp_axis_size=N]
 
 Bytes come from the state's shapes (`jax.eval_shape`, nothing allocated) and the logical axis
-rules (`builders.state_specs`: FSDP groups of the config's train.fsdp_axis_size devices, 0: all); `--compile` lowers and compiles the real step for the fake devices
+rules (`builders.state_specs`: FSDP groups of the config's train.fsdp_axis_size devices, 0: all);
+`--compile` lowers and compiles the real step for the fake devices
 (minutes for a large model) and prints XLA's argument/temporary byte counts per device.
 """
 

@@ -29,8 +29,8 @@ class Embedder(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.table = self.param("table", logical(nn.initializers.normal(cfg.embed_scale), "vocab", "latent"),
-                            (cfg.vocab_size, cfg.embed_dim))
+    table_init = logical(nn.initializers.normal(cfg.embed_scale), "vocab", "latent")
+    self.table = self.param("table", table_init, (cfg.vocab_size, cfg.embed_dim))
     self.readout_bias = self.param("readout_bias", logical(nn.initializers.zeros, "vocab"),
                                    (cfg.vocab_size,))
 

@@ -133,8 +133,8 @@ class Block(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
     weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
     attended = jnp.matmul(weights, v).transpose(0, 2, 1, 3).reshape(batch, length, width)
-    x = x + nn.Dropout(cfg.dropout_rate)(
-        rows(dense(cfg, width, "attn_out", ("heads", "embed")), attended), deterministic=deterministic)
+    attended = rows(dense(cfg, width, "attn_out", ("heads", "embed")), attended)
+    x = x + nn.Dropout(cfg.dropout_rate)(attended, deterministic=deterministic)
     h = layer_norm(cfg, "ln_mlp")(x) * (1 + scale2) + shift2
     h = nn.gelu(rows(dense(cfg, cfg.mlp_dim, "mlp_in", ("embed", "mlp")), h))
     h = rows(dense(cfg, width, "mlp_out", ("mlp", "embed")), h)
@@ -189,8 +189,8 @@ class TransformerDenoiser(nn.Module):
       x0_selfcond = jnp.zeros_like(x_t)
     inputs = jnp.concatenate([x_t, x0_selfcond], axis=-1) if cfg.self_conditioning else x_t
     h = rows(dense(cfg, cfg.width, "in_proj", ("latent", "embed")), inputs.astype(dtype))
-    pos = self.param("pos_embedding", logical(nn.initializers.normal(cfg.pos_init_std), "length", "embed"),
-                     (cfg.seq_len, cfg.width))
+    pos_init = logical(nn.initializers.normal(cfg.pos_init_std), "length", "embed")
+    pos = self.param("pos_embedding", pos_init, (cfg.seq_len, cfg.width))
     h = h + pos[None, :length].astype(dtype)
     if cfg.conditioning:  # a learned marker on the positions whose latents are given
       flag = self.param("cond_flag", logical(nn.initializers.normal(0.02), "embed"), (cfg.width,))
