@@ -38,14 +38,10 @@ REFERENCE_DEFAULT_STEPS = 2000
 
 
 def _judge(generator, data, args):
-  model = generator.config.model
-  config = judge_lib.JudgeConfig(width=model.width, num_layers=model.num_layers,
-                                 num_heads=model.num_heads, mlp_dim=model.mlp_dim,
-                                 time_limit_minutes=0.0, seed=args.judge_seed,
-                                 max_steps=args.judge_steps)
-  d = generator.config.data
-  corpus_id = f"compute_gap:{d.corpus}:{d.path}:{d.max_examples}"
-  return judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, config)
+  config = judge_lib.sized_like(generator.config.model, seed=args.judge_seed,
+                                max_steps=args.judge_steps)
+  return judge_lib.get_judge(generator.tokenizer, data.train,
+                             judge_lib.gap_corpus_id(generator.config.data), config)
 
 
 def _seconds_to_64(generator, options: dict, repeats: int) -> float:

@@ -108,23 +108,25 @@ def make_mesh(config):
   return parallel.make_mesh(tcfg.num_devices or None, fsdp=fsdp)
 
 
-def state_specs(config, model: DiffusionLM, tx, mesh):
-  """The train state's PartitionSpecs on `mesh`: split over its 'fsdp' axis by the parameters'
-  logical axis names (`parallel.RULES`) with train.fsdp, else replicated."""
-  return _state_layout(config, model, tx, mesh)[1]
-
-
-def abstract_state(config, model: DiffusionLM, tx, mesh):
-  """The train state's structure, shapes and shardings (replicated, or sharded with train.fsdp),
-  for restoring; a checkpoint restores under either."""
-  shapes, specs = _state_layout(config, model, tx, mesh)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
-                      parallel.shardings(mesh, specs))
-
-
-def _state_layout(config, model: DiffusionLM, tx, mesh):
+def state_layout(config, model: DiffusionLM, tx, mesh):
+  """The train state's shapes (`jax.eval_shape` of `init_state`) and PartitionSpecs on `mesh`:
+  split over its 'fsdp' axis by the parameters' logical axis names (`parallel.RULES`) with
+  train.fsdp, else replicated."""
   shapes, names = partitioning.logical_specs(lambda: init_state(config, model, tx))
   return shapes, parallel.state_specs(shapes, names, mesh, fsdp_min_size(config))
+
+
+def state_specs(config, model: DiffusionLM, tx, mesh):
+  """The train state's PartitionSpecs on `mesh` (`state_layout`'s second part)."""
+  return state_layout(config, model, tx, mesh)[1]
+
+
+def abstract_state(config, model: DiffusionLM, tx, mesh, *, layout=None):
+  """The train state's structure, shapes and shardings (replicated, or sharded with train.fsdp),
+  for restoring; a checkpoint restores under either. `layout`: `state_layout`'s result, if known."""
+  shapes, specs = layout or state_layout(config, model, tx, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                      parallel.shardings(mesh, specs))
 
 
 def abstract_params(config, model: DiffusionLM, mesh):

@@ -251,9 +251,16 @@ def round_of(config: DistillConfig, step: int) -> int:
   return min(step // config.steps_per_round, config.num_rounds - 1)
 
 
-def teacher_grid(schedule, config: DistillConfig, round_index: int) -> Array:
-  """The teacher's uniform DDIM grid of round `round_index`; its even points are the student's."""
-  return schedules_lib.time_grid(schedule, 2 * config.student_steps(round_index))
+def teacher_grid(schedule, config: DistillConfig, round_index: int, warp=None,
+                 follow: str = "loss") -> Array:
+  """The teacher's DDIM grid of round `round_index` (uniform, or the learned warp's quantiles as
+  `schedules.time_grid` gives them); its even points are the student's own grid."""
+  return schedules_lib.time_grid(schedule, 2 * config.student_steps(round_index), warp, follow)
+
+
+def uses_warp(teacher_config) -> bool:
+  """Whether the teacher samples on its learned warp's grid, and so its students do too."""
+  return teacher_config.sample.get("time_grid", "uniform") == "warp"
 
 
 def student_path(workdir, steps: int):
@@ -281,6 +288,17 @@ def flops_per_step(teacher_config, config: DistillConfig, round_index: int) -> f
   return config.runs_per_step * per_sequence * ((2 * n + 1) + 3 * (n + 1))
 
 
+def flops_of_steps(teacher_config, config: DistillConfig, steps: int) -> float:
+  """FLOPs of the first `steps` optimizer steps: each round's share at its own rate (the last
+  round takes every step past the others, as `round_of` does)."""
+  total = 0.0
+  for r in range(config.num_rounds):
+    start = r * config.steps_per_round
+    end = steps if r == config.num_rounds - 1 else min(steps, start + config.steps_per_round)
+    total += max(0, end - start) * flops_per_step(teacher_config, config, r)
+  return total
+
+
 @dataclasses.dataclass
 class _Run:
   workdir: object
@@ -294,6 +312,7 @@ class _Run:
   batches: pipeline.BatchIterator
   manager: object
   teacher_step: int
+  warp: object = None  # the teacher's learned time warp when it samples on its grid
 
 
 def _record_config(directory, config: DistillConfig):
@@ -317,8 +336,11 @@ def _record_config(directory, config: DistillConfig):
 def _build(workdir: str, config: DistillConfig) -> _Run:
   teacher_config = builders.load_config(workdir)
   directory = fs.path(workdir) / DISTILL_DIR
-  distributed.on_primary(lambda: _record_config(directory, config), "checking distill.json")
   mesh = parallel.make_mesh(teacher_config.train.get("num_devices") or None)
+  if config.runs_per_step % mesh.size:
+    raise ValueError(f"runs_per_step ({config.runs_per_step}) must be a multiple of the "
+                     f"{mesh.size} devices the runs are split over.")
+  distributed.on_primary(lambda: _record_config(directory, config), "checking distill.json")
   model = builders.make_model(teacher_config)
   schedule = builders.make_schedule(teacher_config)
   tx = make_optimizer(config)
@@ -333,8 +355,11 @@ def _build(workdir: str, config: DistillConfig) -> _Run:
 
 def _restore_or_init(run: _Run) -> DistillState:
   abstract = {"ema_params": builders.abstract_params(run.teacher_config, run.model, run.mesh)}
+  if uses_warp(run.teacher_config):
+    abstract["warp"] = builders.abstract_warp(run.teacher_config, run.mesh)
   restored, run.teacher_step = checkpointing.restore_subtree(str(run.workdir), abstract)
   teacher = restored["ema_params"]
+  run.warp = distributed.to_host(restored["warp"]) if "warp" in restored else None
   shapes = jax.eval_shape(lambda: init_state(teacher, run.tx, run.config.seed))
   latest = checkpointing.restore_latest(
       run.manager, checkpointing.abstract_like(shapes, parallel.replicated(run.mesh)))
@@ -358,11 +383,11 @@ def _save_student(run: _Run, state: DistillState, round_index: int, step: int):
   steps = run.config.student_steps(round_index)
   path = student_path(run.workdir, steps)
   checkpointing.save_tree(path / "params", state.params)
-  distill_flops = sum(flops_per_step(run.teacher_config, run.config, round_of(run.config, i))
-                      for i in range(step))
+  distill_flops = flops_of_steps(run.teacher_config, run.config, step)
   teacher_flops = (flops.diffusion_train_flops(run.teacher_config)["train"] * run.teacher_step)
   meta = {"steps": steps, "teacher_steps": 2 * steps, "round": round_index + 1,
           "distill_steps": step, "teacher_runs": step * run.config.runs_per_step, "sampler": "ddim",
+          "time_grid": "warp" if run.warp is not None else "uniform",
           "teacher_checkpoint_step": run.teacher_step, "distill_flops": distill_flops,
           "teacher_train_flops": teacher_flops,
           "flops_fraction_of_teacher_training": distill_flops / max(teacher_flops, 1.0),
@@ -389,7 +414,8 @@ def _loop(run: _Run, state: DistillState) -> dict:
   """Steps from `state` to the end of the last round (or a SIGTERM); the last logged metrics."""
   cfg = run.config
   step = int(jax.device_get(state.step))
-  grids = [teacher_grid(run.schedule, cfg, r) for r in range(cfg.num_rounds)]
+  follow = run.teacher_config.diffusion.get("warp_follow", "loss")
+  grids = [teacher_grid(run.schedule, cfg, r, run.warp, follow) for r in range(cfg.num_rounds)]
   pending, record = [], {"step": step}
   with periodic.Preemption() as preemption:
     while step < cfg.total_steps:

@@ -319,15 +319,21 @@ def load(workdir: str, *, use_ema: bool = True, step: int | None = None,
 
 
 def _load_student(workdir: str, config, mesh, steps: int) -> Generator:
-  """A `Generator` of the `steps`-step student: DDIM, no clamp, no temperature or re-noising (the
-  sampler it was distilled for); other options as the config's, and every one can be overridden."""
+  """A `Generator` of the `steps`-step student: DDIM on the grid it was distilled on (uniform, or
+  the teacher's learned warp), no clamp, no temperature or re-noising (the sampler it was distilled
+  for); other options as the config's, and every one can be overridden."""
   meta = distill.read_student(workdir, steps)
   abstract = builders.abstract_params(config, builders.make_model(config), mesh)
   params = checkpointing.restore_tree(distill.student_path(workdir, steps) / "params", abstract)
-  config.sample.update(num_steps=steps, sampler="ddim", clamp="none", time_grid="uniform",
+  time_grid, warp = meta.get("time_grid", "uniform"), None
+  if time_grid == "warp":  # the grid it was distilled on: its teacher checkpoint's learned warp
+    restored, _ = checkpointing.restore_subtree(
+        workdir, {"warp": builders.abstract_warp(config, mesh)}, meta["teacher_checkpoint_step"])
+    warp = distributed.to_host(restored["warp"])
+  config.sample.update(num_steps=steps, sampler="ddim", clamp="none", time_grid=time_grid,
                        logit_temperature=1.0, renoise_min_t=0.0, renoise_max_t=0.0)
   return Generator(config, params, tokenizer_lib.load_tokenizer(workdir),
-                   step=meta["teacher_checkpoint_step"], mesh=mesh)
+                   step=meta["teacher_checkpoint_step"], mesh=mesh, warp=warp)
 
 
 def define_sampling_flags(flags, num_samples: int):

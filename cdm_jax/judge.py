@@ -51,6 +51,19 @@ def judge_budget(minutes: float = JudgeConfig.time_limit_minutes, steps: int = 0
   return JudgeConfig(time_limit_minutes=minutes)
 
 
+def sized_like(model_config, **overrides) -> JudgeConfig:
+  """A judge (or AR baseline) with a diffusion model's transformer sizes, trained for an exact
+  number of steps (no time limit) unless `overrides` say otherwise."""
+  return JudgeConfig(width=model_config.width, num_layers=model_config.num_layers,
+                     num_heads=model_config.num_heads, mlp_dim=model_config.mlp_dim,
+                     **{"time_limit_minutes": 0.0, **overrides})
+
+
+def gap_corpus_id(data_config) -> str:
+  """The cache identity of the compute-gap judge's and ladder's training corpus."""
+  return f"compute_gap:{data_config.corpus}:{data_config.path}:{data_config.max_examples}"
+
+
 def cache_root() -> pathlib.Path:
   return pathlib.Path(os.environ.get("CDM_JAX_CACHE", os.path.expanduser("~/.cache/cdm_jax"))) / "judges"
 

@@ -38,6 +38,7 @@ class _Run:
   data: pipeline.Dataset
   model: object
   schedule: object
+  layout: tuple  # builders.state_layout: the train state's shapes and PartitionSpecs
   train_step: object
   bound_fn: object
   stats_fn: object
@@ -55,16 +56,17 @@ def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[_Run
   model = builders.make_model(config)
   schedule = builders.make_schedule(config)
   tx = builders.make_optimizer(tcfg)
+  layout = builders.state_layout(config, model, tx, mesh)
   train_step = steps.make_train_step(model, tx, schedule, builders.loss_config(config), mesh,
                                      global_batch=tcfg.batch_size, ema_decay=tcfg.ema_decay,
                                      steps_per_call=tcfg.steps_per_call,
                                      skip_nonfinite=tcfg.get("skip_nonfinite", False),
-                                     state_specs=builders.state_specs(config, model, tx, mesh),
+                                     state_specs=layout[1],
                                      grad_clip_norm=tcfg.grad_clip_norm)
   stats_fn = jax.jit(lambda table, key: embedding_stats.embedding_statistics(
       table, schedule, key, t_small=tcfg.embedding_stats_t))
   run = _Run(config=config, workdir=workdir, mesh=mesh, data=data, model=model, schedule=schedule,
-             train_step=train_step,
+             layout=layout, train_step=train_step,
              bound_fn=steps.make_bound_fn(model, schedule, mesh, config.diffusion.bound_log_snr_max),
              stats_fn=stats_fn,
              batches=pipeline.BatchIterator(data.train, tcfg.batch_size, config.seed,
@@ -78,12 +80,11 @@ def _restore_or_init(run: _Run, tx):
   """The newest checkpoint's state (and data position), or a fresh state."""
   config = run.config
   restored = checkpointing.restore_latest(
-      run.manager, builders.abstract_state(config, run.model, tx, run.mesh))
+      run.manager, builders.abstract_state(config, run.model, tx, run.mesh, layout=run.layout))
   if restored is None:
     log.info("Starting from scratch in %s.", run.workdir)
     state = builders.init_state(config, run.model, tx)
-    return jax.device_put(state, parallel.shardings(
-        run.mesh, builders.state_specs(config, run.model, tx, run.mesh)))
+    return jax.device_put(state, parallel.shardings(run.mesh, run.layout[1]))
   state, data_state, start = restored
   run.batches.set_state(data_state)
   log.info("Resumed from step %d in %s.", start, run.workdir)

@@ -80,9 +80,7 @@ def run(args) -> dict:
   config = generator.config
   data = pipeline.prepare_data(config.data, args.workdir)
   model = config.model
-  base = judge_lib.JudgeConfig(width=model.width, num_layers=model.num_layers,
-                               num_heads=model.num_heads, mlp_dim=model.mlp_dim,
-                               time_limit_minutes=0.0)
+  base = judge_lib.sized_like(model)
   ar_step_flops = flops.ar_train_flops(width=model.width, num_layers=model.num_layers,
                                        mlp_dim=model.mlp_dim, seq_len=config.data.seq_len,
                                        vocab_size=config.data.vocab_size, batch_size=base.batch_size)
@@ -92,7 +90,7 @@ def run(args) -> dict:
   steps_of = lambda f: max(1, round(float(f) * ladder_flops / ar_step_flops))
   judge_config = dataclasses.replace(base, seed=args.judge_seed,
                                      max_steps=args.judge_multiple * steps_of(max(fractions)))
-  corpus_id = f"compute_gap:{config.data.corpus}:{config.data.path}:{config.data.max_examples}"
+  corpus_id = judge_lib.gap_corpus_id(config.data)
   judge = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, judge_config)
   n = min(args.num_samples, len(data.valid_text) // 2)
   references, real = evaluate.shuffled_real_sets(data.valid_text, n, args.seed)

@@ -83,6 +83,18 @@ def test_config_must_halve_down_to_the_target():
     distill.DistillConfig(target_steps=8, teacher_steps=8)
 
 
+def test_flops_of_steps_adds_each_steps_own_rounds_rate():
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  teacher = tiny.get_config()
+  config = distill.DistillConfig(target_steps=2, teacher_steps=16, steps_per_round=5)
+  assert config.num_rounds == 3
+  rates = [distill.flops_per_step(teacher, config, r) for r in range(3)]
+  assert rates[0] > rates[1] > rates[2] > 0  # fewer student steps, fewer teacher calls
+  for steps in (0, 3, 5, 12, 15, 19):  # 19: four steps past the last round's end stay in it
+    expected = sum(rates[min(i // 5, 2)] for i in range(steps))
+    assert distill.flops_of_steps(teacher, config, steps) == pytest.approx(expected, rel=1e-12)
+
+
 def _final_latents(generator, params, steps: int, seed: int = 0) -> np.ndarray:
   """x0_hat after `steps` DDIM steps (no clamp) from fixed noise, for 16 sequences."""
   cfg = generator.model.config
@@ -159,6 +171,34 @@ def test_resume_ends_where_the_uninterrupted_run_ends(distilled, tmp_path):
   meta = distill.read_student(str(copy), 1)
   assert meta["teacher_steps"] == 2 and meta["distill_steps"] == 120
   assert len(cdm_jax.load(str(copy), student=1).sample(2)) == 2
+
+
+def test_a_teacher_sampling_on_its_warp_is_distilled_and_sampled_on_it(trained, tmp_path,
+                                                                         monkeypatch):
+  workdir = tmp_path / "warped"
+  shutil.copytree(trained[0], workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["sample"]["time_grid"] = "warp"
+  (workdir / "config.json").write_text(json.dumps(saved))
+  grids = []
+  original = distill.teacher_grid
+  monkeypatch.setattr(distill, "teacher_grid", lambda *a, **k: grids.append(original(*a, **k))
+                      or grids[-1])
+  with pytest.raises(ValueError, match="multiple of the 4 devices"):
+    distill.distill(str(workdir), distill.DistillConfig(target_steps=1, teacher_steps=2,
+                                                        runs_per_step=2))
+  distill.distill(str(workdir), distill.DistillConfig(target_steps=1, teacher_steps=2,
+                                                      steps_per_round=2, runs_per_step=4))
+  teacher = cdm_jax.load(str(workdir))
+  warped = np.asarray(teacher._times(teacher.options(steps=2)))  # pylint: disable=protected-access
+  uniform = np.asarray(schedules.time_grid(teacher.schedule, 2))
+  assert np.abs(warped - uniform).max() > 1e-3  # the tiny run's warp moves the midpoint (by ~0.009)
+  np.testing.assert_allclose(np.asarray(grids[0]), warped, rtol=1e-6)
+  student = cdm_jax.load(str(workdir), student=1)
+  assert distill.read_student(str(workdir), 1)["time_grid"] == "warp"
+  np.testing.assert_allclose(
+      np.asarray(student._times(student.sample_config)),  # pylint: disable=protected-access
+      np.asarray(teacher._times(teacher.options(steps=1))), rtol=1e-6)  # pylint: disable=protected-access
 
 
 def test_the_cli_refuses_a_step_count_it_cannot_halve_to(tmp_path):

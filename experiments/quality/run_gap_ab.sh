@@ -27,6 +27,7 @@ declare -A RECIPES=(
   [ce_prior_slope_warp_pos1]="$CE $WARP --config.model.pos_init_std=1.0"
   [ce_prior_slope_warp_pos1_lr2e3]="$CE $WARP --config.model.pos_init_std=1.0 --config.train.learning_rate=2e-3"
   [ce_prior_slope_warp_pos1_lr3e3]="$CE $WARP --config.model.pos_init_std=1.0 --config.train.learning_rate=3e-3"
+  [ce_prior_slope_warp_pos1_lr2e3_b32]="$CE $WARP --config.model.pos_init_std=1.0 --config.train.learning_rate=2e-3 --config.train.batch_size=32"
   [ce_prior_slope_warp_pos1_dim16]="$CE $WARP --config.model.pos_init_std=1.0 --config.model.embed_dim=16"
 )
 for seed in ${SEEDS:-0 1}; do
