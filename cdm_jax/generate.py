@@ -190,14 +190,19 @@ class Generator:
       overrides["logit_temperature"] = overrides.pop("temperature")
     return self.sample_config.replace(**overrides)
 
-  def sample_tokens(self, num_samples: int = 8, *, seed: int = 0, condition=None,
+  def sample_tokens(self, num_samples: int = 8, *, seed: int = 0, condition=None, guide=None,
                     **overrides) -> np.ndarray:
     """Token ids [num_samples, seq_len]; `condition`: None or (known [num_samples, seq_len] int,
-    known_mask [num_samples, seq_len] bool), whose known tokens appear verbatim; see `options`
-    for the overrides."""
+    known_mask [num_samples, seq_len] bool), whose known tokens appear verbatim; `guide` as in
+    `make_sample_fn` (compiled per call); see `options` for the overrides."""
     if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**32):
       raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
-    fn = self.make_sample_fn(num_samples=num_samples, **overrides)
+    if guide is None:
+      fn = self.make_sample_fn(num_samples=num_samples, **overrides)
+    else:
+      options = self.options(num_samples=num_samples, **overrides)
+      fn = make_sample_fn(self.model, self.schedule, self.mesh, options, self._times(options),
+                          guide=guide)
     if condition is None:
       return distributed.to_host(fn(self.params, jax.random.PRNGKey(seed)))
     self._require_conditioning()
@@ -207,10 +212,7 @@ class Generator:
   def sample_guided(self, num_samples: int, guide, *, seed: int = 0, **overrides) -> list[str]:
     """Unconditional samples steered by `guide` (see `make_sample_fn`), e.g.
     `lambda f: guidance.classifier_guided(f, log_prob_fn, g.schedule, scale)`; compiled per call."""
-    options = self.options(num_samples=num_samples, **overrides)
-    fn = make_sample_fn(self.model, self.schedule, self.mesh, options, self._times(options),
-                        guide=guide)
-    return self.decode(distributed.to_host(fn(self.params, jax.random.PRNGKey(seed))))
+    return self.decode(self.sample_tokens(num_samples, seed=seed, guide=guide, **overrides))
 
   def decode(self, tokens: np.ndarray) -> list[str]:
     return [tokenizer_lib.decode_tokens(self.tokenizer, row) for row in tokens]

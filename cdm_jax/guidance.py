@@ -46,6 +46,41 @@ def classifier_guided(denoise_fn, log_prob_fn, schedule: schedules_lib.Schedule,
   return guided
 
 
+def readout_guided(denoise_fn, objective_fn, schedule: schedules_lib.Schedule, scale: float,
+                   min_log_snr: float | None = None):
+  """Label-free guidance with the denoiser as its own classifier: x0_hat shifted by scale
+  (sigma^2 / gamma) grad_x `objective_fn(x0_hat(x_t))`, where `objective_fn` maps the estimate
+  [batch, length, dim] to a log-probability per sample [batch] (e.g. `real_token_log_prob` of the
+  model's read-out). The gradient runs through the denoiser itself (one backward pass a step),
+  with the self-conditioning input the sampler gives; `min_log_snr` as in `classifier_guided`."""
+  def guided(x_t, t, x0_selfcond):
+    def objective(x):
+      x0_hat = denoise_fn(x, t, x0_selfcond)
+      return jnp.sum(objective_fn(x0_hat)), x0_hat
+    grad, x0_hat = jax.grad(objective, has_aux=True)(x_t)
+    gamma, sigma = schedule.alpha_sigma(t)
+    factor = scale * sigma**2 / gamma
+    if min_log_snr is not None:
+      factor = jnp.where(schedule.log_snr(t) >= min_log_snr, factor, 0.0)
+    return x0_hat + expand_like(factor, x_t) * grad
+  return guided
+
+
+def real_token_log_prob(readout_fn, gap_mask, special_ids):
+  """`objective_fn` for `readout_guided` (length control): for each sample, the sum over its gap
+  positions (`gap_mask` [batch, length] bool) of log P(not one of `special_ids`) under
+  softmax(`readout_fn(x0_hat)`), the model's read-out of its estimate."""
+  special_ids = jnp.asarray(special_ids)
+
+  def log_prob(x0_hat):
+    log_p = jax.nn.log_softmax(readout_fn(x0_hat).astype(jnp.float32), axis=-1)
+    log_special = jax.nn.logsumexp(log_p[..., special_ids], axis=-1)
+    # log(1 - p_special), stable for p_special near 0 or 1.
+    log_real = jnp.log(-jnp.expm1(jnp.minimum(log_special, -1e-6)))
+    return jnp.sum(jnp.where(gap_mask, log_real, 0.0), axis=-1)
+  return log_prob
+
+
 class NoisyClassifier(nn.Module):
   """Label logits [batch, num_labels] of noisy latents x_t [batch, length, dim] at log-SNR
   [batch]: a small bidirectional transformer, mean-pooled over positions."""

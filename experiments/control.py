@@ -5,9 +5,12 @@
   frozen) steers sampling at several guidance scales; success is judged by a *separate* classifier
   trained on clean token ids (bag of learned embeddings), and fluency by the AR judge's perplexity.
 * Length (label-free): a template `___:N` fixes N generated positions between a known BOS and a
-  known EOS; success is exactly N real pieces (no PAD/EOS chosen inside the gap).
+  known EOS; success is exactly N real pieces (no PAD/EOS chosen inside the gap). At a scale > 0
+  the sampler is also steered away from PAD/EOS/BOS in the gap by the gradient of the model's own
+  read-out (`guidance.readout_guided`).
 
 python experiments/control.py --workdir=DIR [--labels=verb,adj --scales=0,1,3 --num_samples=100]
+    [--tasks=part_of_speech,length --lengths=5,10,20 --length_scales=0,1,4]
 Writes DIR/eval/control.json and prints a table.
 """
 
@@ -108,23 +111,32 @@ def part_of_speech(args, g, judge, data) -> list[dict]:
 
 
 def length(args, g, judge) -> list[dict]:
+  """Per target length N and guidance scale: the share of `___:N` samples whose gap holds N real
+  pieces, steered at scale > 0 by `guidance.readout_guided` away from PAD/EOS/BOS in the gap (the
+  model's own read-out as the classifier), and the judge's perplexity of the samples."""
   results = []
   seq_len = g.config.data.seq_len
+  special = [tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID, tokenizer_lib.BOS_ID]
+  readout = lambda x0: g.model.apply(g.params, x0, method="readout")
+  free_rows, _ = pipeline.encode(g.tokenizer, g.sample(args.num_samples, seed=args.seed,
+                                                        steps=args.steps), seq_len)
+  free_len = np.argmax(free_rows == tokenizer_lib.EOS_ID, axis=1) - 1
   for n in (int(x) for x in args.lengths.split(",")):
     known, mask = conditioning.template_layout(g.tokenizer, f"___:{n}", seq_len)
-    tokens = g.sample_tokens(args.num_samples, seed=args.seed, steps=args.steps,
-                             condition=(np.stack([known] * args.num_samples),
-                                        np.stack([mask] * args.num_samples)))
-    gap = tokens[:, ~mask]
-    real = (gap != tokenizer_lib.PAD_ID) & (gap != tokenizer_lib.EOS_ID) & (gap != tokenizer_lib.BOS_ID)
-    texts = g.decode(tokens)
-    free_rows, _ = pipeline.encode(g.tokenizer, g.sample(args.num_samples, seed=args.seed,
-                                                          steps=args.steps), seq_len)
-    free_len = np.argmax(free_rows == tokenizer_lib.EOS_ID, axis=1) - 1
-    results.append({"length": n, "exact": float(np.mean(real.all(axis=1))),
-                    "unguided_exact": float(np.mean(free_len == n)),
-                    "judge_ppl": perplexity(judge, tokens), "examples": texts[:5]})
-    print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
+    objective = guidance.real_token_log_prob(readout, jnp.asarray(~mask), special)
+    for scale in (float(s) for s in args.length_scales.split(",")):
+      guide = None if scale == 0 else (
+          lambda f, s=scale: guidance.readout_guided(f, objective, g.schedule, s,
+                                                     min_log_snr=args.min_log_snr))
+      tokens = g.sample_tokens(args.num_samples, seed=args.seed, steps=args.steps, guide=guide,
+                               condition=(np.stack([known] * args.num_samples),
+                                          np.stack([mask] * args.num_samples)))
+      real = ~np.isin(tokens[:, ~mask], special)
+      results.append({"length": n, "scale": scale, "exact": float(np.mean(real.all(axis=1))),
+                      "unguided_exact": float(np.mean(free_len == n)),
+                      "judge_ppl": perplexity(judge, tokens),
+                      "examples": g.decode(tokens)[:5]})
+      print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
   return results
 
 
@@ -134,6 +146,9 @@ def main():
   parser.add_argument("--labels", default="verb,adj")
   parser.add_argument("--scales", default="0,1,3")
   parser.add_argument("--lengths", default="5,10,20")
+  parser.add_argument("--length_scales", default="0,1,4",
+                      help="readout guidance scales for length control (0: the template alone)")
+  parser.add_argument("--tasks", default="part_of_speech,length")
   parser.add_argument("--num_samples", type=int, default=100)
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--classifier_steps", type=int, default=600)
@@ -142,14 +157,21 @@ def main():
   parser.add_argument("--judge_minutes", type=float, default=4.0)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
+  unknown = set(args.tasks.split(",")) - {"part_of_speech", "length"}
+  if unknown:
+    parser.error(f"unknown --tasks {sorted(unknown)}; choose from part_of_speech, length")
   logging.basicConfig(level=logging.INFO, force=True)
   g = cdm_jax.load(args.workdir)
   if g.config.data.corpus != "wordnet":
     raise SystemExit("control.py needs a workdir trained on the 'wordnet' corpus.")
   _, _, judge = evaluate.load_for_evaluation(args.workdir, judge_lib.judge_budget(args.judge_minutes))
-  data = labeled_rows(g.tokenizer, g.config.data.seq_len)
-  result = {"workdir": args.workdir, "checkpoint_step": g.step, "args": vars(args),
-            "part_of_speech": part_of_speech(args, g, judge, data), "length": length(args, g, judge)}
+  result = {"workdir": args.workdir, "checkpoint_step": g.step, "args": vars(args)}
+  tasks = args.tasks.split(",")
+  if "part_of_speech" in tasks:
+    data = labeled_rows(g.tokenizer, g.config.data.seq_len)
+    result["part_of_speech"] = part_of_speech(args, g, judge, data)
+  if "length" in tasks:
+    result["length"] = length(args, g, judge)
   out = pathlib.Path(args.workdir) / "eval" / "control.json"
   out.parent.mkdir(exist_ok=True)
   out.write_text(json.dumps(result, indent=2))
