@@ -38,12 +38,17 @@ def classifier_guided(denoise_fn, log_prob_fn, schedule: schedules_lib.Schedule,
   def guided(x_t, t, x0_selfcond):
     x0_hat = denoise_fn(x_t, t, x0_selfcond)
     grad = jax.grad(lambda x: jnp.sum(log_prob_fn(x, t)))(x_t)
-    gamma, sigma = schedule.alpha_sigma(t)
-    factor = scale * sigma**2 / gamma
-    if min_log_snr is not None:
-      factor = jnp.where(schedule.log_snr(t) >= min_log_snr, factor, 0.0)
-    return x0_hat + expand_like(factor, x_t) * grad
+    return _shifted(x0_hat, grad, t, schedule, scale, min_log_snr)
   return guided
+
+
+def _shifted(x0_hat, grad, t, schedule: schedules_lib.Schedule, scale: float, min_log_snr):
+  """x0_hat + scale (sigma^2 / gamma) grad, only where log-SNR >= min_log_snr (when given)."""
+  gamma, sigma = schedule.alpha_sigma(t)
+  factor = scale * sigma**2 / gamma
+  if min_log_snr is not None:
+    factor = jnp.where(schedule.log_snr(t) >= min_log_snr, factor, 0.0)
+  return x0_hat + expand_like(factor, x0_hat) * grad
 
 
 def readout_guided(denoise_fn, objective_fn, schedule: schedules_lib.Schedule, scale: float,
@@ -58,17 +63,14 @@ def readout_guided(denoise_fn, objective_fn, schedule: schedules_lib.Schedule, s
       x0_hat = denoise_fn(x, t, x0_selfcond)
       return jnp.sum(objective_fn(x0_hat)), x0_hat
     grad, x0_hat = jax.grad(objective, has_aux=True)(x_t)
-    gamma, sigma = schedule.alpha_sigma(t)
-    factor = scale * sigma**2 / gamma
-    if min_log_snr is not None:
-      factor = jnp.where(schedule.log_snr(t) >= min_log_snr, factor, 0.0)
-    return x0_hat + expand_like(factor, x_t) * grad
+    return _shifted(x0_hat, grad, t, schedule, scale, min_log_snr)
   return guided
 
 
 def real_token_log_prob(readout_fn, gap_mask, special_ids):
   """`objective_fn` for `readout_guided` (length control): for each sample, the sum over its gap
-  positions (`gap_mask` [batch, length] bool) of log P(not one of `special_ids`) under
+  positions (`gap_mask` bool, [length] for every sample alike, as the sampler's device split
+  needs, or [batch, length] outside it) of log P(not one of `special_ids`) under
   softmax(`readout_fn(x0_hat)`), the model's read-out of its estimate."""
   special_ids = jnp.asarray(special_ids)
 

@@ -121,6 +121,7 @@ def length(args, g, judge) -> list[dict]:
   free_rows, _ = pipeline.encode(g.tokenizer, g.sample(args.num_samples, seed=args.seed,
                                                         steps=args.steps), seq_len)
   free_len = np.argmax(free_rows == tokenizer_lib.EOS_ID, axis=1) - 1
+  free_ppl = perplexity(judge, free_rows)
   for n in (int(x) for x in args.lengths.split(",")):
     known, mask = conditioning.template_layout(g.tokenizer, f"___:{n}", seq_len)
     objective = guidance.real_token_log_prob(readout, jnp.asarray(~mask), special)
@@ -134,7 +135,7 @@ def length(args, g, judge) -> list[dict]:
       real = ~np.isin(tokens[:, ~mask], special)
       results.append({"length": n, "scale": scale, "exact": float(np.mean(real.all(axis=1))),
                       "unguided_exact": float(np.mean(free_len == n)),
-                      "judge_ppl": perplexity(judge, tokens),
+                      "judge_ppl": perplexity(judge, tokens), "free_judge_ppl": free_ppl,
                       "examples": g.decode(tokens)[:5]})
       print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
   return results
