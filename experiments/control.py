@@ -156,6 +156,9 @@ def main():
   parser.add_argument("--min_log_snr", type=float, default=-4.0,
                       help="guide only where log-SNR >= this (see guidance.classifier_guided)")
   parser.add_argument("--judge_minutes", type=float, default=4.0)
+  parser.add_argument("--gap_judge_steps", type=int, default=0,
+                      help="> 0: judge fluency with compute_gap.py's judge of this many steps "
+                           "(626 for the 300-step ladder of experiments/quality/)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   unknown = set(args.tasks.split(",")) - {"part_of_speech", "length"}
@@ -165,7 +168,14 @@ def main():
   g = cdm_jax.load(args.workdir)
   if g.config.data.corpus != "wordnet":
     raise SystemExit("control.py needs a workdir trained on the 'wordnet' corpus.")
-  _, _, judge = evaluate.load_for_evaluation(args.workdir, judge_lib.judge_budget(args.judge_minutes))
+  if args.gap_judge_steps:  # the cached judge of experiments/compute_gap.py (seed 7)
+    train = pipeline.prepare_data(g.config.data, args.workdir).train
+    judge = judge_lib.get_judge(g.tokenizer, train, judge_lib.gap_corpus_id(g.config.data),
+                                judge_lib.sized_like(g.config.model, seed=7,
+                                                     max_steps=args.gap_judge_steps))
+  else:
+    _, _, judge = evaluate.load_for_evaluation(args.workdir,
+                                               judge_lib.judge_budget(args.judge_minutes))
   result = {"workdir": args.workdir, "checkpoint_step": g.step, "args": vars(args)}
   tasks = args.tasks.split(",")
   if "part_of_speech" in tasks:
