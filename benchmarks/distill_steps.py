@@ -159,7 +159,7 @@ def main():
   parser.add_argument("--steps", default="1,2,4,8,16")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--judge_seed", type=int, default=7)
+  parser.add_argument("--judge_seed", type=int, default=judge_lib.GAP_JUDGE_SEED)
   parser.add_argument("--judge_steps", type=int, default=626)
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
   args = parser.parse_args()

@@ -59,6 +59,9 @@ def sized_like(model_config, **overrides) -> JudgeConfig:
                      **{"time_limit_minutes": 0.0, **overrides})
 
 
+GAP_JUDGE_SEED = 7  # the compute-gap judge's seed: none of the AR ladder's models (seed 0)
+
+
 def gap_corpus_id(data_config) -> str:
   """The cache identity of the compute-gap judge's and ladder's training corpus."""
   return f"compute_gap:{data_config.corpus}:{data_config.path}:{data_config.max_examples}"

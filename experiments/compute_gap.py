@@ -203,13 +203,14 @@ def write(result: dict, out: pathlib.Path):
 
 
 def main():
+  from cdm_jax import judge as judge_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--fractions", default="1/64,1/32,1/16,1/8,1/4,1/2,1")
   parser.add_argument("--num_samples", type=int, default=300)
   parser.add_argument("--seed", type=int, default=0, help="sampling and MAUVE seed")
   parser.add_argument("--ar_seed", type=int, default=1)
-  parser.add_argument("--judge_seed", type=int, default=7)
+  parser.add_argument("--judge_seed", type=int, default=judge_lib.GAP_JUDGE_SEED)
   parser.add_argument("--judge_multiple", type=int, default=2)
   parser.add_argument("--min_steps", type=int, default=4, help="smallest AR rung when extending down")
   parser.add_argument("--ladder_flops", type=float, default=0.0,

@@ -168,10 +168,10 @@ def main():
   g = cdm_jax.load(args.workdir)
   if g.config.data.corpus != "wordnet":
     raise SystemExit("control.py needs a workdir trained on the 'wordnet' corpus.")
-  if args.gap_judge_steps:  # the cached judge of experiments/compute_gap.py (seed 7)
+  if args.gap_judge_steps:  # the cached judge of experiments/compute_gap.py
     train = pipeline.prepare_data(g.config.data, args.workdir).train
     judge = judge_lib.get_judge(g.tokenizer, train, judge_lib.gap_corpus_id(g.config.data),
-                                judge_lib.sized_like(g.config.model, seed=7,
+                                judge_lib.sized_like(g.config.model, seed=judge_lib.GAP_JUDGE_SEED,
                                                      max_steps=args.gap_judge_steps))
   else:
     _, _, judge = evaluate.load_for_evaluation(args.workdir,
