@@ -2,11 +2,13 @@
 
   python benchmarks/distill_steps.py --workdir=workdirs/distill/mse1500 [--num_samples=200]
       [--steps=1,2,4,8,16 --judge_seed=7 --judge_steps=626 --out=benchmarks/results]
+      [--students=8 --student_temperatures=1.0,1.05,1.1]
 
 Rows: the teacher as its config samples it (the reference: `sample.num_steps` steps of
 `sample.sampler`, and once more with other noise), the teacher with DDIM at each of `--steps`,
-and every student in `WORKDIR/students/` at its own step count (the last one also at each of
-`--steps` below it). Each row: judge perplexity, word unigram entropy (nats), MAUVE against real
+and every student in `WORKDIR/students/` (or those in `--students`) at its own step count (the
+last one also at each of `--steps` below it), at each logit temperature in
+`--student_temperatures`. Each row: judge perplexity, word unigram entropy (nats), MAUVE against real
 held-out text and against the reference's own samples, mean length, empty share, and the median
 wall time to 64 samples (compiled, `--repeats` calls; run on an idle machine). The judge is the
 cached one of `experiments/compute_gap.py` (`--judge_seed`, `--judge_steps`), trained on the
@@ -94,11 +96,16 @@ def measure(args) -> dict:
                      scorers, args))
   students = sorted(int(p.name.split("_")[1])
                     for p in (pathlib.Path(args.workdir) / distill.STUDENTS_DIR).glob("steps_*"))
+  if args.students:
+    wanted = {int(k) for k in args.students.split(",")}
+    students = [k for k in students if k in wanted]
+  temperatures = [float(t) for t in args.student_temperatures.split(",")]
   for k in students:
     student = cdm_jax.load(args.workdir, student=k)
     own = [k] if k != min(students) else sorted({k} | {s for s in steps if s < k})
-    for s in own:
-      rows.append(_row(f"student_{k}", student, {"steps": s}, scorers, args))
+    for s, t in ((s, t) for s in own for t in temperatures):
+      options = {"steps": s} if t == 1.0 else {"steps": s, "temperature": t}
+      rows.append(_row(f"student_{k}", student, options, scorers, args))
   metas = {k: distill.read_student(args.workdir, k) for k in students}
   return {"workdir": args.workdir, "teacher_step": teacher.step, "num_samples": n,
           "seed": args.seed, "judge": judge.info, "judge_ppl_real": real.reference_ppl,
@@ -121,6 +128,8 @@ def _markdown(result: dict) -> str:
   fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)
   for r in result["rows"]:
     steps = r.get("steps", f"{result['reference_sampling']['num_steps']} (seed {r['seed']})")
+    if "temperature" in r:
+      steps = f"{steps}, T {r['temperature']:g}"
     lines.append(
         f"| {r['model']} | {steps} | {r['judge_ppl']:.1f} | {r['judge_ppl'] / ref['judge_ppl']:.2f}x"
         f" | {r['unigram_entropy']:.3f} | {fmt(r['mauve_real'])} | {fmt(r.get('mauve_teacher'))} "
@@ -136,8 +145,9 @@ def _markdown(result: dict) -> str:
 def _plot(result: dict, path: pathlib.Path):
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   stepped = [r for r in result["rows"] if "steps" in r]
-  for name in sorted({r["model"] for r in stepped}):
-    cells = [r for r in stepped if r["model"] == name]
+  label = lambda r: r["model"] + (f" T {r['temperature']:g}" if "temperature" in r else "")
+  for name in sorted({label(r) for r in stepped}):
+    cells = [r for r in stepped if label(r) == name]
     for ax, key in zip(axes, ("judge_ppl", "mauve_teacher")):
       ax.plot([r["steps"] for r in cells], [r.get(key) or 0 for r in cells], marker="o", label=name)
   axes[0].axhline(result["rows"][0]["judge_ppl"], color="gray", ls=":", label="reference")
@@ -157,6 +167,11 @@ def main():
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--num_samples", type=int, default=200)
   parser.add_argument("--steps", default="1,2,4,8,16")
+  parser.add_argument("--students", default="",
+                      help="Comma-separated student step counts to score (default: every student).")
+  parser.add_argument("--student_temperatures", default="1.0",
+                      help="Logit temperatures to sample each student at (models predicting "
+                           "logits; > 1 flattens x0_hat's softmax and raises the samples' entropy).")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--judge_seed", type=int, default=judge_lib.GAP_JUDGE_SEED)

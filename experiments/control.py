@@ -2,14 +2,17 @@
 
 * Part of speech: each WordNet example carries the part of speech of the file it came from (noun /
   verb / adj / adv). A classifier of noisy latents (`guidance.NoisyClassifier`, the diffusion model
-  frozen) steers sampling at several guidance scales; success is judged by a *separate* classifier
-  trained on clean token ids (bag of learned embeddings), and fluency by the AR judge's perplexity.
+  frozen) steers sampling at several guidance scales, either on x_t (`--pos_guides=noisy`) or on
+  the denoiser's estimate x0_hat through the denoiser (`estimate`); success is judged by a
+  *separate* classifier trained on clean token ids (bag of learned embeddings), and fluency by the
+  AR judge's perplexity.
 * Length (label-free): a template `___:N` fixes N generated positions between a known BOS and a
   known EOS; success is exactly N real pieces (no PAD/EOS chosen inside the gap). At a scale > 0
   the sampler is also steered away from PAD/EOS/BOS in the gap by the gradient of the model's own
   read-out (`guidance.readout_guided`).
 
 python experiments/control.py --workdir=DIR [--labels=verb,adj --scales=0,1,3 --num_samples=100]
+    [--pos_guides=noisy,estimate]
     [--tasks=part_of_speech,length --lengths=5,10,20 --length_scales=0,1,4]
 Writes DIR/eval/control.json and prints a table.
 """
@@ -82,6 +85,24 @@ def perplexity(judge, rows: np.ndarray) -> float:
   return float(np.exp(scored["nll"].sum() / max(scored["tokens"].sum(), 1)))
 
 
+def _pos_guide(args, g, classifier, cls_params, index: int, kind: str, scale: float):
+  """The guide of one part-of-speech row: None at scale 0; "noisy": `classifier_guided` by the
+  noisy-latent classifier on x_t (Diffusion-LM); "estimate": `readout_guided` by the same
+  classifier read at its clean end (t = 0) on the denoiser's estimate x0_hat, the gradient taken
+  through the denoiser (universal guidance's forward term)."""
+  if scale == 0:
+    return None
+  log_prob = guidance.label_log_prob(classifier, cls_params, g.schedule, index)
+  if kind == "noisy":
+    return lambda f: guidance.classifier_guided(f, log_prob, g.schedule, scale,
+                                                min_log_snr=args.min_log_snr)
+  if kind == "estimate":
+    clean = lambda x0_hat: log_prob(x0_hat, jnp.zeros(x0_hat.shape[0]))
+    return lambda f: guidance.readout_guided(f, clean, g.schedule, scale,
+                                             min_log_snr=args.min_log_snr)
+  raise ValueError(f"unknown part-of-speech guide {kind!r}; choose from noisy, estimate")
+
+
 def part_of_speech(args, g, judge, data) -> list[dict]:
   train_rows, train_y, valid_rows, valid_y = data
   t0 = time.perf_counter()
@@ -95,18 +116,18 @@ def part_of_speech(args, g, judge, data) -> list[dict]:
   results = []
   for label in args.labels.split(","):
     index = LABELS.index(label)
-    log_prob = guidance.label_log_prob(classifier, cls_params, g.schedule, index)
-    for scale in (float(s) for s in args.scales.split(",")):
-      guide = None if scale == 0 else (
-          lambda f, s=scale: guidance.classifier_guided(f, log_prob, g.schedule, s,
-                                                        min_log_snr=args.min_log_snr))
-      texts = (g.sample(args.num_samples, seed=args.seed, steps=args.steps) if guide is None else
-               g.sample_guided(args.num_samples, guide, seed=args.seed, steps=args.steps))
-      rows, _ = pipeline.encode(g.tokenizer, texts, g.config.data.seq_len)
-      results.append({"label": label, "scale": scale,
-                       "success": float(np.mean(clean(rows) == index)),
-                       "judge_ppl": perplexity(judge, rows), "examples": texts[:5]})
-      print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
+    for kind in args.pos_guides.split(","):
+      for scale in (float(s) for s in args.scales.split(",")):
+        if scale == 0 and kind != args.pos_guides.split(",")[0]:
+          continue  # the unguided row once per label
+        guide = _pos_guide(args, g, classifier, cls_params, index, kind, scale)
+        texts = (g.sample(args.num_samples, seed=args.seed, steps=args.steps) if guide is None
+                 else g.sample_guided(args.num_samples, guide, seed=args.seed, steps=args.steps))
+        rows, _ = pipeline.encode(g.tokenizer, texts, g.config.data.seq_len)
+        results.append({"label": label, "guide": kind if scale else "none", "scale": scale,
+                         "success": float(np.mean(clean(rows) == index)),
+                         "judge_ppl": perplexity(judge, rows), "examples": texts[:5]})
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
   return [{"clean_judge_valid_accuracy": judge_accuracy, "noisy_classifier": info}] + results
 
 
@@ -146,6 +167,9 @@ def main():
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--labels", default="verb,adj")
   parser.add_argument("--scales", default="0,1,3")
+  parser.add_argument("--pos_guides", default="noisy",
+                      help="part-of-speech guides: noisy (classifier on x_t) and/or estimate "
+                           "(the classifier on the denoiser's x0_hat, through the denoiser)")
   parser.add_argument("--lengths", default="5,10,20")
   parser.add_argument("--length_scales", default="0,1,4",
                       help="readout guidance scales for length control (0: the template alone)")
@@ -164,6 +188,8 @@ def main():
   unknown = set(args.tasks.split(",")) - {"part_of_speech", "length"}
   if unknown:
     parser.error(f"unknown --tasks {sorted(unknown)}; choose from part_of_speech, length")
+  if set(args.pos_guides.split(",")) - {"noisy", "estimate"}:
+    parser.error(f"unknown --pos_guides {args.pos_guides!r}; choose from noisy, estimate")
   logging.basicConfig(level=logging.INFO, force=True)
   g = cdm_jax.load(args.workdir)
   if g.config.data.corpus != "wordnet":
