@@ -3,6 +3,7 @@
   python benchmarks/distill_steps.py --workdir=workdirs/distill/mse1500 [--num_samples=200]
       [--steps=1,2,4,8,16 --judge_seed=7 --judge_steps=626 --out=benchmarks/results]
       [--students=8 --student_temperatures=1.0,1.05,1.1]
+  python benchmarks/distill_steps.py --pool=DIR_SEED0,DIR_SEED1 --out=DIR   # pooled over seeds
 
 Rows: the teacher as its config samples it (the reference: `sample.num_steps` steps of
 `sample.sampler`, and once more with other noise), the teacher with DDIM at each of `--steps`,
@@ -161,10 +162,35 @@ def _plot(result: dict, path: pathlib.Path):
   fig.savefig(path, dpi=110)
 
 
+def pooled(results: list[dict]) -> str:
+  """Markdown of several seeds' results (`--pool`): per sampler, the mean judge perplexity and
+  unigram entropy over every seed's rows, the reference being all of the teacher's configured rows
+  (each seed's and its other-noise one), and the MAUVE against the reference's samples per seed."""
+  cells = {}
+  for result in results:
+    for r in result["rows"]:
+      key = ("reference",) if "steps" not in r else (r["model"], r["steps"], r.get("temperature", 1.0))
+      cells.setdefault(key, []).append(r)
+  ref = cells.pop(("reference",))
+  mean = lambda rows, k: float(np.mean([r[k] for r in rows]))
+  ref_ppl, ref_entropy = mean(ref, "judge_ppl"), mean(ref, "unigram_entropy")
+  lines = [f"Seeds {[r['seed'] for r in results]}; reference: {len(ref)} runs of the teacher as "
+           f"configured, judge ppl {ref_ppl:.1f}, entropy {ref_entropy:.3f}.", "",
+           "| model | steps | T | runs | judge ppl | vs reference | entropy | vs reference | MAUVE vs "
+           "reference samples (per run) | s to 64 |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for (model, steps, temperature), rows in sorted(cells.items(), key=str):
+    ppl, entropy = mean(rows, "judge_ppl"), mean(rows, "unigram_entropy")
+    mauve = " / ".join(f"{r['mauve_teacher']:.3f}" for r in rows if r.get("mauve_teacher"))
+    lines.append(f"| {model} | {steps} | {temperature:g} | {len(rows)} | {ppl:.1f} | "
+                 f"{ppl / ref_ppl:.2f}x | {entropy:.3f} | {entropy - ref_entropy:+.3f} | {mauve} | "
+                 f"{mean(rows, 'seconds_to_64'):.2f} |")
+  return "\n".join(lines) + "\n"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--workdir", help="The teacher workdir (required unless --pool).")
   parser.add_argument("--num_samples", type=int, default=200)
   parser.add_argument("--steps", default="1,2,4,8,16")
   parser.add_argument("--students", default="",
@@ -177,7 +203,19 @@ def main():
   parser.add_argument("--judge_seed", type=int, default=judge_lib.GAP_JUDGE_SEED)
   parser.add_argument("--judge_steps", type=int, default=626)
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+  parser.add_argument("--pool", default="",
+                      help="Comma-separated result folders of earlier runs (other --seed): print "
+                           "their pooled table to OUT/distill_steps_pooled.md instead of measuring.")
   args = parser.parse_args()
+  if args.pool:
+    table = pooled([json.loads((pathlib.Path(d) / "distill_steps.json").read_text())
+                    for d in args.pool.split(",")])
+    pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(args.out) / "distill_steps_pooled.md").write_text(table)
+    print(table)
+    return
+  if not args.workdir:
+    parser.error("--workdir is required (unless --pool)")
   result = measure(args)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
