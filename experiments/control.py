@@ -31,7 +31,7 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import cdm_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cdm_jax import conditioning, evaluate, guidance, judge as judge_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cdm_jax import conditioning, evaluate, guidance, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cdm_jax.data import corpora, pipeline, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 LABELS = ("noun", "verb", "adj", "adv")
@@ -114,8 +114,11 @@ def part_of_speech(args, g, judge, data) -> list[dict]:
   logging.info("classifiers trained in %.0f s; clean judge accuracy %.3f", time.perf_counter() - t0,
                judge_accuracy)
   results = []
+  predicted = clean(valid_rows)
   for label in args.labels.split(","):
     index = LABELS.index(label)
+    # The ceiling real text sets: the share of held-out texts of this label the judge calls it.
+    recall = float(np.mean(predicted[valid_y == index] == index))
     for kind in args.pos_guides.split(","):
       for scale in (float(s) for s in args.scales.split(",")):
         if scale == 0 and kind != args.pos_guides.split(",")[0]:
@@ -126,7 +129,12 @@ def part_of_speech(args, g, judge, data) -> list[dict]:
         rows, _ = pipeline.encode(g.tokenizer, texts, g.config.data.seq_len)
         results.append({"label": label, "guide": kind if scale else "none", "scale": scale,
                          "success": float(np.mean(clean(rows) == index)),
-                         "judge_ppl": perplexity(judge, rows), "examples": texts[:5]})
+                         "judge_recall_on_real_text": recall,
+                         "judge_ppl": perplexity(judge, rows),
+                         "unigram_entropy": text_metrics.unigram_entropy(texts),
+                         "mean_length_words": float(np.mean([len(text_metrics.words(t))
+                                                             for t in texts])),
+                         "examples": texts[:5]})
         print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
   return [{"clean_judge_valid_accuracy": judge_accuracy, "noisy_classifier": info}] + results
 
