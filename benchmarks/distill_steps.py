@@ -9,8 +9,8 @@ Rows: the teacher as its config samples it (the reference: `sample.num_steps` st
 `sample.sampler`, and once more with other noise), the teacher with DDIM at each of `--steps`,
 and every student in `WORKDIR/students/` (or those in `--students`) at its own step count (the
 last one also at each of `--steps` below it), at each logit temperature in
-`--student_temperatures`. Each row: judge perplexity, word unigram entropy (nats), MAUVE against real
-held-out text and against the reference's own samples, mean length, empty share, and the median
+`--student_temperatures`. Each row: judge perplexity, word unigram entropy (nats), MAUVE against
+real held-out text and against the reference's own samples, mean length, empty share, and the median
 wall time to 64 samples (compiled, `--repeats` calls; run on an idle machine). The judge is the
 cached one of `experiments/compute_gap.py` (`--judge_seed`, `--judge_steps`), trained on the
 workdir's tokenizer if it is not cached. Writes distill_steps.{json,md,png} under `--out`.
@@ -169,15 +169,17 @@ def pooled(results: list[dict]) -> str:
   cells = {}
   for result in results:
     for r in result["rows"]:
-      key = ("reference",) if "steps" not in r else (r["model"], r["steps"], r.get("temperature", 1.0))
+      key = (("reference",) if "steps" not in r else
+             (r["model"], r["steps"], r.get("temperature", 1.0)))
       cells.setdefault(key, []).append(r)
   ref = cells.pop(("reference",))
   mean = lambda rows, k: float(np.mean([r[k] for r in rows]))
   ref_ppl, ref_entropy = mean(ref, "judge_ppl"), mean(ref, "unigram_entropy")
   lines = [f"Seeds {[r['seed'] for r in results]}; reference: {len(ref)} runs of the teacher as "
            f"configured, judge ppl {ref_ppl:.1f}, entropy {ref_entropy:.3f}.", "",
-           "| model | steps | T | runs | judge ppl | vs reference | entropy | vs reference | MAUVE vs "
-           "reference samples (per run) | s to 64 |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| model | steps | T | runs | judge ppl | vs reference | entropy | vs reference | "
+           "MAUVE vs reference samples (per run) | s to 64 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for (model, steps, temperature), rows in sorted(cells.items(), key=str):
     ppl, entropy = mean(rows, "judge_ppl"), mean(rows, "unigram_entropy")
     mauve = " / ".join(f"{r['mauve_teacher']:.3f}" for r in rows if r.get("mauve_teacher"))
@@ -197,15 +199,15 @@ def main():
                       help="Comma-separated student step counts to score (default: every student).")
   parser.add_argument("--student_temperatures", default="1.0",
                       help="Logit temperatures to sample each student at (models predicting "
-                           "logits; > 1 flattens x0_hat's softmax and raises the samples' entropy).")
+                           "logits; > 1 flattens x0_hat's softmax: more entropy).")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--judge_seed", type=int, default=judge_lib.GAP_JUDGE_SEED)
   parser.add_argument("--judge_steps", type=int, default=626)
   parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
   parser.add_argument("--pool", default="",
-                      help="Comma-separated result folders of earlier runs (other --seed): print "
-                           "their pooled table to OUT/distill_steps_pooled.md instead of measuring.")
+                      help="Comma-separated result folders of earlier runs (other --seed): "
+                           "their pooled table to OUT/distill_steps_pooled.md, nothing measured.")
   args = parser.parse_args()
   if args.pool:
     table = pooled([json.loads((pathlib.Path(d) / "distill_steps.json").read_text())

@@ -29,7 +29,7 @@ WORDS = "the a cat dog sat ran on under mat log big small red blue green tree ho
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "serial: run alone after the parallel part of scripts/test.sh "
+  config.addinivalue_line("markers", "serial: run alone before the parallel part of scripts/test.sh "
                           "(several processes of their own, or wall-clock bounds)")
 
 
