@@ -28,6 +28,6 @@ setup(
         "hf": ["datasets>=3"],
         # gs:// workdirs and corpora (epath through gcsfs; Orbax and TensorBoard need the client).
         "gcs": ["gcsfs", "google-cloud-storage"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"] + EVAL,
+        "test": ["pytest>=8", "hypothesis>=6.100"] + EVAL,
     },
 )

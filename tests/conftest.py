@@ -28,11 +28,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORDS = "the a cat dog sat ran on under mat log big small red blue green tree house bird".split()
 
 
-def pytest_configure(config):
-  config.addinivalue_line("markers", "serial: run alone before the parallel part of scripts/test.sh "
-                          "(several processes of their own, or wall-clock bounds)")
-
-
 def tiny_config(corpus_path, **train_overrides):
   config = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
   config.data.path = str(corpus_path)

@@ -17,8 +17,6 @@ import time
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.serial  # their processes need the cores; the SIGTERM test has a deadline
-
 WORKER = pathlib.Path(__file__).resolve().parent / "multiprocess_worker.py"
 TRAIN = dict(num_train_steps=20, log_every_steps=5, eval_every_steps=10, sample_every_steps=10,
              checkpoint_every_steps=10)
