@@ -86,21 +86,19 @@ def perplexity(judge, rows: np.ndarray) -> float:
 
 
 def _pos_guide(args, g, classifier, cls_params, index: int, kind: str, scale: float):
-  """The guide of one part-of-speech row: None at scale 0; "noisy": `classifier_guided` by the
+  """The guide of one part-of-speech row: None for "none"; "noisy": `classifier_guided` by the
   noisy-latent classifier on x_t (Diffusion-LM); "estimate": `readout_guided` by the same
   classifier read at its clean end (t = 0) on the denoiser's estimate x0_hat, the gradient taken
   through the denoiser (universal guidance's forward term)."""
-  if scale == 0:
+  if kind == "none":
     return None
   log_prob = guidance.label_log_prob(classifier, cls_params, g.schedule, index)
   if kind == "noisy":
     return lambda f: guidance.classifier_guided(f, log_prob, g.schedule, scale,
                                                 min_log_snr=args.min_log_snr)
-  if kind == "estimate":
-    clean = lambda x0_hat: log_prob(x0_hat, jnp.zeros(x0_hat.shape[0]))
-    return lambda f: guidance.readout_guided(f, clean, g.schedule, scale,
-                                             min_log_snr=args.min_log_snr)
-  raise ValueError(f"unknown part-of-speech guide {kind!r}; choose from noisy, estimate")
+  clean = lambda x0_hat: log_prob(x0_hat, jnp.zeros(x0_hat.shape[0]))
+  return lambda f: guidance.readout_guided(f, clean, g.schedule, scale,
+                                           min_log_snr=args.min_log_snr)
 
 
 def part_of_speech(args, g, judge, data) -> list[dict]:
@@ -113,29 +111,28 @@ def part_of_speech(args, g, judge, data) -> list[dict]:
       config=guidance.ClassifierConfig(steps=args.classifier_steps))
   logging.info("classifiers trained in %.0f s; clean judge accuracy %.3f", time.perf_counter() - t0,
                judge_accuracy)
+  scales = [float(s) for s in args.scales.split(",")]
+  # Per label: the unguided row once (when a scale is 0), then every guide at every other scale.
+  cells = [("none", 0.0)] * (0.0 in scales) + [
+      (kind, scale) for kind in args.pos_guides.split(",") for scale in scales if scale]
   results = []
   predicted = clean(valid_rows)
   for label in args.labels.split(","):
     index = LABELS.index(label)
     # The ceiling real text sets: the share of held-out texts of this label the judge calls it.
     recall = float(np.mean(predicted[valid_y == index] == index))
-    for kind in args.pos_guides.split(","):
-      for scale in (float(s) for s in args.scales.split(",")):
-        if scale == 0 and kind != args.pos_guides.split(",")[0]:
-          continue  # the unguided row once per label
-        guide = _pos_guide(args, g, classifier, cls_params, index, kind, scale)
-        texts = (g.sample(args.num_samples, seed=args.seed, steps=args.steps) if guide is None
-                 else g.sample_guided(args.num_samples, guide, seed=args.seed, steps=args.steps))
-        rows, _ = pipeline.encode(g.tokenizer, texts, g.config.data.seq_len)
-        results.append({"label": label, "guide": kind if scale else "none", "scale": scale,
-                         "success": float(np.mean(clean(rows) == index)),
-                         "judge_recall_on_real_text": recall,
-                         "judge_ppl": perplexity(judge, rows),
-                         "unigram_entropy": text_metrics.unigram_entropy(texts),
-                         "mean_length_words": float(np.mean([len(text_metrics.words(t))
-                                                             for t in texts])),
-                         "examples": texts[:5]})
-        print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
+    for kind, scale in cells:
+      guide = _pos_guide(args, g, classifier, cls_params, index, kind, scale)
+      texts = (g.sample(args.num_samples, seed=args.seed, steps=args.steps) if guide is None else
+               g.sample_guided(args.num_samples, guide, seed=args.seed, steps=args.steps))
+      rows, _ = pipeline.encode(g.tokenizer, texts, g.config.data.seq_len)
+      stats = text_metrics.text_statistics(texts)
+      results.append({"label": label, "guide": kind, "scale": scale,
+                      "success": float(np.mean(clean(rows) == index)),
+                      "judge_recall_on_real_text": recall, "judge_ppl": perplexity(judge, rows),
+                      "unigram_entropy": stats["unigram_entropy"],
+                      "mean_length_words": stats["mean_length_words"], "examples": texts[:5]})
+      print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
   return [{"clean_judge_valid_accuracy": judge_accuracy, "noisy_classifier": info}] + results
 
 
