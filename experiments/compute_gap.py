@@ -73,13 +73,15 @@ def compute_gap(diffusion: dict, rungs: list[dict]) -> dict:
 
 
 def run(args) -> dict:
-  from cdm_jax import evaluate, flops, generate, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top
+  from cdm_jax import builders, evaluate, flops, generate, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top
   from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   generator = generate.load(args.workdir, use_ema=not args.raw_params)
   config = generator.config
   data = pipeline.prepare_data(config.data, args.workdir)
-  model = config.model
+  # The ladder and judge take their transformer sizes from --ladder_like's workdir when given, so
+  # models of different shapes are measured against one ladder and one judge.
+  model = builders.load_config(args.ladder_like).model if args.ladder_like else config.model
   base = judge_lib.sized_like(model)
   ar_step_flops = flops.ar_train_flops(width=model.width, num_layers=model.num_layers,
                                        mlp_dim=model.mlp_dim, seq_len=config.data.seq_len,
@@ -216,6 +218,9 @@ def main():
   parser.add_argument("--ladder_flops", type=float, default=0.0,
                       help="FLOPs of the 1x rung (default: this run's); pass one value to compare "
                            "several runs on the same (cached) ladder and judge")
+  parser.add_argument("--ladder_like", default=None, metavar="WORKDIR",
+                      help="size the AR ladder and the judge like this workdir's model (default: "
+                           "like --workdir's), to compare models of different shapes on one ladder")
   parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
                       help="a sampling option for the diffusion samples (repeatable), e.g. "
                            "--set sampler=renoise; default: the workdir's config")
