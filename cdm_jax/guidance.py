@@ -119,9 +119,13 @@ def classifier_model(diffusion_config: ModelConfig, num_labels: int,
 
 def train_noisy_classifier(model, params, schedule: schedules_lib.Schedule, tokens: np.ndarray,
                            labels: np.ndarray, *, num_labels: int,
-                           config: ClassifierConfig = ClassifierConfig()):
+                           config: ClassifierConfig = ClassifierConfig(), estimate_fn=None):
   """Trains p(label | x_t, t) on x_t = q_sample(embed(tokens), t, noise), t ~ U[0, 1], with the
-  diffusion model (`model`, `params`) frozen. Returns (classifier, its params, info)."""
+  diffusion model (`model`, `params`) frozen. Returns (classifier, its params, info).
+
+  `estimate_fn` (x_t, t) -> x0_hat, when given: the classifier is trained on the denoiser's
+  estimates instead, read at t = 0 (a classifier of estimates, for guiding on x0_hat as
+  `readout_guided` does, where it then sees what it was trained on)."""
   classifier = classifier_model(model.config, num_labels, config)
   length, dim = tokens.shape[1], model.config.embed_dim
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -136,6 +140,8 @@ def train_noisy_classifier(model, params, schedule: schedules_lib.Schedule, toke
     x0 = model.apply(params, batch_tokens, method="embed")
     t = jax.random.uniform(t_key, (x0.shape[0],))
     x_t = diffusion.q_sample(x0, t, jax.random.normal(noise_key, x0.shape), schedule)
+    if estimate_fn is not None:
+      x_t, t = jax.lax.stop_gradient(estimate_fn(x_t, t)), jnp.zeros_like(t)
 
     def loss_fn(p):
       logits = classifier.apply(p, x_t, schedule.log_snr(t))

@@ -3,7 +3,8 @@
 * Part of speech: each WordNet example carries the part of speech of the file it came from (noun /
   verb / adj / adv). A classifier of noisy latents (`guidance.NoisyClassifier`, the diffusion model
   frozen) steers sampling at several guidance scales, either on x_t (`--pos_guides=noisy`) or on
-  the denoiser's estimate x0_hat through the denoiser (`estimate`); success is judged by a
+  the denoiser's estimate x0_hat through the denoiser (`estimate`; `estimate_trained`: the same
+  with a classifier trained on the denoiser's estimates rather than on x_t); success is judged by a
   *separate* classifier trained on clean token ids (bag of learned embeddings), and fluency by the
   AR judge's perplexity.
 * Length (label-free): a template `___:N` fixes N generated positions between a known BOS and a
@@ -31,7 +32,7 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import cdm_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cdm_jax import conditioning, evaluate, guidance, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cdm_jax import conditioning, evaluate, generate, guidance, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cdm_jax.data import corpora, pipeline, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 LABELS = ("noun", "verb", "adj", "adv")
@@ -85,14 +86,15 @@ def perplexity(judge, rows: np.ndarray) -> float:
   return float(np.exp(scored["nll"].sum() / max(scored["tokens"].sum(), 1)))
 
 
-def _pos_guide(args, g, classifier, cls_params, index: int, kind: str, scale: float):
+def _pos_guide(args, g, classifiers: dict, index: int, kind: str, scale: float):
   """The guide of one part-of-speech row: None for "none"; "noisy": `classifier_guided` by the
   noisy-latent classifier on x_t (Diffusion-LM); "estimate": `readout_guided` by the same
   classifier read at its clean end (t = 0) on the denoiser's estimate x0_hat, the gradient taken
-  through the denoiser (universal guidance's forward term)."""
+  through the denoiser (universal guidance's forward term); "estimate_trained": as "estimate" with
+  the classifier trained on the denoiser's estimates. `classifiers`: kind -> (module, params)."""
   if kind == "none":
     return None
-  log_prob = guidance.label_log_prob(classifier, cls_params, g.schedule, index)
+  log_prob = guidance.label_log_prob(*classifiers[kind], g.schedule, index)
   if kind == "noisy":
     return lambda f: guidance.classifier_guided(f, log_prob, g.schedule, scale,
                                                 min_log_snr=args.min_log_snr)
@@ -101,20 +103,45 @@ def _pos_guide(args, g, classifier, cls_params, index: int, kind: str, scale: fl
                                            min_log_snr=args.min_log_snr)
 
 
+def _estimate_fn(g):
+  """(x_t, t) -> x0_hat as the sampler makes it: with self-conditioning, a second pass fed the
+  first pass's estimate."""
+  denoise = generate.make_denoise_fn(g.model, g.params, g.schedule)
+
+  def estimate(x_t, t):
+    first = denoise(x_t, t, jnp.zeros_like(x_t))
+    return denoise(x_t, t, first) if g.config.model.self_conditioning else first
+  return estimate
+
+
+def _guide_classifiers(args, g, rows, labels, kinds) -> tuple[dict, dict]:
+  """The classifiers `kinds` need: (kind -> (module, params), kind -> training info)."""
+  classifiers, infos = {}, {}
+  config = guidance.ClassifierConfig(steps=args.classifier_steps)
+  for kind in sorted(set(kinds) - {"none"}):
+    trained = "estimate_trained" if kind == "estimate_trained" else "noisy"
+    if trained not in infos:
+      estimate_fn = _estimate_fn(g) if trained == "estimate_trained" else None
+      module, params, infos[trained] = guidance.train_noisy_classifier(
+          g.model, g.params, g.schedule, rows, labels, num_labels=len(LABELS), config=config,
+          estimate_fn=estimate_fn)
+      classifiers[trained] = (module, params)
+    classifiers[kind] = classifiers[trained]
+  return classifiers, infos
+
+
 def part_of_speech(args, g, judge, data) -> list[dict]:
   train_rows, train_y, valid_rows, valid_y = data
   t0 = time.perf_counter()
   clean = train_text_classifier(train_rows, train_y, g.config.data.vocab_size)
   judge_accuracy = float(np.mean(clean(valid_rows) == valid_y))
-  classifier, cls_params, info = guidance.train_noisy_classifier(
-      g.model, g.params, g.schedule, train_rows, train_y, num_labels=len(LABELS),
-      config=guidance.ClassifierConfig(steps=args.classifier_steps))
-  logging.info("classifiers trained in %.0f s; clean judge accuracy %.3f", time.perf_counter() - t0,
-               judge_accuracy)
   scales = [float(s) for s in args.scales.split(",")]
   # Per label: the unguided row once (when a scale is 0), then every guide at every other scale.
   cells = [("none", 0.0)] * (0.0 in scales) + [
       (kind, scale) for kind in args.pos_guides.split(",") for scale in scales if scale]
+  classifiers, infos = _guide_classifiers(args, g, train_rows, train_y, [k for k, _ in cells])
+  logging.info("classifiers trained in %.0f s; clean judge accuracy %.3f", time.perf_counter() - t0,
+               judge_accuracy)
   results = []
   predicted = clean(valid_rows)
   for label in args.labels.split(","):
@@ -122,7 +149,7 @@ def part_of_speech(args, g, judge, data) -> list[dict]:
     # The ceiling real text sets: the share of held-out texts of this label the judge calls it.
     recall = float(np.mean(predicted[valid_y == index] == index))
     for kind, scale in cells:
-      guide = _pos_guide(args, g, classifier, cls_params, index, kind, scale)
+      guide = _pos_guide(args, g, classifiers, index, kind, scale)
       texts = (g.sample(args.num_samples, seed=args.seed, steps=args.steps) if guide is None else
                g.sample_guided(args.num_samples, guide, seed=args.seed, steps=args.steps))
       rows, _ = pipeline.encode(g.tokenizer, texts, g.config.data.seq_len)
@@ -133,7 +160,8 @@ def part_of_speech(args, g, judge, data) -> list[dict]:
                       "unigram_entropy": stats["unigram_entropy"],
                       "mean_length_words": stats["mean_length_words"], "examples": texts[:5]})
       print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
-  return [{"clean_judge_valid_accuracy": judge_accuracy, "noisy_classifier": info}] + results
+  return [{"clean_judge_valid_accuracy": judge_accuracy,
+           **{f"{name}_classifier": info for name, info in infos.items()}}] + results
 
 
 def length(args, g, judge) -> list[dict]:
@@ -173,8 +201,9 @@ def main():
   parser.add_argument("--labels", default="verb,adj")
   parser.add_argument("--scales", default="0,1,3")
   parser.add_argument("--pos_guides", default="noisy",
-                      help="part-of-speech guides: noisy (classifier on x_t) and/or estimate "
-                           "(the classifier on the denoiser's x0_hat, through the denoiser)")
+                      help="part-of-speech guides: noisy (classifier on x_t), estimate (the "
+                           "classifier on the denoiser's x0_hat, through the denoiser) and/or "
+                           "estimate_trained (as estimate, the classifier trained on x0_hat)")
   parser.add_argument("--lengths", default="5,10,20")
   parser.add_argument("--length_scales", default="0,1,4",
                       help="readout guidance scales for length control (0: the template alone)")
@@ -193,8 +222,9 @@ def main():
   unknown = set(args.tasks.split(",")) - {"part_of_speech", "length"}
   if unknown:
     parser.error(f"unknown --tasks {sorted(unknown)}; choose from part_of_speech, length")
-  if set(args.pos_guides.split(",")) - {"noisy", "estimate"}:
-    parser.error(f"unknown --pos_guides {args.pos_guides!r}; choose from noisy, estimate")
+  if set(args.pos_guides.split(",")) - {"noisy", "estimate", "estimate_trained"}:
+    parser.error(f"unknown --pos_guides {args.pos_guides!r}; choose from noisy, estimate, "
+                 "estimate_trained")
   logging.basicConfig(level=logging.INFO, force=True)
   g = cdm_jax.load(args.workdir)
   if g.config.data.corpus != "wordnet":

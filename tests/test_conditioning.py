@@ -380,6 +380,29 @@ def test_a_guide_steers_a_conditional_sample_and_keeps_its_known_pieces(trained)
   assert share(plain) > 0.5 and share(steered) < 0.5 * share(plain), (share(steered), share(plain))
 
 
+def test_the_noisy_classifier_learns_labels_and_can_be_trained_on_estimates_instead(trained):
+  """Rows of one repeated piece per label: learnable from x_t; an `estimate_fn` that returns
+  zeros leaves nothing to learn (loss stays at log 2), so the classifier sees its output."""
+  from cdm_jax import guidance  # pylint: disable=g-import-not-at-top
+  g = cdm_jax.load(str(trained[0]))
+  labels = np.arange(64) % 2
+  rows = np.full((64, g.config.data.seq_len), tokenizer_lib.PAD_ID, np.int32)
+  rows[:, 0], rows[:, 1:6] = tokenizer_lib.BOS_ID, np.where(labels, 7, 8)[:, None]
+  config = guidance.ClassifierConfig(width=32, num_layers=1, mlp_dim=64, steps=200,
+                                     learning_rate=3e-3)
+  seen = []
+
+  def blind(x_t, t):
+    seen.append((x_t.shape, t.shape))
+    return jnp.zeros_like(x_t)
+  final_loss = lambda **kw: guidance.train_noisy_classifier(
+      g.model, g.params, g.schedule, rows, labels, num_labels=2, config=config,
+      **kw)[2]["losses_every_100"][-1]
+  assert final_loss() < 0.5
+  assert final_loss(estimate_fn=blind) == pytest.approx(np.log(2), abs=0.03)
+  assert seen[0] == ((64, g.config.data.seq_len, g.config.model.embed_dim), (64,))
+
+
 def test_generate_cli_flags_map_to_the_conditional_calls(trained):
   import types  # pylint: disable=g-import-not-at-top
   g = cdm_jax.load(str(trained[0]))
