@@ -10,7 +10,8 @@ likelihood's argmax, argmax_w gamma z.e_w - gamma^2 |e_w|^2 / 2, a uniform prior
 it is near 1 a token is read off its own latent and denoising teaches no context; where it is near
 0 nothing of the token is left. Training should spend its time between. And the accuracy at
 position 0, which always holds BOS: a denoiser that knows where it is reads it at any noise level.
-With a position-skewed schedule, t is the global time.
+With a position-skewed schedule, t is the global time. A model trained on packed windows
+(`data.packing`) is read on packed held-out windows, as it never saw PAD.
 
   python experiments/context_use.py --workdir=workdirs/wordnet
 """
@@ -81,6 +82,8 @@ def main():
                                      data.valid_percent)
   tokens, _ = pipeline.encode(generator.tokenizer, valid[:4 * args.num_examples], data.seq_len,
                               data.long_lines, name="valid")
+  if data.get("packing", False):  # as the model was trained: windows of whole examples, no PAD
+    tokens = pipeline.pack(tokens)
   if len(tokens) < 2:
     raise SystemExit("Need at least two held-out sequences.")
   rows = context_accuracy(generator, jnp.asarray(tokens[:args.num_examples]),
