@@ -64,6 +64,19 @@ def unigram_entropy(texts: list[str]) -> float:
   return float(-np.sum(probs * np.log(probs)))
 
 
+def unigram_entropy_at(texts: list[str], num_words: int, *, draws: int = 20, seed: int = 0) -> float:
+  """`unigram_entropy` at a fixed number of words: its mean over `draws` random subsets of exactly
+  `num_words` of the words pooled over `texts` (all of them when there are no more). The plug-in
+  entropy grows with the words pooled (its bias is about -(K - 1) / 2N nats for K distinct words
+  in N), so sample sets of different lengths compare fairly only at one word count."""
+  pooled = [w for t in texts for w in words(t)]
+  if num_words >= len(pooled):
+    return unigram_entropy(texts)
+  rng = np.random.default_rng(seed)
+  return float(np.mean([unigram_entropy([" ".join(rng.choice(pooled, num_words, replace=False))])
+                        for _ in range(draws)]))
+
+
 def text_statistics(texts: list[str], index: TrainingSetIndex | None = None) -> dict:
   lengths = [len(words(t)) for t in texts]
   stats = {

@@ -15,7 +15,9 @@ distinct-n, mean length, empty share.
 The compute gap is the diffusion budget divided by the AR budget at which AR's samples reach the
 diffusion samples' judge perplexity (linear in log budget and log perplexity between the two rungs
 around it). It is valid only when the diffusion samples' unigram entropy is at most 0.1 nats below
-the AR samples' at that budget (lower entropy buys perplexity). When diffusion is behind the
+the AR samples' at that budget (lower entropy buys perplexity), both measured at one word count,
+the shortest sample set's (`text_metrics.unigram_entropy_at`: the pooled entropy grows with the
+words pooled, so longer samples would pass for their length alone). When diffusion is behind the
 smallest rung, the ladder is extended down (halving) while a rung has at least `--min_steps`
 steps; past that only a lower bound is reported.
 """
@@ -35,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 ENTROPY_TOLERANCE = 0.1  # nats
 
 
-def match_budget(rungs: list[dict], target_ppl: float) -> dict:
+def match_budget(rungs: list[dict], target_ppl: float, key: str = "unigram_entropy") -> dict:
   """Where AR's judge perplexity falls to `target_ppl`, from rungs sorted by budget (each with
-  "flops", "judge_ppl" and "unigram_entropy"): the first crossing from the smallest budget.
+  "flops", "judge_ppl" and the entropy `key`): the first crossing from the smallest budget.
 
   Returns {"status": "matched", "flops", "unigram_entropy"} (both interpolated, linearly in log
   budget against log perplexity), or "behind_smallest" / "ahead_of_largest" with the end rung.
@@ -49,27 +51,43 @@ def match_budget(rungs: list[dict], target_ppl: float) -> dict:
       frac = (math.log(low["judge_ppl"]) - math.log(target_ppl)) / (
           math.log(low["judge_ppl"]) - math.log(high["judge_ppl"]))
       log_flops = math.log(low["flops"]) + frac * (math.log(high["flops"]) - math.log(low["flops"]))
-      entropy = low["unigram_entropy"] + frac * (high["unigram_entropy"] - low["unigram_entropy"])
+      entropy = low[key] + frac * (high[key] - low[key])
       return {"status": "matched", "flops": math.exp(log_flops), "unigram_entropy": entropy}
   return {"status": "ahead_of_largest", "flops": rungs[-1]["flops"]}
 
 
-def compute_gap(diffusion: dict, rungs: list[dict]) -> dict:
-  """The gap and its validity for a diffusion row ("flops", "judge_ppl", "unigram_entropy"). The
-  entropy rule applies to bounds too: against the end rung they are measured from."""
-  match = match_budget(rungs, diffusion["judge_ppl"])
+def compute_gap(diffusion: dict, rungs: list[dict], key: str = "unigram_entropy") -> dict:
+  """The gap and its validity for a diffusion row ("flops", "judge_ppl" and the entropy `key`,
+  which the rule compares). The entropy rule applies to bounds too: against the end rung they are
+  measured from."""
+  match = match_budget(rungs, diffusion["judge_ppl"], key)
   ratio = diffusion["flops"] / match["flops"]
   end = {"behind_smallest": rungs[0], "ahead_of_largest": rungs[-1]}.get(match["status"])
-  ar_entropy = match["unigram_entropy"] if end is None else end["unigram_entropy"]
+  ar_entropy = match["unigram_entropy"] if end is None else end[key]
   out = {"status": match["status"], "matched_ar_flops": match["flops"],
          "ar_unigram_entropy_at_match": ar_entropy,
-         "entropy_valid": diffusion["unigram_entropy"] >= ar_entropy - ENTROPY_TOLERANCE,
+         "entropy_valid": diffusion[key] >= ar_entropy - ENTROPY_TOLERANCE,
          "compute_gap": ratio if end is None else None}
   if match["status"] == "behind_smallest":
     out["compute_gap_lower_bound"] = ratio
   elif match["status"] == "ahead_of_largest":
     out["compute_gap_upper_bound"] = ratio
   return out
+
+
+EQUAL_WORDS = "unigram_entropy_equal_words"
+
+
+def equal_word_entropies(rows: list[dict]) -> int:
+  """Gives every row (with its "texts", which it drops) the unigram entropy of its samples at the
+  word count of the shortest sample set, `EQUAL_WORDS`, which the entropy rule compares: longer
+  samples would otherwise score a higher entropy for their length alone. Returns that count."""
+  from cdm_jax import text_metrics  # pylint: disable=g-import-not-at-top
+  texts = [row.pop("texts") for row in rows]
+  count = min(sum(len(text_metrics.words(t)) for t in group) for group in texts)
+  for row, group in zip(rows, texts):
+    row[EQUAL_WORDS] = text_metrics.unigram_entropy_at(group, count)
+  return count
 
 
 def run(args) -> dict:
@@ -107,10 +125,13 @@ def run(args) -> dict:
     cached = pathlib.Path(ar.info["cache"]) / (
         f"row_judge-{pathlib.Path(judge.info['cache']).name}_n{n}_seed{args.seed}.json")
     if cached.exists():
-      return {**json.loads(cached.read_text()), "name": name}
+      row = json.loads(cached.read_text())
+      if "texts" in row:  # rows cached before the texts were kept are scored again
+        return {**row, "name": name}
     texts = generator.decode(ar.sample(n, args.seed))
     row = {"name": name, "steps": ar.info["steps"], "train_seconds": ar.info["train_seconds"],
-           "wall_seconds": time.perf_counter() - start, **scorer.score(texts), "examples": texts[:5]}
+           "wall_seconds": time.perf_counter() - start, **scorer.score(texts), "examples": texts[:5],
+           "texts": texts}
     cached.write_text(evaluate.to_json(row))
     return row
 
@@ -119,7 +140,7 @@ def run(args) -> dict:
   texts = generator.sample(n, seed=args.seed, **overrides)
   diffusion = {"name": "diffusion", "steps": generator.step, "flops": diffusion_flops,
                "sampling_seconds": time.perf_counter() - start, **scorer.score(texts),
-               "examples": texts[:5]}
+               "examples": texts[:5], "texts": texts}
   rows = {}
   pending = sorted(set(fractions))
   while pending:
@@ -135,12 +156,14 @@ def run(args) -> dict:
     if not pending and behind and steps_of(smallest / 2) >= args.min_steps:
       pending.append(smallest / 2)  # extend the ladder down
   ladder = [rows[f] for f in sorted(rows)]
+  words = equal_word_entropies([diffusion] + ladder)
   real_row = {"name": "real", **scorer.score(real)}
   return {"workdir": args.workdir, "checkpoint_step": generator.step, "num_samples": n,
           "params": "raw" if args.raw_params else "ema",
           "seed": args.seed, "sampling": dataclasses.asdict(generator.options(**overrides)),
           "judge": judge.info, "ar_step_flops": ar_step_flops, "diffusion": diffusion,
-          "ar": ladder, "real": real_row, **compute_gap(diffusion, ladder),
+          "ar": ladder, "real": real_row, "entropy_rule_words": words,
+          **compute_gap(diffusion, ladder, EQUAL_WORDS),
           "config": json.loads(config.to_json())}
 
 
@@ -175,11 +198,13 @@ def write(result: dict, out: pathlib.Path):
   out.mkdir(parents=True, exist_ok=True)
   (out / "compute_gap.json").write_text(evaluate.to_json(result))
   fmt = lambda v, f="{:.3g}": "-" if v is None else f.format(v)
-  lines = ["| model | train steps | train GFLOP | judge ppl | unigram entropy | MAUVE | distinct-2 "
-           "| mean words | empty |", "|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| model | train steps | train GFLOP | judge ppl | unigram entropy | entropy at "
+           f"{result['entropy_rule_words']} words | MAUVE | distinct-2 | mean words | empty |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for row in [result["diffusion"], *result["ar"], result["real"]]:
     lines.append(f"| {row['name']} | {row.get('steps', '-')} | {fmt(row.get('flops', 0) / 1e9, '{:.0f}')} "
                  f"| {fmt(row['judge_ppl'], '{:.1f}')} | {fmt(row['unigram_entropy'], '{:.3f}')} "
+                 f"| {fmt(row.get(EQUAL_WORDS), '{:.3f}')} "
                  f"| {fmt(row['mauve'])} | {fmt(row['distinct_2'])} | {fmt(row['mean_length_words'], '{:.1f}')} "
                  f"| {row['empty_fraction']:.1%} |")
   verdict = "compute gap " + describe_gap(result)

@@ -41,6 +41,27 @@ def test_outside_the_ladder_gives_bounds():
   assert not repetitive["entropy_valid"]
 
 
+def test_the_rule_compares_the_entropy_key_it_is_given():
+  row = {"flops": 32e12, "judge_ppl": 150.0, "unigram_entropy": 6.1, "equal": 6.5}
+  ladder = [{**rung, "equal": rung["unigram_entropy"]} for rung in LADDER]
+  assert not compute_gap(row, LADDER)["entropy_valid"]
+  gap = compute_gap(row, ladder, "equal")
+  assert gap["entropy_valid"] and gap["ar_unigram_entropy_at_match"] == pytest.approx(6.2 + 0.2 * (
+      math.log(200 / 150) / math.log(2)))
+  ladder[1]["equal"] = 7.0  # the key's values are interpolated, not "unigram_entropy"'s
+  assert not compute_gap(row, ladder, "equal")["entropy_valid"]
+
+
+def test_entropies_are_compared_at_the_shortest_sample_set_s_word_count():
+  equal_word_entropies = runpy.run_path(str(SCRIPT))["equal_word_entropies"]
+  short = {"texts": ["a b", "c d"]}  # 4 distinct words: log 4
+  long = {"texts": [" ".join(f"w{i}" for i in range(20))]}  # any 4 of 20 distinct words: log 4
+  assert equal_word_entropies([short, long]) == 4
+  assert short["unigram_entropy_equal_words"] == pytest.approx(math.log(4))
+  assert long["unigram_entropy_equal_words"] == pytest.approx(math.log(4))
+  assert "texts" not in short and "texts" not in long
+
+
 def test_sampling_overrides_take_the_field_types_and_refuse_unknown_fields():
   from cdm_jax import samplers
   sample_overrides = runpy.run_path(str(SCRIPT))["sample_overrides"]

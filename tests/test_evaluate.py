@@ -89,6 +89,17 @@ def test_text_statistics():
   assert stats["unigram_entropy"] == pytest.approx(-np.sum(probs * np.log(probs)))
 
 
+def test_unigram_entropy_at_a_word_count_subsamples_the_pooled_words():
+  texts = ["a a b", "a c"]  # 5 words: a x3, b, c
+  assert text_metrics.unigram_entropy_at(texts, 5) == text_metrics.unigram_entropy(texts)
+  assert text_metrics.unigram_entropy_at(texts, 9) == text_metrics.unigram_entropy(texts)
+  # Every 2-word subset is {a, a} (entropy 0; 3 of the 10 pairs) or two different words (log 2).
+  expected = 7 / 10 * np.log(2)
+  assert text_metrics.unigram_entropy_at(texts, 2, draws=4000) == pytest.approx(expected, abs=0.02)
+  assert text_metrics.unigram_entropy_at(texts, 2, seed=3) == text_metrics.unigram_entropy_at(
+      texts, 2, seed=3)
+
+
 def test_judge_budget():
   assert judge_lib.judge_budget(steps=500) == judge_lib.JudgeConfig(max_steps=500, time_limit_minutes=0.0)
   assert judge_lib.judge_budget(2.5).time_limit_minutes == 2.5
