@@ -33,6 +33,8 @@ declare -A RECIPES=(
   [ce_prior_slope_warp_pos1_lr2e3_deep10]="$CE $WARP --config.model.pos_init_std=1.0 --config.train.learning_rate=2e-3 --config.model.num_layers=10 --config.model.width=192 --config.model.mlp_dim=768"
   [ce_prior_slope_warp_pos1_lr2e3_packed]="$CE $WARP --config.model.pos_init_std=1.0 --config.train.learning_rate=2e-3 --config.data.packing=True"
   [ce_prior_slope_warp_pos1_lr2e3_dim128]="$CE $WARP --config.model.pos_init_std=1.0 --config.train.learning_rate=2e-3 --config.model.embed_dim=128"
+  [ce_prior_slope_warp_pos1_lr2e3_sc75]="$CE $WARP --config.model.pos_init_std=1.0 --config.train.learning_rate=2e-3 --config.diffusion.self_cond_prob=0.75"
+  [ce_prior_slope_warp_pos1_lr2e3_sc100]="$CE $WARP --config.model.pos_init_std=1.0 --config.train.learning_rate=2e-3 --config.diffusion.self_cond_prob=1.0"
   [ce_prior_slope_warp_pos1_lr2e3_sc25]="$CE $WARP --config.model.pos_init_std=1.0 --config.train.learning_rate=2e-3 --config.diffusion.self_cond_prob=0.25"
 )
 for seed in ${SEEDS:-0 1}; do
