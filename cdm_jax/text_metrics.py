@@ -64,7 +64,8 @@ def unigram_entropy(texts: list[str]) -> float:
   return float(-np.sum(probs * np.log(probs)))
 
 
-def unigram_entropy_at(texts: list[str], num_words: int, *, draws: int = 20, seed: int = 0) -> float:
+def unigram_entropy_at(texts: list[str], num_words: int, *, draws: int = 20,
+                       seed: int = 0) -> float:
   """`unigram_entropy` at a fixed number of words: its mean over `draws` random subsets of exactly
   `num_words` of the words pooled over `texts` (all of them when there are no more). The plug-in
   entropy grows with the words pooled (its bias is about -(K - 1) / 2N nats for K distinct words
