@@ -1,6 +1,6 @@
 """Runs named config variants one after another and gathers their metrics.
 
-  python experiments/sweep.py --config=configs/wordnet.py --sweep=experiments/ablations/sweep.py \
+  python experiments/sweep.py --config=configs/wordnet_mse.py --sweep=experiments/ablations/sweep.py \
       --root=workdirs/ablations [--only=name1,name2] [--evaluate --num_samples=200]
 
 A sweep file defines `get_sweep() -> list[(name, {dotted.key: value})]` (build grids with

@@ -1,6 +1,6 @@
 """Ablations at a fixed small budget, one factor at a time around the demo recipe.
 
-  python experiments/sweep.py --config=configs/wordnet.py --sweep=experiments/ablations/sweep.py \
+  python experiments/sweep.py --config=configs/wordnet_mse.py --sweep=experiments/ablations/sweep.py \
       --evaluate --num_samples=200
 
 Set FULL_GRID = True for the full product (4 schedules x 2 losses x self-cond x clamp = 32 runs).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quality A/Bs behind experiments/quality/README.md: recipes x two seeds at equal training
 # steps (equal FLOPs to within 1%), each scored by experiments/compute_gap.py on one shared AR
-# ladder and judge (its 1x rung: STEPS steps of configs/wordnet.py's FLOPs).
+# ladder and judge (its 1x rung: STEPS steps of configs/wordnet_mse.py's FLOPs). Recipes are overrides of
+# configs/wordnet_mse.py (the demo until 2026-12-01), so they keep their meaning.
 # Usage: bash experiments/quality/run_gap_ab.sh [STEPS] [ROOT] [RECIPE ...]
 #   (default recipes: mse_rounding ce_output_prior; SEEDS="0 1" by default; LADDER_STEPS=N scores
 #   on the ladder of N steps instead of STEPS, e.g. a longer run against a cached shorter ladder)
@@ -12,7 +13,7 @@ ROOT="${2:-workdirs/quality}"
 shift $(( $# < 2 ? $# : 2 ))
 NAMES=("${@:-mse_rounding ce_output_prior}")
 read -r -a NAMES <<< "${NAMES[*]}"
-COMMON=(--config=configs/wordnet.py --config.train.num_train_steps="$STEPS"
+COMMON=(--config=configs/wordnet_mse.py --config.train.num_train_steps="$STEPS"
         --config.train.warmup_steps=$((STEPS / 10)) --config.train.time_limit_minutes=0
         --config.train.eval_every_steps=0 --config.train.sample_every_steps=0
         --config.train.checkpoint_every_steps="$STEPS")
@@ -46,7 +47,7 @@ for seed in ${SEEDS:-0 1}; do
 done
 LADDER=$(.venv/bin/python -c "
 import sys; sys.path.insert(0, '.')
-from cdm_jax import flops; from configs import wordnet
+from cdm_jax import flops; from configs import wordnet_mse as wordnet
 print(${LADDER_STEPS:-$STEPS} * flops.diffusion_train_flops(wordnet.get_config())['train'])")
 for seed in ${SEEDS:-0 1}; do
   for name in "${NAMES[@]}"; do

@@ -1,6 +1,6 @@
 """The two pitfalls of jointly trained embeddings, and their fixes (issue: collapse / explosion).
 
-  python experiments/sweep.py --config=configs/wordnet.py --sweep=experiments/seed_claims/sweep.py
+  python experiments/sweep.py --config=configs/wordnet_mse.py --sweep=experiments/seed_claims/sweep.py
   python experiments/seed_claims/plot.py workdirs/seed_claims
 """
 
