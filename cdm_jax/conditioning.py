@@ -183,6 +183,37 @@ def template_layout(tokenizer, template: str, seq_len: int,
           np.array(mask + [True] * rest, bool))
 
 
+def length_layout(length: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """BOS, `length` generated pieces, then EOS and PAD known: a sample of exactly that length."""
+  if length < 1:
+    raise ValueError(f"A length must be >= 1, got {length}.")
+  _check_fits(length + 2, seq_len, "length")
+  known = np.full((seq_len,), tokenizer_lib.PAD_ID, np.int32)
+  known[0], known[length + 1] = tokenizer_lib.BOS_ID, tokenizer_lib.EOS_ID
+  mask = np.ones((seq_len,), bool)
+  mask[1:length + 1] = False
+  return known, mask
+
+
+def piece_lengths(tokens: np.ndarray) -> np.ndarray:
+  """The pieces between BOS and the first EOS of each `BOS pieces EOS PAD...` row [N, seq_len]; a
+  row without EOS (cut at seq_len) counts to its end."""
+  tokens = np.asarray(tokens)
+  is_eos = tokens == tokenizer_lib.EOS_ID
+  ends = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1), tokens.shape[1])
+  return (ends - 1).astype(np.int64)
+
+
+def draw_lengths(tokens: np.ndarray, num: int, seed: int = 0) -> np.ndarray:
+  """`num` piece counts drawn (with replacement, seeded) from the empirical length distribution of
+  training rows `tokens` (see `piece_lengths`); rows of length 0 are left out."""
+  lengths = piece_lengths(tokens)
+  lengths = lengths[lengths >= 1]
+  if not lengths.size:
+    raise ValueError("No row with at least one piece between BOS and EOS to draw lengths from.")
+  return np.random.default_rng(seed).choice(lengths, size=num)
+
+
 def source_layout(tokenizer, source: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
   """`BOS source EOS` known (the seq2seq layout); the target, its EOS and PAD are generated."""
   ids = [tokenizer_lib.BOS_ID] + _pieces(tokenizer, source) + [tokenizer_lib.EOS_ID]

@@ -218,14 +218,24 @@ class Generator:
     return [tokenizer_lib.decode_tokens(self.tokenizer, row) for row in tokens]
 
   def sample(self, num_samples: int = 8, *, seed: int = 0, prefix: str | None = None,
-             suffix: str | None = None, gap_length: int = 8, **overrides) -> list[str]:
+             suffix: str | None = None, gap_length: int = 8, lengths=None,
+             **overrides) -> list[str]:
     """`num_samples` strings; the same options and seed give the same text on any device count.
 
     `prefix`: every sample starts with it (its pieces verbatim) and continues freely. `suffix`:
     every sample ends with it, after `gap_length` generated pieces (`infill("___:N suffix")`).
+    `lengths`: one piece count per sample (e.g. `conditioning.draw_lengths(data.train, n)`, the
+    corpus's length distribution): BOS, that many generated pieces, then EOS and PAD known.
     """
     if gap_length < 1:
       raise ValueError(f"gap_length must be >= 1, got {gap_length}.")
+    if lengths is not None:
+      if prefix is not None or suffix is not None:
+        raise ValueError("lengths= fixes the whole layout; it does not combine with prefix/suffix.")
+      if len(lengths) != num_samples:
+        raise ValueError(f"lengths has {len(lengths)} entries for {num_samples} samples.")
+      layouts = [conditioning.length_layout(int(n), self.config.data.seq_len) for n in lengths]
+      return self._conditional(layouts, seed=seed, **overrides)
     if prefix is not None and suffix is not None:
       return self.infill(f"{prefix} ___:{gap_length} {suffix}", num_samples, seed=seed, **overrides)
     if suffix is not None:

@@ -2,7 +2,7 @@
 
 python experiments/compute_gap.py --workdir=DIR [--fractions=1/64,1/32,1/16,1/8,1/4,1/2,1]
     [--num_samples=300] [--judge_multiple=2] [--ladder_flops=F] [--set FIELD=VALUE ...]
-    [--out=DIR/compute_gap]
+    [--lengths=free|data] [--out=DIR/compute_gap]
 
 The AR model (the library's causal `TransformerLM`, with the diffusion transformer's sizes, same
 data and tokenizer) is trained on a ladder of budgets, each a fraction of the diffusion run's
@@ -20,6 +20,10 @@ the shortest sample set's (`text_metrics.unigram_entropy_at`: the pooled entropy
 words pooled, so longer samples would pass for their length alone). When diffusion is behind the
 smallest rung, the ladder is extended down (halving) while a rung has at least `--min_steps`
 steps; past that only a lower bound is reported.
+
+`--lengths=data` samples the diffusion model at lengths drawn from the training split's length
+distribution (BOS, N generated pieces, EOS and PAD known: `Generator.sample(lengths=...)`), as
+fixed-length diffusion LMs do; the AR rungs choose their own lengths either way.
 """
 
 import argparse
@@ -91,7 +95,9 @@ def equal_word_entropies(rows: list[dict]) -> int:
 
 
 def run(args) -> dict:
-  from cdm_jax import builders, evaluate, flops, generate, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from cdm_jax import builders, conditioning, evaluate, flops, generate, text_metrics
+  from cdm_jax import judge as judge_lib
   from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   generator = generate.load(args.workdir, use_ema=not args.raw_params)
@@ -137,7 +143,9 @@ def run(args) -> dict:
 
   overrides = sample_overrides(generator.sample_config, args.set or [])
   start = time.perf_counter()
-  texts = generator.sample(n, seed=args.seed, **overrides)
+  lengths = (conditioning.draw_lengths(data.train, n, args.seed) if args.lengths == "data"
+             else None)
+  texts = generator.sample(n, seed=args.seed, lengths=lengths, **overrides)
   diffusion = {"name": "diffusion", "steps": generator.step, "flops": diffusion_flops,
                "sampling_seconds": time.perf_counter() - start, **scorer.score(texts),
                "examples": texts[:5], "texts": texts}
@@ -161,6 +169,7 @@ def run(args) -> dict:
   return {"workdir": args.workdir, "checkpoint_step": generator.step, "num_samples": n,
           "params": "raw" if args.raw_params else "ema",
           "seed": args.seed, "sampling": dataclasses.asdict(generator.options(**overrides)),
+          "lengths": args.lengths,
           "judge": judge.info, "ar_step_flops": ar_step_flops, "diffusion": diffusion,
           "ar": ladder, "real": real_row, "entropy_rule_words": words,
           **compute_gap(diffusion, ladder, EQUAL_WORDS),
@@ -249,6 +258,9 @@ def main():
   parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
                       help="a sampling option for the diffusion samples (repeatable), e.g. "
                            "--set sampler=renoise; default: the workdir's config")
+  parser.add_argument("--lengths", choices=("free", "data"), default="free",
+                      help="free: the diffusion model ends its samples itself; data: each sample's "
+                           "length is drawn from the training split's and fixed")
   parser.add_argument("--raw_params", action="store_true",
                       help="sample the raw parameters instead of their EMA")
   parser.add_argument("--out", default=None, help="default: WORKDIR/compute_gap")

@@ -155,6 +155,27 @@ def test_template_layout_is_verbatim_with_gaps_and_a_known_ending():
       call()
 
 
+def test_length_layouts_and_the_corpus_length_distribution():
+  known, mask = conditioning.length_layout(3, 7)
+  np.testing.assert_array_equal(known, [BOS, PAD, PAD, PAD, EOS, PAD, PAD])
+  np.testing.assert_array_equal(mask, [1, 0, 0, 0, 1, 1, 1])
+  with pytest.raises(ValueError, match="needs 8"):
+    conditioning.length_layout(6, 7)
+  with pytest.raises(ValueError, match=">= 1"):
+    conditioning.length_layout(0, 7)
+  rows = _rows([4, 4, 4, 7, 2])  # 2, 2, 2, 5 and 0 pieces between BOS and EOS
+  rows = np.concatenate([rows, np.full((1, 12), 9, np.int32)])  # cut at seq_len: no EOS
+  rows[-1, 0] = BOS
+  np.testing.assert_array_equal(conditioning.piece_lengths(rows), [2, 2, 2, 5, 0, 11])
+  drawn = conditioning.draw_lengths(rows, 6000, seed=3)
+  np.testing.assert_array_equal(drawn, conditioning.draw_lengths(rows, 6000, seed=3))
+  assert set(drawn) == {2, 5, 11}  # rows without pieces are never drawn
+  np.testing.assert_allclose([np.mean(drawn == n) for n in (2, 5, 11)], [0.6, 0.2, 0.2],
+                             atol=0.03)
+  with pytest.raises(ValueError, match="No row"):
+    conditioning.draw_lengths(_rows([2, 2]), 3)
+
+
 def test_mbr_keeps_the_consensus_candidate():
   assert conditioning.mbr_select(["x y z", "a b c", "a b d", "a b c e"]) == 1
   assert conditioning.mbr_select(["only"]) == 0
@@ -260,6 +281,18 @@ def test_generator_keeps_prompts_verbatim(trained):
   assert all(" sat on a " in f" {text} " or "sat on a" in text for text in filled), filled
   with pytest.raises(ValueError, match="shorten it"):
     g.sample(4, prefix=" ".join(["cat"] * seq_len), **opts)
+  layouts = [conditioning.length_layout(n, seq_len) for n in (1, 2, 3, 5)]
+  known, mask = np.stack([k for k, _ in layouts]), np.stack([m for _, m in layouts])
+  tokens = g.sample_tokens(4, condition=(known, mask), **opts)
+  np.testing.assert_array_equal(tokens[:, 0], BOS)
+  np.testing.assert_array_equal(tokens[np.arange(4), [2, 3, 4, 6]], EOS)
+  assert len(g.sample(4, lengths=[1, 2, 3, 5], **opts)) == 4
+  for lengths, match in [([1, 2], "2 entries for 4"), ([1, 2, 3, 0], ">= 1"),
+                         ([1, 2, 3, seq_len], "shorten it")]:
+    with pytest.raises(ValueError, match=match):
+      g.sample(4, lengths=lengths, **opts)
+  with pytest.raises(ValueError, match="does not combine"):
+    g.sample(4, lengths=[1, 2, 3, 5], prefix="the", **opts)
 
 
 def test_classifier_guidance_with_exact_parts_samples_the_conditional():
