@@ -37,3 +37,13 @@ def ar_train_flops(*, width: int, num_layers: int, mlp_dim: int, seq_len: int, v
   forward = tokens * (num_layers * _per_token_layer(width, mlp_dim, seq_len)
                       + 2 * width * vocab_size)
   return 3 * forward
+
+
+def readout_decoder_train_flops(model_config, *, num_layers: int, batch_size: int) -> float:
+  """Per optimizer step of `readout.ContextualDecoder` (the model's sizes, `num_layers` blocks):
+  input and output projections, the blocks and the vocabulary read-out, forward x3."""
+  m = model_config
+  tokens = batch_size * m.seq_len
+  forward = tokens * (num_layers * _per_token_layer(m.width, m.mlp_dim, m.seq_len)
+                      + 2 * 2 * m.embed_dim * m.width + 2 * m.embed_dim * m.vocab_size)
+  return 3 * forward

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cdm_jax import (builders, checkpointing, cli, conditioning, distill, distributed, host,
-                     parallel, parameterization, samplers, schedules)
+                     parallel, parameterization, readout, samplers, schedules)
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM
 
@@ -78,9 +78,9 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
 
 
 def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
-                   config: samplers.SampleConfig, times=None, *, guide=None):
-  """The jit-compiled pure `(params, rng, known=None, known_mask=None) -> tokens
-  [config.num_samples, length]`.
+                   config: samplers.SampleConfig, times=None, *, guide=None, decoder=None):
+  """The jit-compiled pure `(params, rng, known=None, known_mask=None, decoder_params=None) ->
+  tokens [config.num_samples, length]`.
 
   Samples are split over the mesh; each example's randomness comes from `fold_in(rng, index)`,
   so the same seed gives the same text on any number of devices. `times`: an optional grid
@@ -89,16 +89,24 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   template, seq2seq source; `conditioning` builds them). Conditional and unconditional calls
   compile separately; different prompts of one shape reuse the compiled function. `guide`: an
   optional map from the denoiser to a steered one (e.g. `guidance.classifier_guided`).
+  `decoder`: the `readout.ContextualDecoder` module that `config.decoder="contextual"` applies to
+  the final estimate (its parameters are `decoder_params`); other decoders round it.
   """
   cfg = model.config
+  contextual = config.decoder == samplers.CONTEXTUAL_DECODER
+  if contextual and decoder is None:
+    raise ValueError("decoder='contextual' needs a trained read-out decoder: python -m "
+                     "cdm_jax.readout --workdir=DIR.")
+  # Clamps during the loop round with the tied read-out when the contextual decoder ends it.
+  clamp_decoder = "readout" if contextual else config.decoder
   num_devices = mesh.devices.size
   padded = -(-config.num_samples // num_devices) * num_devices
   shape = (cfg.seq_len, cfg.embed_dim)
 
-  def per_device(params, keys, condition):
+  def per_device(params, keys, condition, decoder_params):
     table, bias = model.apply(params, method="readout_weights")
     # The clamp's vocabulary matmul follows the model's matmul precision; the final decode is exact.
-    clamp_fn = samplers.make_clamp_fn(config.clamp, table, bias, decoder=config.decoder,
+    clamp_fn = samplers.make_clamp_fn(config.clamp, table, bias, decoder=clamp_decoder,
                                       temperature=config.clamp_temperature,
                                       operand_dtype=cfg.matmul_operand_dtype)
     denoise_fn = make_denoise_fn(model, params, schedule, condition,
@@ -115,16 +123,23 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                                   sampler=config.sampler, clamp_fn=clamp_fn, times=times,
                                   clamp_max_t=config.clamp_max_t,
                                   renoise_interval=config.renoise_interval)
-    tokens = samplers.decode(x0_hat, table, bias, config.decoder)
+    if contextual:
+      logits = decoder.apply(decoder_params, x0_hat, table.astype(jnp.float32),
+                             bias.astype(jnp.float32))
+      tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+      tokens = samplers.decode(x0_hat, table, bias, config.decoder)
     return tokens if condition is None else jnp.where(condition[1], condition[0], tokens)
 
-  def sharded(params, keys, condition):
+  def sharded(params, keys, condition, decoder_params):
     spec = P(parallel.BATCH)
-    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), spec, spec), out_specs=spec,
-                         check_vma=False)(params, keys, condition)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), spec, spec, P()), out_specs=spec,
+                         check_vma=False)(params, keys, condition, decoder_params)
 
   @jax.jit
-  def sample_fn(params, rng, known=None, known_mask=None):
+  def sample_fn(params, rng, known=None, known_mask=None, decoder_params=None):
+    if contextual and decoder_params is None:
+      raise ValueError("decoder='contextual' needs decoder_params (the trained decoder's).")
     if (known is None) != (known_mask is None):
       raise ValueError("Pass both known and known_mask, or neither.")
     condition = None
@@ -134,7 +149,8 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                          f", got {known.shape} and {known_mask.shape}.")
       pad = lambda a: jnp.pad(a, ((0, padded - config.num_samples), (0, 0)))
       condition = (pad(known.astype(jnp.int32)), pad(known_mask.astype(bool)))
-    return sharded(params, parallel.example_keys(rng, padded), condition)[:config.num_samples]
+    return sharded(params, parallel.example_keys(rng, padded), condition,
+                   decoder_params)[:config.num_samples]
 
   return sample_fn
 
@@ -151,12 +167,14 @@ def _clamp_unknown(clamp_fn, cond, known_mask, x):
 class Generator:
   """A trained model ready to sample; compiled sampling functions are cached per `SampleConfig`."""
 
-  def __init__(self, config, params, tokenizer, *, step: int, mesh=None, warp=None):
+  def __init__(self, config, params, tokenizer, *, step: int, mesh=None, warp=None,
+               readout_decoder: readout.TrainedDecoder | None = None):
     self.config = config
     self.params = params
     self.tokenizer = tokenizer
     self.step = step
     self.warp = warp  # the learned time warp (for time_grid="warp"), or None
+    self.readout_decoder = readout_decoder  # for decoder="contextual", or None
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
     self.model = builders.make_model(config)
     self.schedule = builders.make_schedule(config)
@@ -169,7 +187,25 @@ class Generator:
 
   @functools.lru_cache(maxsize=16)
   def _compiled(self, config: samplers.SampleConfig):
-    return make_sample_fn(self.model, self.schedule, self.mesh, config, self._times(config))
+    return make_sample_fn(self.model, self.schedule, self.mesh, config, self._times(config),
+                          decoder=self._decoder_module(config))
+
+  def _decoder_module(self, config: samplers.SampleConfig):
+    if config.decoder != samplers.CONTEXTUAL_DECODER:
+      return None
+    if self.readout_decoder is None:
+      raise ValueError("decoder='contextual' needs a read-out decoder trained for this workdir: "
+                       "python -m cdm_jax.readout --workdir=DIR.")
+    trained_for = self.readout_decoder.meta["checkpoint_step"]
+    if trained_for != self.step:
+      raise ValueError(f"The read-out decoder was trained for checkpoint {trained_for}, not for this "
+                       f"one ({self.step}); train it again: python -m cdm_jax.readout --workdir=DIR.")
+    return self.readout_decoder.module
+
+  def _decoder_params(self, options: samplers.SampleConfig):
+    if options.decoder != samplers.CONTEXTUAL_DECODER:
+      return None
+    return self.readout_decoder.params
 
   def _times(self, config: samplers.SampleConfig):
     """The sampling time grid: None (uniform) or the learned warp's quantiles."""
@@ -197,17 +233,20 @@ class Generator:
     `make_sample_fn` (compiled per call); see `options` for the overrides."""
     if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**32):
       raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
+    options = self.options(num_samples=num_samples, **overrides)
     if guide is None:
-      fn = self.make_sample_fn(num_samples=num_samples, **overrides)
+      fn = self.make_sample_fn(options)
     else:
-      options = self.options(num_samples=num_samples, **overrides)
       fn = make_sample_fn(self.model, self.schedule, self.mesh, options, self._times(options),
-                          guide=guide)
+                          guide=guide, decoder=self._decoder_module(options))
+    decoder_params = self._decoder_params(options)
     if condition is None:
-      return distributed.to_host(fn(self.params, jax.random.PRNGKey(seed)))
+      return distributed.to_host(fn(self.params, jax.random.PRNGKey(seed),
+                                    decoder_params=decoder_params))
     self._require_conditioning()
     known, known_mask = (np.asarray(a) for a in condition)
-    return distributed.to_host(fn(self.params, jax.random.PRNGKey(seed), known, known_mask))
+    return distributed.to_host(fn(self.params, jax.random.PRNGKey(seed), known, known_mask,
+                                  decoder_params))
 
   def sample_guided(self, num_samples: int, guide, *, seed: int = 0, **overrides) -> list[str]:
     """Unconditional samples steered by `guide` (see `make_sample_fn`), e.g.
@@ -327,7 +366,8 @@ def load(workdir: str, *, use_ema: bool = True, step: int | None = None,
               "warp": builders.abstract_warp(config, mesh)}
   restored, step = checkpointing.restore_subtree(workdir, abstract, step)
   return Generator(config, restored[key], tokenizer_lib.load_tokenizer(workdir), step=step,
-                   mesh=mesh, warp=distributed.to_host(restored["warp"]))
+                   mesh=mesh, warp=distributed.to_host(restored["warp"]),
+                   readout_decoder=readout.load(workdir, builders.model_config(config), mesh))
 
 
 def _load_student(workdir: str, config, mesh, steps: int) -> Generator:
@@ -354,7 +394,8 @@ def define_sampling_flags(flags, num_samples: int):
   flags.DEFINE_integer("steps", None, "Sampling steps (default: the config's sample.num_steps).")
   flags.DEFINE_string("sampler", None, "ddpm | ddim | euler | heun.")
   flags.DEFINE_string("clamp", None, "none | hard | soft.")
-  flags.DEFINE_string("decoder", None, "readout | l2 | cosine.")
+  flags.DEFINE_string("decoder", None, "readout | l2 | cosine | contextual (the workdir's trained "
+                      "read-out decoder: python -m cdm_jax.readout).")
   flags.DEFINE_float("temperature", None, "x0_hat = softmax(logits / T) E at every step (models "
                      "predicting logits; default: the config's sample.logit_temperature).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")

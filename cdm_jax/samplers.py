@@ -223,6 +223,9 @@ def decode_readout(x, table, bias=None, operand_dtype=None):
   return vocab_ops.argmax_scores(x, table, bias, operand_dtype)
 
 
+CONTEXTUAL_DECODER = "contextual"  # `readout.ContextualDecoder`, trained per workdir; not a rounding
+
+
 def decode(x, table, bias=None, method: str = "readout", operand_dtype=None):
   """Token ids [...] for latents [..., d]; `operand_dtype` as in `vocab_ops.dot_rows`."""
   return DECODERS.get(method)(x, table, bias, operand_dtype)
@@ -266,7 +269,8 @@ class SampleConfig:
   logit_temperature: float = 1.0  # x0_hat = softmax(logits / this) E (models predicting logits)
   renoise_min_t: float = 0.0     # q-sample from x0_hat at steps from t in [renoise_min_t,
   renoise_max_t: float = 0.0     #   renoise_max_t] (Shabalin et al.); an empty interval: off
-  decoder: str = "readout"       # a registered decoder: readout | l2 | cosine
+  decoder: str = "readout"       # a registered decoder: readout | l2 | cosine, or contextual
+                                 #   (the workdir's trained `readout.ContextualDecoder`)
   time_grid: str = "uniform"     # uniform | warp (the learned time warping's quantiles)
   guidance_scale: float = 0.0    # classifier-free guidance weight w on conditional samples (0: off)
 
@@ -275,7 +279,8 @@ class SampleConfig:
       if not getattr(self, field) >= 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}.")
     SAMPLERS.get(self.sampler)
-    DECODERS.get(self.decoder)
+    if self.decoder != CONTEXTUAL_DECODER:
+      DECODERS.get(self.decoder)
     if self.clamp not in CLAMPS:
       raise ValueError(f"Unknown clamp {self.clamp!r}; choose one of {list(CLAMPS)}.")
     if self.time_grid not in TIME_GRIDS:

@@ -24,6 +24,9 @@ steps; past that only a lower bound is reported.
 `--lengths=data` samples the diffusion model at lengths drawn from the training split's length
 distribution (BOS, N generated pieces, EOS and PAD known: `Generator.sample(lengths=...)`), as
 fixed-length diffusion LMs do; the AR rungs choose their own lengths either way.
+
+`--set decoder=contextual` decodes with the workdir's trained read-out decoder (`cdm_jax.readout`);
+its training FLOPs are added to the diffusion budget.
 """
 
 import argparse
@@ -142,11 +145,16 @@ def run(args) -> dict:
     return row
 
   overrides = sample_overrides(generator.sample_config, args.set or [])
+  decoder_flops = 0.0
+  if generator.options(**overrides).decoder == "contextual":  # its training counts as training
+    generator.make_sample_fn(**overrides)  # a clear error when the workdir has no such decoder
+    decoder_flops = generator.readout_decoder.flops
   start = time.perf_counter()
   lengths = (conditioning.draw_lengths(data.train, n, args.seed) if args.lengths == "data"
              else None)
   texts = generator.sample(n, seed=args.seed, lengths=lengths, **overrides)
-  diffusion = {"name": "diffusion", "steps": generator.step, "flops": diffusion_flops,
+  diffusion = {"name": "diffusion", "steps": generator.step, "flops": diffusion_flops + decoder_flops,
+               "readout_decoder_flops": decoder_flops,
                "sampling_seconds": time.perf_counter() - start, **scorer.score(texts),
                "examples": texts[:5], "texts": texts}
   rows = {}
