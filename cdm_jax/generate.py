@@ -196,15 +196,18 @@ class Generator:
     if self.readout_decoder is None:
       raise ValueError("decoder='contextual' needs a read-out decoder trained for this workdir: "
                        "python -m cdm_jax.readout --workdir=DIR.")
-    trained_for = self.readout_decoder.meta["checkpoint_step"]
-    if trained_for != self.step:
-      raise ValueError(f"The read-out decoder was trained for checkpoint {trained_for}, not for this "
-                       f"one ({self.step}); train it again: python -m cdm_jax.readout --workdir=DIR.")
     return self.readout_decoder.module
 
   def _decoder_params(self, options: samplers.SampleConfig):
-    if options.decoder != samplers.CONTEXTUAL_DECODER:
+    """The contextual decoder's parameters when `options` use it (checked on every call: a decoder
+    trained for another checkpoint is refused), else None."""
+    if self._decoder_module(options) is None:
       return None
+    trained_for = self.readout_decoder.meta["checkpoint_step"]
+    if trained_for != self.step:
+      raise ValueError(f"The read-out decoder was trained for checkpoint {trained_for}, not for "
+                       f"this one ({self.step}); train it again: python -m cdm_jax.readout "
+                       f"--workdir=DIR.")
     return self.readout_decoder.params
 
   def _times(self, config: samplers.SampleConfig):
@@ -234,12 +237,12 @@ class Generator:
     if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**32):
       raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
     options = self.options(num_samples=num_samples, **overrides)
+    decoder_params = self._decoder_params(options)
     if guide is None:
       fn = self.make_sample_fn(options)
     else:
       fn = make_sample_fn(self.model, self.schedule, self.mesh, options, self._times(options),
                           guide=guide, decoder=self._decoder_module(options))
-    decoder_params = self._decoder_params(options)
     if condition is None:
       return distributed.to_host(fn(self.params, jax.random.PRNGKey(seed),
                                     decoder_params=decoder_params))

@@ -1,4 +1,4 @@
-"""A contextual read-out decoder (TEncDM, CoDAR): the sampler's final latents -> tokens, with context.
+"""A contextual read-out decoder (TEncDM, CoDAR): the sampler's final latents -> tokens, in context.
 
 The built-in decoders round each position on its own (argmax of the tied read-out, nearest
 embedding). This one, a small bidirectional transformer, reads the whole sequence of latents. It is
@@ -137,7 +137,8 @@ def make_train_step(decoder: ContextualDecoder, schedule, tx, config: ReadoutCon
 def train(workdir: str, config: ReadoutConfig) -> dict:
   """Trains the decoder for `workdir`'s newest checkpoint and writes it (see the module doc);
   returns what `decoder.json` records."""
-  from cdm_jax import generate  # pylint: disable=g-import-not-at-top  (generate imports this module)
+  # pylint: disable-next=g-import-not-at-top  (generate imports this module)
+  from cdm_jax import generate
   host.tune_malloc()
   generator = generate.load(workdir)
   model_config = builders.model_config(generator.config)
@@ -224,7 +225,8 @@ def main(argv=None):
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("cdm_jax").setLevel(logging.INFO)
     f = flags.FLAGS
-    config = ReadoutConfig(**{k.name: getattr(f, k.name) for k in dataclasses.fields(ReadoutConfig)})
+    fields = dataclasses.fields(ReadoutConfig)
+    config = ReadoutConfig(**{k.name: getattr(f, k.name) for k in fields})
     print(json.dumps(train(f.workdir, config)))
 
   app.run(cli.user_errors_exit(run), argv=argv or sys.argv)

@@ -118,6 +118,6 @@ def test_a_workdir_samples_with_its_trained_decoder(trained, tmp_path):
   np.testing.assert_array_equal(generator.sample_tokens(3, seed=0, decoder="contextual"),
                                 generator.sample_tokens(3, seed=0))
   generator.readout_decoder = trained_decoder
-  generator.step += 1  # a decoder trained for another checkpoint is refused
+  generator.step += 1  # a decoder trained for another checkpoint is refused, compiled or not
   with pytest.raises(ValueError, match="trained for checkpoint"):
-    generator.sample(1, decoder="contextual")
+    generator.sample(3, seed=0, decoder="contextual")
