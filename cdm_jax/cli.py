@@ -2,7 +2,9 @@
 line on stderr and exit status 2, not a traceback; a run that fails for a reason it can name (a
 checkpoint that cannot be written, a non-finite loss) with one line and exit status 1."""
 
+import dataclasses
 import functools
+import json
 import logging
 import sys
 
@@ -69,3 +71,26 @@ def join_if_asked(values):
   explicit = (values.coordinator_address, values.num_processes, values.process_id)
   if values.multihost or any(x is not None for x in explicit):
     distributed.initialize(*explicit)
+
+
+def run_workdir_job(config_cls, helps: dict, job, argv=None, *, workdir_help: str):
+  """The CLI of a job on a trained workdir (distillation, the read-out decoder): `--workdir` and
+  one integer or float flag per field of the dataclass `config_cls` (its defaults; `helps` by
+  field name); runs `job(workdir, config)` and prints the JSON of what it returns."""
+  # pylint: disable-next=g-import-not-at-top  (absl only for the CLIs)
+  from absl import app, flags, logging as absl_logging
+  defaults = config_cls()
+  fields = dataclasses.fields(config_cls)
+  flags.DEFINE_string("workdir", None, workdir_help, required=True)
+  for field in fields:
+    define = flags.DEFINE_float if field.type in (float, "float") else flags.DEFINE_integer
+    define(field.name, getattr(defaults, field.name), helps[field.name])
+
+  def run(unused_argv):
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
+    logging.getLogger("cdm_jax").setLevel(logging.INFO)
+    values = flags.FLAGS
+    config = config_cls(**{field.name: getattr(values, field.name) for field in fields})
+    print(json.dumps(job(values.workdir, config)))
+
+  app.run(user_errors_exit(run), argv=argv or sys.argv)

@@ -34,7 +34,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 
 import flax
 import jax
@@ -456,10 +455,7 @@ def distill(workdir: str, config: DistillConfig) -> dict:
 
 
 def main(argv=None):
-  from absl import app, flags, logging as absl_logging  # pylint: disable=g-import-not-at-top
   from cdm_jax import cli  # pylint: disable=g-import-not-at-top
-  defaults = DistillConfig()
-  flags.DEFINE_string("workdir", None, "A trained workdir (the teacher).", required=True)
   helps = {"target_steps": "Sampling steps of the last student.",
            "teacher_steps": "DDIM steps of the first round's teacher: target_steps x 2^rounds.",
            "steps_per_round": "Optimizer steps per halving.",
@@ -468,19 +464,8 @@ def main(argv=None):
            "checkpoint_every_steps": "Checkpoint interval (and at every round's end).",
            "log_every_steps": "Metrics interval (WORKDIR/distill/metrics.jsonl).",
            "seed": "Noise, condition masks and corpus order."}
-  for field in dataclasses.fields(DistillConfig):
-    define = flags.DEFINE_float if field.type in (float, "float") else flags.DEFINE_integer
-    define(field.name, getattr(defaults, field.name), helps[field.name])
-
-  def run(unused_argv):
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
-    logging.getLogger("cdm_jax").setLevel(logging.INFO)
-    f = flags.FLAGS
-    fields = dataclasses.fields(DistillConfig)
-    config = DistillConfig(**{k.name: getattr(f, k.name) for k in fields})
-    print(json.dumps(distill(f.workdir, config)))
-
-  app.run(cli.user_errors_exit(run), argv=argv or sys.argv)
+  cli.run_workdir_job(DistillConfig, helps, distill, argv,
+                      workdir_help="A trained workdir (the teacher).")
 
 
 if __name__ == "__main__":

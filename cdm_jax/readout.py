@@ -30,7 +30,6 @@ scratch (a few minutes; nothing to resume).
 import dataclasses
 import json
 import logging
-import sys
 import time
 
 import flax.linen as nn
@@ -39,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cdm_jax import builders, checkpointing, distributed, flops, fs, host, registry, samplers
+from cdm_jax import (builders, checkpointing, cli, distributed, flops, fs, host, registry,
+                     samplers)
 from cdm_jax.data import pipeline
 from cdm_jax.models.config import ModelConfig
 from cdm_jax.models.partitioning import logical
@@ -208,28 +208,12 @@ def load(workdir: str, model_config: ModelConfig, mesh) -> TrainedDecoder | None
 
 
 def main(argv=None):
-  from absl import app, flags, logging as absl_logging  # pylint: disable=g-import-not-at-top
-  from cdm_jax import cli  # pylint: disable=g-import-not-at-top
-  defaults = ReadoutConfig()
-  flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
   helps = {"num_layers": "Transformer blocks of the decoder.",
            "max_t": "Training noise: t ~ U[0, max_t] on the diffusion's schedule.",
            "steps": "Optimizer steps.", "batch_size": "Sequences per step.",
            "learning_rate": "AdamW's peak learning rate (cosine decay to 10%).",
            "warmup_steps": "Linear warm-up steps.", "seed": "Initialisation, noise and data order."}
-  for field in dataclasses.fields(ReadoutConfig):
-    define = flags.DEFINE_float if field.type in (float, "float") else flags.DEFINE_integer
-    define(field.name, getattr(defaults, field.name), helps[field.name])
-
-  def run(unused_argv):
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("cdm_jax").setLevel(logging.INFO)
-    f = flags.FLAGS
-    fields = dataclasses.fields(ReadoutConfig)
-    config = ReadoutConfig(**{k.name: getattr(f, k.name) for k in fields})
-    print(json.dumps(train(f.workdir, config)))
-
-  app.run(cli.user_errors_exit(run), argv=argv or sys.argv)
+  cli.run_workdir_job(ReadoutConfig, helps, train, argv, workdir_help="A trained workdir.")
 
 
 if __name__ == "__main__":

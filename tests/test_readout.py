@@ -5,6 +5,8 @@ and that a workdir samples with it."""
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from cdm_jax import builders, flops, generate, readout, samplers
-from conftest import trained_config
+from conftest import ROOT, trained_config
 
 
 def _small_model(**changes):
@@ -121,3 +123,10 @@ def test_a_workdir_samples_with_its_trained_decoder(trained, tmp_path):
   generator.step += 1  # a decoder trained for another checkpoint is refused, compiled or not
   with pytest.raises(ValueError, match="trained for checkpoint"):
     generator.sample(3, seed=0, decoder="contextual")
+
+
+def test_the_cli_refuses_a_noise_level_outside_the_schedule(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "cdm_jax.readout", f"--workdir={tmp_path}",
+                           "--max_t=1.5"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.startswith("error: max_t must lie in [0, 1]"), result.stderr[-2000:]
