@@ -153,8 +153,8 @@ def run(args) -> dict:
   lengths = (conditioning.draw_lengths(data.train, n, args.seed) if args.lengths == "data"
              else None)
   texts = generator.sample(n, seed=args.seed, lengths=lengths, **overrides)
-  diffusion = {"name": "diffusion", "steps": generator.step, "flops": diffusion_flops + decoder_flops,
-               "readout_decoder_flops": decoder_flops,
+  diffusion = {"name": "diffusion", "steps": generator.step,
+               "flops": diffusion_flops + decoder_flops, "readout_decoder_flops": decoder_flops,
                "sampling_seconds": time.perf_counter() - start, **scorer.score(texts),
                "examples": texts[:5], "texts": texts}
   rows = {}
