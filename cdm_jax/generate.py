@@ -89,16 +89,13 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   template, seq2seq source; `conditioning` builds them). Conditional and unconditional calls
   compile separately; different prompts of one shape reuse the compiled function. `guide`: an
   optional map from the denoiser to a steered one (e.g. `guidance.classifier_guided`).
-  `decoder`: the `readout.ContextualDecoder` module that `config.decoder="contextual"` applies to
-  the final estimate (its parameters are `decoder_params`); other decoders round it.
+  `decoder`: the `readout.ContextualDecoder` that `config.decoder="contextual"` applies to the
+  final estimate (with `decoder_params`); other decoders round it.
   """
   cfg = model.config
   contextual = config.decoder == samplers.CONTEXTUAL_DECODER
-  if contextual and decoder is None:
-    raise ValueError("decoder='contextual' needs a trained read-out decoder: python -m "
-                     "cdm_jax.readout --workdir=DIR.")
-  # Clamps during the loop round with the tied read-out when the contextual decoder ends it.
-  clamp_decoder = "readout" if contextual else config.decoder
+  final_decode = _final_decoder(config.decoder, decoder)
+  clamp_decoder = "readout" if contextual else config.decoder  # rounding inside the loop
   num_devices = mesh.devices.size
   padded = -(-config.num_samples // num_devices) * num_devices
   shape = (cfg.seq_len, cfg.embed_dim)
@@ -123,12 +120,7 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                                   sampler=config.sampler, clamp_fn=clamp_fn, times=times,
                                   clamp_max_t=config.clamp_max_t,
                                   renoise_interval=config.renoise_interval)
-    if contextual:
-      logits = decoder.apply(decoder_params, x0_hat, table.astype(jnp.float32),
-                             bias.astype(jnp.float32))
-      tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    else:
-      tokens = samplers.decode(x0_hat, table, bias, config.decoder)
+    tokens = final_decode(x0_hat, table, bias, decoder_params)
     return tokens if condition is None else jnp.where(condition[1], condition[0], tokens)
 
   def sharded(params, keys, condition, decoder_params):
@@ -140,19 +132,40 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   def sample_fn(params, rng, known=None, known_mask=None, decoder_params=None):
     if contextual and decoder_params is None:
       raise ValueError("decoder='contextual' needs decoder_params (the trained decoder's).")
-    if (known is None) != (known_mask is None):
-      raise ValueError("Pass both known and known_mask, or neither.")
-    condition = None
-    if known is not None:
-      if known.shape != (config.num_samples, cfg.seq_len) or known_mask.shape != known.shape:
-        raise ValueError(f"known and known_mask must have shape {(config.num_samples, cfg.seq_len)}"
-                         f", got {known.shape} and {known_mask.shape}.")
-      pad = lambda a: jnp.pad(a, ((0, padded - config.num_samples), (0, 0)))
-      condition = (pad(known.astype(jnp.int32)), pad(known_mask.astype(bool)))
+    condition = _padded_condition(known, known_mask, (config.num_samples, cfg.seq_len), padded)
     return sharded(params, parallel.example_keys(rng, padded), condition,
                    decoder_params)[:config.num_samples]
 
   return sample_fn
+
+
+def _padded_condition(known, known_mask, shape: tuple[int, int], padded: int):
+  """None, or (known, known_mask) checked against `shape` [num_samples, seq_len] and padded to
+  `padded` rows."""
+  if (known is None) != (known_mask is None):
+    raise ValueError("Pass both known and known_mask, or neither.")
+  if known is None:
+    return None
+  if known.shape != shape or known_mask.shape != known.shape:
+    raise ValueError(f"known and known_mask must have shape {shape}, got {known.shape} and "
+                     f"{known_mask.shape}.")
+  pad = lambda a: jnp.pad(a, ((0, padded - shape[0]), (0, 0)))
+  return pad(known.astype(jnp.int32)), pad(known_mask.astype(bool))
+
+
+def _final_decoder(name: str, decoder):
+  """`(x0_hat, table, bias, decoder_params) -> tokens`: the contextual decoder's argmax, or the
+  registered rounding `name`."""
+  if name != samplers.CONTEXTUAL_DECODER:
+    return lambda x0_hat, table, bias, unused_params: samplers.decode(x0_hat, table, bias, name)
+  if decoder is None:
+    raise ValueError("decoder='contextual' needs a trained read-out decoder: python -m "
+                     "cdm_jax.readout --workdir=DIR.")
+
+  def contextual(x0_hat, table, bias, params):
+    logits = decoder.apply(params, x0_hat, table.astype(jnp.float32), bias.astype(jnp.float32))
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return contextual
 
 
 def _mbr_picks(groups: list[list[str]]) -> list[str]:
