@@ -38,8 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cdm_jax import (builders, checkpointing, cli, distributed, flops, fs, host, registry,
-                     samplers)
+from cdm_jax import builders, checkpointing, cli, distributed, flops, fs, host, registry
 from cdm_jax.data import pipeline
 from cdm_jax.models.config import ModelConfig
 from cdm_jax.models.partitioning import logical
@@ -48,7 +47,6 @@ from cdm_jax.models.transformer import Stack, dense, rows
 log = logging.getLogger("cdm_jax.readout")
 Array = jax.Array
 DECODER_DIR = "readout_decoder"
-CONTEXTUAL = samplers.CONTEXTUAL_DECODER  # the `sample.decoder` value that selects this decoder
 
 
 @dataclasses.dataclass(frozen=True)

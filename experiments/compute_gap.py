@@ -99,7 +99,7 @@ def equal_word_entropies(rows: list[dict]) -> int:
 
 def run(args) -> dict:
   # pylint: disable=g-import-not-at-top
-  from cdm_jax import builders, conditioning, evaluate, flops, generate, text_metrics
+  from cdm_jax import builders, conditioning, evaluate, flops, generate, samplers, text_metrics
   from cdm_jax import judge as judge_lib
   from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
@@ -146,7 +146,7 @@ def run(args) -> dict:
 
   overrides = sample_overrides(generator.sample_config, args.set or [])
   decoder_flops = 0.0
-  if generator.options(**overrides).decoder == "contextual":  # its training counts as training
+  if generator.options(**overrides).decoder == samplers.CONTEXTUAL_DECODER:  # counts as training
     generator.make_sample_fn(**overrides)  # a clear error when the workdir has no such decoder
     decoder_flops = generator.readout_decoder.flops
   start = time.perf_counter()
