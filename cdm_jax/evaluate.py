@@ -177,16 +177,20 @@ def evaluate(workdir: str, *, num_samples: int = 1000, seed: int = 0,
 
 
 def evaluate_task(workdir: str, task: str, *, num_examples: int = 200, seed: int = 0,
-                  candidates: int = 10, baseline: bool = True,
-                  sample_overrides: dict | None = None, write: bool = True) -> dict:
+                  candidates: int = 10, draws: int = 0, start: int = 0, baseline: bool = True,
+                  ar_temperature: float = 1.0, sample_overrides: dict | None = None,
+                  write: bool = True) -> dict:
   """A conditional task ("seq2seq" or "infill", see `tasks`) on the workdir's held-out data;
-  written to DIR/eval/task_<task>_n<N>_seed<S>.json when `write`."""
+  written to DIR/eval/task_<task>_n<N>_seed<S>[_start<I>][_draws<D>].json when `write`.
+  `draws`, `start` and `ar_temperature` are seq2seq's (`tasks.evaluate_seq2seq`)."""
   start = time.perf_counter()
   generator = generate.load(workdir)
   data = pipeline.prepare_data(generator.config.data, workdir)
   if task == "seq2seq":
     result = tasks.evaluate_seq2seq(generator, data, num_examples=num_examples, k=candidates,
-                                    seed=seed, sample_overrides=sample_overrides, baseline=baseline)
+                                    seed=seed, draws=draws, start=start,
+                                    sample_overrides=sample_overrides, baseline=baseline,
+                                    ar_temperature=ar_temperature)
   elif task == "infill":
     result = tasks.evaluate_infill(generator, data, num_examples=num_examples, seed=seed,
                                    sample_overrides=sample_overrides, baseline=baseline)
@@ -196,7 +200,9 @@ def evaluate_task(workdir: str, task: str, *, num_examples: int = 200, seed: int
   if write:
     out = fs.path(workdir) / "eval"
     out.mkdir(exist_ok=True)
-    (out / f"task_{task}_n{num_examples}_seed{seed}.json").write_text(to_json(result))
+    name = f"task_{task}_n{num_examples}_seed{seed}"
+    name += (f"_start{start}" if start else "") + (f"_draws{draws}" if draws else "")
+    (out / f"{name}.json").write_text(to_json(result))
   return result
 
 
@@ -224,12 +230,18 @@ def main(argv=None):
                      "Training budget of the judge when it is not cached yet.")
   flags.DEFINE_integer("judge_steps", 0, "> 0: train the judge for exactly this many steps instead "
                        "(the same judge however busy the machine is).")
-  flags.DEFINE_float("ar_temperature", 1.0, "Temperature of the AR baseline's samples.")
+  flags.DEFINE_float("ar_temperature", 1.0, "Temperature of the AR baseline's samples (both "
+                     "tasks: lm and seq2seq).")
   flags.DEFINE_float("ar_top_p", 1.0, "Nucleus mass of the AR baseline's samples.")
   flags.DEFINE_enum("task", "lm", ["lm", "seq2seq", "infill"], "lm: unconditional samples; "
                     "seq2seq / infill: conditional tasks on held-out data (cdm_jax/tasks.py).")
   flags.DEFINE_integer("num_examples", 200, "Held-out examples of --task=seq2seq/infill.")
-  flags.DEFINE_integer("candidates", 10, "Samples per source for accuracy@k (--task=seq2seq).")
+  flags.DEFINE_integer("candidates", 10, "k of accuracy@k (--task=seq2seq): the length of each "
+                       "model's ranked list of targets per source.")
+  flags.DEFINE_integer("draws", 0, "Targets drawn per source (--task=seq2seq; 0: --candidates); "
+                       "the --candidates most frequent distinct ones are the ranked list.")
+  flags.DEFINE_integer("start", 0, "First held-out example of --task=seq2seq (e.g. tune sampling "
+                       "options on one range, report on another).")
   flags.DEFINE_bool("baseline", True, "Also score the FLOP-matched AR prefix LM on the task.")
 
   def run(unused_argv):
@@ -238,7 +250,8 @@ def main(argv=None):
     f = flags.FLAGS
     if f.task != "lm":
       print(to_json(evaluate_task(f.workdir, f.task, num_examples=f.num_examples, seed=f.seed,
-                                  candidates=f.candidates, baseline=f.baseline,
+                                  candidates=f.candidates, draws=f.draws, start=f.start,
+                                  baseline=f.baseline, ar_temperature=f.ar_temperature,
                                   sample_overrides=generate.sampling_overrides(f))))
       return
     result = evaluate(f.workdir, num_samples=f.num_samples, seed=f.seed,

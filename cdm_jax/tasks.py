@@ -53,14 +53,31 @@ def same_text(a: str, b: str) -> bool:
   return _words(a) == _words(b)
 
 
-def seq2seq_scores(candidates: list[list[str]], references: list[str]) -> dict:
-  """Scores k candidates per source against one reference each: BLEU and ROUGE-L of the first
-  candidate, exact match of the first (accuracy@1) and of any (accuracy@k)."""
+def rank_by_votes(draws: list[str], k: int) -> list[str]:
+  """The k most frequent distinct texts among `draws` (texts compared as lower-cased words; ties
+  in first-drawn order; empty texts dropped): a ranked list for accuracy@k, whose first entry is
+  the majority vote, i.e. the minimum-Bayes-risk pick under exact-match utility."""
+  counts, first = {}, {}
+  for text in draws:
+    key = tuple(_words(text))
+    if key:
+      counts[key] = counts.get(key, 0) + 1
+      first.setdefault(key, text)
+  ranked = sorted(counts, key=lambda key: -counts[key])  # stable: ties stay in first-drawn order
+  return [first[key] for key in ranked[:k]]
+
+
+def seq2seq_scores(candidates: list[list[str]], references: list[str], k: int | None = None) -> dict:
+  """Scores a ranked list of up to k candidates per source against one reference each: BLEU and
+  ROUGE-L of the first candidate (an empty list counts as the empty text), exact match of the
+  first (accuracy@1) and of any (accuracy@k). k defaults to the first list's length."""
   if len(candidates) != len(references) or not references:
     raise ValueError(f"{len(candidates)} candidate lists for {len(references)} references.")
-  firsts = [c[0] for c in candidates]
+  k = len(candidates[0]) if k is None else k
+  if any(len(c) > k for c in candidates):
+    raise ValueError(f"A candidate list is longer than k={k}.")
+  firsts = [c[0] if c else "" for c in candidates]
   bleu, signature = corpus_bleu(firsts, references)
-  k = len(candidates[0])
   return {"bleu": bleu, "bleu_signature": signature,
           "rouge_l": float(np.mean([rouge_l(h, r) for h, r in zip(firsts, references)])),
           "accuracy_at_1": float(np.mean([same_text(h, r) for h, r in zip(firsts, references)])),
@@ -91,42 +108,62 @@ def _ar_baseline(generator: generate.Generator, data: pipeline.Dataset):
                              matched_ar_budget(config, generator.step))
 
 
-def evaluate_seq2seq(generator: generate.Generator, data: pipeline.Dataset, *, num_examples: int,
-                     k: int, seed: int, sample_overrides: dict | None = None,
-                     baseline: bool = True) -> dict:
-  """Diffusion (and, with `baseline`, the FLOP-matched AR prefix LM) on the first `num_examples`
-  held-out pairs that keep a target after truncation to seq_len, k candidates per source."""
+def held_out_pairs(generator: generate.Generator, data: pipeline.Dataset, start: int,
+                   num_examples: int) -> dict:
+  """Held-out pairs `start` .. `start + num_examples` among those that keep a target after
+  truncation to seq_len (encoded as in training): prompts `BOS source EOS` + PAD, their known
+  masks, the source and reference texts."""
   if not data.is_seq2seq:
     raise ValueError("--task=seq2seq needs a seq2seq corpus (data.source_field/target_field, or "
                      "wordnet_definitions / wordnet_reverse).")
   rows, _ = pipeline.encode(generator.tokenizer, data.valid_text, generator.config.data.seq_len)
-  # held-out pairs as encoded (a long source is truncated like in training); a row whose
-  # truncation left no target is skipped
-  keep = np.flatnonzero(np.sum(rows == tokenizer_lib.EOS_ID, axis=1) >= 2)[:num_examples]
+  keep = np.flatnonzero(np.sum(rows == tokenizer_lib.EOS_ID, axis=1) >= 2)
+  keep = keep[start:start + num_examples]
+  if not len(keep):
+    raise ValueError(f"No held-out pairs from index {start} on.")
   rows = rows[keep]
-  sources = [data.valid_text[i][0] for i in keep]
-  references = [data.valid_text[i][1] for i in keep]
   known = np.arange(rows.shape[1]) <= np.argmax(rows == tokenizer_lib.EOS_ID, axis=1)[:, None]
-  prompts = np.where(known, rows, tokenizer_lib.PAD_ID).astype(np.int32)
-  result = {"task": "seq2seq", "checkpoint_step": generator.step, "seed": seed}
+  return {"prompts": np.where(known, rows, tokenizer_lib.PAD_ID).astype(np.int32), "known": known,
+          "sources": [data.valid_text[i][0] for i in keep],
+          "references": [data.valid_text[i][1] for i in keep]}
+
+
+def evaluate_seq2seq(generator: generate.Generator, data: pipeline.Dataset, *, num_examples: int,
+                     k: int, seed: int, draws: int = 0, start: int = 0,
+                     sample_overrides: dict | None = None, baseline: bool = True,
+                     ar_temperature: float = 1.0) -> dict:
+  """Diffusion (and, with `baseline`, the FLOP-matched AR prefix LM at `ar_temperature`) on
+  `num_examples` held-out pairs from `start` (`held_out_pairs`): each model draws `draws` targets
+  per source (default k) and its k most frequent distinct ones are its ranked list
+  (`rank_by_votes`), scored by `seq2seq_scores`."""
+  draws = draws or k
+  if draws < k:
+    raise ValueError(f"draws ({draws}) must be >= the candidates k ({k}).")
+  pairs = held_out_pairs(generator, data, start, num_examples)
+  prompts, sources, references = pairs["prompts"], pairs["sources"], pairs["references"]
+  result = {"task": "seq2seq", "checkpoint_step": generator.step, "seed": seed, "start": start,
+            "draws": draws}
   t0 = time.perf_counter()
-  candidates = generator.candidates(list(zip(prompts, known)), k, seed=seed, target_only=True,
-                                    **(sample_overrides or {}))
-  result["diffusion"] = {**seq2seq_scores(candidates, references),
+  drawn = generator.candidates(list(zip(prompts, pairs["known"])), draws, seed=seed,
+                               target_only=True, **(sample_overrides or {}))
+  candidates = [rank_by_votes(group, k) for group in drawn]
+  result["diffusion"] = {**seq2seq_scores(candidates, references, k),
                          "sampling_seconds": time.perf_counter() - t0,
                          "examples_shown": _show(sources, candidates, references)}
   if baseline:
     ar = _ar_baseline(generator, data)
-    samples = [ar.sample(len(prompts), seed=seed + i, prompts=prompts) for i in range(k)]
-    ar_candidates = [[generator.decode([conditioning.target_tokens(s[j])])[0] for s in samples]
-                     for j in range(len(prompts))]
-    result["ar_baseline"] = {**seq2seq_scores(ar_candidates, references), "training": ar.info,
+    samples = [ar.sample(len(prompts), seed=seed + i, prompts=prompts, temperature=ar_temperature)
+               for i in range(draws)]
+    ar_candidates = [rank_by_votes([generator.decode([conditioning.target_tokens(s[j])])[0]
+                                    for s in samples], k) for j in range(len(prompts))]
+    result["ar_baseline"] = {**seq2seq_scores(ar_candidates, references, k), "training": ar.info,
+                             "temperature": ar_temperature,
                              "examples_shown": _show(sources, ar_candidates, references)}
   return result
 
 
 def _show(sources, candidates, references, n: int = 5) -> list[dict]:
-  return [{"source": s, "output": c[0], "reference": r}
+  return [{"source": s, "output": c[0] if c else "", "reference": r}
           for s, c, r in zip(sources[:n], candidates[:n], references[:n])]
 
 

@@ -1,14 +1,18 @@
-"""Task metrics against hand-computed values, the infill spans, and the AR prefix LM's prompts."""
+"""Task metrics against hand-computed values, the infill spans, the AR prefix LM's prompts, and
+the seq2seq evaluation's ranked lists on a tiny trained workdir."""
 
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from cdm_jax import judge as judge_lib, tasks
-from cdm_jax.data import tokenizer as tokenizer_lib
+from cdm_jax import generate, judge as judge_lib, tasks
+from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 from cdm_jax.models import ModelConfig, TransformerLM
+from conftest import WORDS, tiny_config
 
 
 def _lcs_brute_force(a, b):
@@ -70,3 +74,74 @@ def test_ar_prefix_lm_keeps_its_prompt_and_then_samples():
   assert all(len(e) for e in ends)  # and ends with an EOS of its own
   free = judge.sample(6, seed=0, batch_size=4)
   assert (free[:, 0] == tokenizer_lib.BOS_ID).all()
+
+
+def test_rank_by_votes_orders_by_count_then_first_draw():
+  draws = ["b", "a", "B ", "", "c", "a", "b", "d"]
+  # b: 3 votes ("B " is the same words), a: 2, then c and d with 1 each in drawn order; "" dropped
+  assert tasks.rank_by_votes(draws, 10) == ["b", "a", "c", "d"]
+  assert tasks.rank_by_votes(draws, 2) == ["b", "a"]
+  assert tasks.rank_by_votes(["y", "x", "x y", "x"], 3) == ["x", "y", "x y"]
+  assert tasks.rank_by_votes(["", " "], 3) == []
+
+
+def test_seq2seq_scores_take_ranked_lists_shorter_than_k():
+  scores = tasks.seq2seq_scores([["cat"], [], ["x", "a tree"]], ["cat", "dog", "a tree"], k=3)
+  assert scores["accuracy_at_1"] == 1 / 3 and scores["accuracy_at_3"] == 2 / 3
+  assert scores["candidates"] == 3 and scores["examples"] == 3
+  with pytest.raises(ValueError, match="longer than k=1"):
+    tasks.seq2seq_scores([["cat", "dog"]], ["cat"], k=1)
+
+
+@pytest.fixture(scope="module")
+def seq2seq_workdir(tmp_path_factory):
+  """A tiny model trained for 10 steps on JSONL pairs (target: the source's words reversed)."""
+  from cdm_jax import train  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  folder = tmp_path_factory.mktemp("seq2seq")
+  lines = []
+  for _ in range(300):
+    words = list(rng.choice(WORDS, rng.integers(1, 4)))
+    lines.append(json.dumps({"src": " ".join(words), "tgt": " ".join(words[::-1])}))
+  (folder / "pairs.jsonl").write_text("\n".join(lines))
+  config = tiny_config(folder / "pairs.jsonl", num_train_steps=10, eval_every_steps=0,
+                       sample_every_steps=0)
+  config.data.update(corpus="jsonl", source_field="src", target_field="tgt")
+  config.condition.update(prefix=0.0, suffix=0.0, spans=0.0, source=0.9)
+  train.train_and_evaluate(config, str(folder / "run"))
+  return folder / "run"
+
+
+def test_evaluate_seq2seq_scores_the_vote_of_the_draws(seq2seq_workdir, monkeypatch):
+  monkeypatch.setenv("CDM_JAX_CACHE", str(seq2seq_workdir.parent / "cache"))
+  generator = generate.load(str(seq2seq_workdir))
+  data = pipeline.prepare_data(generator.config.data, str(seq2seq_workdir))
+  pairs = tasks.held_out_pairs(generator, data, 0, 5)
+  assert tasks.held_out_pairs(generator, data, 1, 4)["sources"] == pairs["sources"][1:]
+  assert all(tokenizer_lib.EOS_ID in row for row in pairs["prompts"])  # BOS source EOS, then PAD
+
+  real = tasks.evaluate_seq2seq(generator, data, num_examples=4, k=2, draws=3, seed=0,
+                                ar_temperature=0.7)
+  for name in ("diffusion", "ar_baseline"):
+    assert real[name]["candidates"] == 2 and real[name]["examples"] == 4
+    assert real[name]["accuracy_at_2"] >= real[name]["accuracy_at_1"]
+  assert real["draws"] == 3 and real["ar_baseline"]["temperature"] == 0.7
+
+  def oracle(draws_of):  # fixed draws per reference instead of the model's
+    def candidates(layouts, k, **unused):
+      assert k == 5  # the draws, not the k of accuracy@k
+      return [draws_of(ref) for ref, _ in zip(pairs["references"], layouts)]
+    return candidates
+
+  # the reference wins the vote: first of the ranked list although it is not drawn first
+  monkeypatch.setattr(generator, "candidates", oracle(lambda ref: ["zz", ref, "zz", ref, ref]))
+  won = tasks.evaluate_seq2seq(generator, data, num_examples=5, k=2, draws=5, seed=0,
+                               baseline=False)["diffusion"]
+  assert won["accuracy_at_1"] == 1.0 and won["accuracy_at_2"] == 1.0
+  # drawn once, and out-voted by two others: not in the top 2 (it would be among 2 of 5 draws)
+  monkeypatch.setattr(generator, "candidates", oracle(lambda ref: [ref, "zz", "zz", "yy", "yy"]))
+  lost = tasks.evaluate_seq2seq(generator, data, num_examples=5, k=2, draws=5, seed=0,
+                                baseline=False)["diffusion"]
+  assert lost["accuracy_at_1"] == 0.0 and lost["accuracy_at_2"] == 0.0
+  with pytest.raises(ValueError, match="draws"):
+    tasks.evaluate_seq2seq(generator, data, num_examples=5, k=3, draws=2, seed=0, baseline=False)
