@@ -183,7 +183,7 @@ def evaluate_task(workdir: str, task: str, *, num_examples: int = 200, seed: int
   """A conditional task ("seq2seq" or "infill", see `tasks`) on the workdir's held-out data;
   written to DIR/eval/task_<task>_n<N>_seed<S>[_start<I>][_draws<D>].json when `write`.
   `draws`, `start` and `ar_temperature` are seq2seq's (`tasks.evaluate_seq2seq`)."""
-  start = time.perf_counter()
+  started = time.perf_counter()
   generator = generate.load(workdir)
   data = pipeline.prepare_data(generator.config.data, workdir)
   if task == "seq2seq":
@@ -196,7 +196,8 @@ def evaluate_task(workdir: str, task: str, *, num_examples: int = 200, seed: int
                                    sample_overrides=sample_overrides, baseline=baseline)
   else:
     raise ValueError(f"Unknown task {task!r}; choose seq2seq or infill (or use evaluate()).")
-  result["wall_seconds"] = time.perf_counter() - start
+  result["sample_overrides"] = {k: v for k, v in (sample_overrides or {}).items() if v is not None}
+  result["wall_seconds"] = time.perf_counter() - started
   if write:
     out = fs.path(workdir) / "eval"
     out.mkdir(exist_ok=True)
@@ -243,17 +244,22 @@ def main(argv=None):
   flags.DEFINE_integer("start", 0, "First held-out example of --task=seq2seq (e.g. tune sampling "
                        "options on one range, report on another).")
   flags.DEFINE_bool("baseline", True, "Also score the FLOP-matched AR prefix LM on the task.")
+  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance weight of the diffusion "
+                     "model's conditional samples (--task=seq2seq/infill; 0: off).")
 
   def run(unused_argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("cdm_jax").setLevel(logging.INFO)
     f = flags.FLAGS
     if f.task != "lm":
+      overrides = {**generate.sampling_overrides(f), "guidance_scale": f.guidance_scale}
       print(to_json(evaluate_task(f.workdir, f.task, num_examples=f.num_examples, seed=f.seed,
                                   candidates=f.candidates, draws=f.draws, start=f.start,
                                   baseline=f.baseline, ar_temperature=f.ar_temperature,
-                                  sample_overrides=generate.sampling_overrides(f))))
+                                  sample_overrides=overrides)))
       return
+    if f.guidance_scale:
+      raise ValueError("--guidance_scale needs a condition: use it with --task=seq2seq or infill.")
     result = evaluate(f.workdir, num_samples=f.num_samples, seed=f.seed,
                       sample_overrides=generate.sampling_overrides(f),
                       judge_config=judge_lib.judge_budget(f.judge_minutes, f.judge_steps),

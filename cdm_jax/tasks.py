@@ -110,15 +110,16 @@ def _ar_baseline(generator: generate.Generator, data: pipeline.Dataset):
 
 def held_out_pairs(generator: generate.Generator, data: pipeline.Dataset, start: int,
                    num_examples: int) -> dict:
-  """Held-out pairs `start` .. `start + num_examples` among those that keep a target after
-  truncation to seq_len (encoded as in training): prompts `BOS source EOS` + PAD, their known
-  masks, the source and reference texts."""
+  """Held-out pairs `start` .. `start + num_examples` of a fixed shuffle (seed 0, whatever the
+  sampling seed) of those that keep a target after truncation to seq_len, encoded as in training:
+  prompts `BOS source EOS` + PAD, their known masks, the source and reference texts. Shuffled
+  because corpus order is not random (WordNet: nouns first, by topic)."""
   if not data.is_seq2seq:
     raise ValueError("--task=seq2seq needs a seq2seq corpus (data.source_field/target_field, or "
                      "wordnet_definitions / wordnet_reverse).")
   rows, _ = pipeline.encode(generator.tokenizer, data.valid_text, generator.config.data.seq_len)
   keep = np.flatnonzero(np.sum(rows == tokenizer_lib.EOS_ID, axis=1) >= 2)
-  keep = keep[start:start + num_examples]
+  keep = keep[np.random.default_rng(0).permutation(len(keep))][start:start + num_examples]
   if not len(keep):
     raise ValueError(f"No held-out pairs from index {start} on.")
   rows = rows[keep]

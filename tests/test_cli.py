@@ -86,6 +86,8 @@ def test_cli_errors_are_one_line_and_exit_2(trained, tmp_path):
                         "--config.model.width=48")
   assert code == 2 and "Traceback" not in stderr and "Exception" not in stderr, stderr[-2000:]
   assert "model.width: 32 -> 48" in stderr
+  code, stderr = _fails("cdm_jax.evaluate", f"--workdir={workdir}", "--guidance_scale=2")
+  assert code == 2 and stderr.startswith("error: --guidance_scale needs a condition"), stderr
 
 
 def test_multihost_flags_join_a_run_only_when_asked(monkeypatch):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import generate, judge as judge_lib, tasks
+from cdm_jax import evaluate, generate, judge as judge_lib, tasks
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 from cdm_jax.models import ModelConfig, TransformerLM
 from conftest import WORDS, tiny_config
@@ -120,12 +120,16 @@ def test_evaluate_seq2seq_scores_the_vote_of_the_draws(seq2seq_workdir, monkeypa
   assert tasks.held_out_pairs(generator, data, 1, 4)["sources"] == pairs["sources"][1:]
   assert all(tokenizer_lib.EOS_ID in row for row in pairs["prompts"])  # BOS source EOS, then PAD
 
-  real = tasks.evaluate_seq2seq(generator, data, num_examples=4, k=2, draws=3, seed=0,
-                                ar_temperature=0.7)
+  real = evaluate.evaluate_task(str(seq2seq_workdir), "seq2seq", num_examples=4, candidates=2,
+                                draws=3, start=1, ar_temperature=0.7,
+                                sample_overrides={"steps": 3, "guidance_scale": 1.0})
   for name in ("diffusion", "ar_baseline"):
     assert real[name]["candidates"] == 2 and real[name]["examples"] == 4
     assert real[name]["accuracy_at_2"] >= real[name]["accuracy_at_1"]
-  assert real["draws"] == 3 and real["ar_baseline"]["temperature"] == 0.7
+  assert real["draws"] == 3 and real["start"] == 1 and real["ar_baseline"]["temperature"] == 0.7
+  assert real["sample_overrides"] == {"steps": 3, "guidance_scale": 1.0}
+  written = seq2seq_workdir / "eval" / "task_seq2seq_n4_seed0_start1_draws3.json"
+  assert json.loads(written.read_text()) == json.loads(evaluate.to_json(real))
 
   def oracle(draws_of):  # fixed draws per reference instead of the model's
     def candidates(layouts, k, **unused):
