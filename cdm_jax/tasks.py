@@ -67,7 +67,8 @@ def rank_by_votes(draws: list[str], k: int) -> list[str]:
   return [first[key] for key in ranked[:k]]
 
 
-def seq2seq_scores(candidates: list[list[str]], references: list[str], k: int | None = None) -> dict:
+def seq2seq_scores(candidates: list[list[str]], references: list[str],
+                   k: int | None = None) -> dict:
   """Scores a ranked list of up to k candidates per source against one reference each: BLEU and
   ROUGE-L of the first candidate (an empty list counts as the empty text), exact match of the
   first (accuracy@1) and of any (accuracy@k). k defaults to the first list's length."""
@@ -101,7 +102,9 @@ def matched_ar_budget(config, diffusion_steps: int) -> judge_lib.JudgeConfig:
                              warmup_steps=min(config.train.warmup_steps, max(1, steps // 10)))
 
 
-def _ar_baseline(generator: generate.Generator, data: pipeline.Dataset):
+def ar_baseline(generator: generate.Generator, data: pipeline.Dataset) -> judge_lib.Judge:
+  """The FLOP-matched AR prefix LM of a workdir's model (`matched_ar_budget`), trained on its
+  training rows on first use and cached."""
   config = generator.config
   corpus_id = f"{config.data.corpus}:{config.data.path}:{config.data.valid_percent}:prefix-lm"
   return judge_lib.get_judge(generator.tokenizer, data.train, corpus_id,
@@ -152,15 +155,23 @@ def evaluate_seq2seq(generator: generate.Generator, data: pipeline.Dataset, *, n
                          "sampling_seconds": time.perf_counter() - t0,
                          "examples_shown": _show(sources, candidates, references)}
   if baseline:
-    ar = _ar_baseline(generator, data)
-    samples = [ar.sample(len(prompts), seed=seed + i, prompts=prompts, temperature=ar_temperature)
-               for i in range(draws)]
-    ar_candidates = [rank_by_votes([generator.decode([conditioning.target_tokens(s[j])])[0]
-                                    for s in samples], k) for j in range(len(prompts))]
+    ar = ar_baseline(generator, data)
+    ar_candidates = [rank_by_votes(group, k) for group in ar_draws(
+        ar, generator, prompts, draws, seed=seed, temperature=ar_temperature)]
     result["ar_baseline"] = {**seq2seq_scores(ar_candidates, references, k), "training": ar.info,
                              "temperature": ar_temperature,
                              "examples_shown": _show(sources, ar_candidates, references)}
   return result
+
+
+def ar_draws(ar: judge_lib.Judge, generator: generate.Generator, prompts: np.ndarray, draws: int, *,
+             seed: int, temperature: float = 1.0) -> list[list[str]]:
+  """`draws` targets per prompt row (`BOS source EOS` + PAD) from the AR prefix LM: the decoded
+  text after each sample's first EOS."""
+  samples = [ar.sample(len(prompts), seed=seed + i, prompts=prompts, temperature=temperature)
+             for i in range(draws)]
+  return [[generator.decode([conditioning.target_tokens(s[j])])[0] for s in samples]
+          for j in range(len(prompts))]
 
 
 def _show(sources, candidates, references, n: int = 5) -> list[dict]:
@@ -197,7 +208,7 @@ def evaluate_infill(generator: generate.Generator, data: pipeline.Dataset, *, nu
             "examples": int(len(rows)), "hidden_tokens": int(hidden.sum()),
             "diffusion": {"token_accuracy": float(np.mean(tokens[hidden] == rows[hidden]))}}
   if baseline:
-    ar = _ar_baseline(generator, data)
+    ar = ar_baseline(generator, data)
     starts = np.argmax(hidden, axis=1)
     prompts = np.where(np.arange(rows.shape[1]) < starts[:, None], rows, tokenizer_lib.PAD_ID)
     ar_tokens = ar.sample(len(rows), seed=seed, prompts=prompts.astype(np.int32))

@@ -46,7 +46,7 @@ def main():
   parser.add_argument("--ar_temperature", type=float, action="append", default=[])
   args = parser.parse_args()
   import compute_gap  # pylint: disable=g-import-not-at-top  (this folder's script)
-  from cdm_jax import conditioning, generate, tasks  # pylint: disable=g-import-not-at-top
+  from cdm_jax import generate, tasks  # pylint: disable=g-import-not-at-top
   from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   generator = generate.load(args.workdir)
   data = pipeline.prepare_data(generator.config.data, args.workdir)
@@ -62,12 +62,10 @@ def main():
     row = _row(f"diffusion {setting}", drawn, pairs, args, known_targets)
     print(json.dumps({**row, "seconds": time.perf_counter() - t0}), flush=True)
   if args.ar_temperature:
-    ar = tasks._ar_baseline(generator, data)  # pylint: disable=protected-access
+    ar = tasks.ar_baseline(generator, data)
     for temperature in args.ar_temperature:
-      samples = [ar.sample(len(layouts), seed=args.seed + i, prompts=pairs["prompts"],
-                           temperature=temperature) for i in range(args.draws)]
-      drawn = [[generator.decode([conditioning.target_tokens(s[j])])[0] for s in samples]
-               for j in range(len(layouts))]
+      drawn = tasks.ar_draws(ar, generator, pairs["prompts"], args.draws, seed=args.seed,
+                             temperature=temperature)
       print(json.dumps(_row(f"ar temperature={temperature}", drawn, pairs, args, known_targets)),
             flush=True)
 
