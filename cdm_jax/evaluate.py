@@ -244,15 +244,13 @@ def main(argv=None):
   flags.DEFINE_integer("start", 0, "First held-out example of --task=seq2seq (e.g. tune sampling "
                        "options on one range, report on another).")
   flags.DEFINE_bool("baseline", True, "Also score the FLOP-matched AR prefix LM on the task.")
-  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance weight of the diffusion "
-                     "model's conditional samples (--task=seq2seq/infill; 0: off).")
 
   def run(unused_argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("cdm_jax").setLevel(logging.INFO)
     f = flags.FLAGS
+    overrides = generate.sampling_overrides(f)
     if f.task != "lm":
-      overrides = {**generate.sampling_overrides(f), "guidance_scale": f.guidance_scale}
       print(to_json(evaluate_task(f.workdir, f.task, num_examples=f.num_examples, seed=f.seed,
                                   candidates=f.candidates, draws=f.draws, start=f.start,
                                   baseline=f.baseline, ar_temperature=f.ar_temperature,
@@ -261,7 +259,7 @@ def main(argv=None):
     if f.guidance_scale:
       raise ValueError("--guidance_scale needs a condition: use it with --task=seq2seq or infill.")
     result = evaluate(f.workdir, num_samples=f.num_samples, seed=f.seed,
-                      sample_overrides=generate.sampling_overrides(f),
+                      sample_overrides=overrides,
                       judge_config=judge_lib.judge_budget(f.judge_minutes, f.judge_steps),
                       ar_temperature=f.ar_temperature, ar_top_p=f.ar_top_p)
     print(to_json(result))

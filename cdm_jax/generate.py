@@ -414,20 +414,22 @@ def define_sampling_flags(flags, num_samples: int):
                       "read-out decoder: python -m cdm_jax.readout).")
   flags.DEFINE_float("temperature", None, "x0_hat = softmax(logits / T) E at every step (models "
                      "predicting logits; default: the config's sample.logit_temperature).")
+  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance weight of conditional "
+                     "samples (0: off; needs a prefix, template or source).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 def sampling_overrides(flag_values) -> dict:
   """The sampling flags' values as `Generator.options` overrides."""
   return {name: getattr(flag_values, name) for name in ("steps", "sampler", "clamp", "decoder",
-                                                        "temperature")}
+                                                        "temperature", "guidance_scale")}
 
 
 def _cli_samples(generator: Generator, f) -> list[str]:
   """The texts the generate CLI's flags ask for: sources, a template, a prefix/suffix, or free."""
   if sum(x is not None for x in (f.source, f.template, f.prefix or f.suffix)) > 1:
     raise ValueError("Give one of --source, --template, or --prefix/--suffix.")
-  overrides = {**sampling_overrides(f), "guidance_scale": f.guidance_scale}
+  overrides = sampling_overrides(f)
   gap = {} if f.gap_length is None else {"gap_length": f.gap_length}
   if f.source:
     return generator.generate(f.source, seed=f.seed, mbr=f.mbr, **overrides)
@@ -447,7 +449,6 @@ def main(argv=None):
                       "or ___:N (N pieces), e.g. 'the ___:3 of a tree'.")
   flags.DEFINE_multi_string("source", None, "Seq2seq: one target per --source (repeatable).")
   flags.DEFINE_integer("gap_length", None, "Default gap length (template: 4, suffix: 8).")
-  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance weight (0: off).")
   flags.DEFINE_integer("mbr", 1, "Candidates per template or source; the MBR one is kept.")
   flags.DEFINE_bool("raw_params", False, "Use the raw parameters instead of the EMA.")
   flags.DEFINE_integer("student", None, "Sample the N-step student that cdm_jax.distill wrote "

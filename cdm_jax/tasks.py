@@ -170,8 +170,9 @@ def ar_draws(ar: judge_lib.Judge, generator: generate.Generator, prompts: np.nda
   text after each sample's first EOS."""
   samples = [ar.sample(len(prompts), seed=seed + i, prompts=prompts, temperature=temperature)
              for i in range(draws)]
-  return [[generator.decode([conditioning.target_tokens(s[j])])[0] for s in samples]
-          for j in range(len(prompts))]
+  texts = generator.decode([conditioning.target_tokens(row) for s in samples for row in s])
+  n = len(prompts)  # texts[i * n + j]: draw i of prompt j
+  return [texts[j::n] for j in range(n)]
 
 
 def _show(sources, candidates, references, n: int = 5) -> list[dict]:

@@ -3,6 +3,7 @@ the seq2seq evaluation's ranked lists on a tiny trained workdir."""
 
 import itertools
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -149,3 +150,19 @@ def test_evaluate_seq2seq_scores_the_vote_of_the_draws(seq2seq_workdir, monkeypa
   assert lost["accuracy_at_1"] == 0.0 and lost["accuracy_at_2"] == 0.0
   with pytest.raises(ValueError, match="draws"):
     tasks.evaluate_seq2seq(generator, data, num_examples=5, k=3, draws=2, seed=0, baseline=False)
+
+
+def test_ar_draws_keep_each_prompts_own_draws_in_order():
+  class FakeAR:  # draw i of prompt j: the target token 10 * i + j after the prompt's EOS
+    def sample(self, n, seed, prompts, temperature):
+      rows = prompts.copy()
+      eos = np.argmax(rows == tokenizer_lib.EOS_ID, axis=1)
+      rows[np.arange(n), eos + 1] = 10 * seed + np.arange(n) + temperature
+      return rows
+
+  decoder = types.SimpleNamespace(decode=lambda rows: [" ".join(map(str, r)) for r in rows])
+  prompts = np.full((3, 6), tokenizer_lib.PAD_ID, np.int32)
+  prompts[:, :3] = [tokenizer_lib.BOS_ID, 7, tokenizer_lib.EOS_ID]
+  draws = tasks.ar_draws(FakeAR(), decoder, prompts, 4, seed=0, temperature=0)
+  pad = " ".join([str(tokenizer_lib.PAD_ID)] * 2)
+  assert draws == [[f"{10 * i + j} {pad}" for i in range(4)] for j in range(3)]
