@@ -119,6 +119,9 @@ def test_evaluate_seq2seq_scores_the_vote_of_the_draws(seq2seq_workdir, monkeypa
   data = pipeline.prepare_data(generator.config.data, str(seq2seq_workdir))
   pairs = tasks.held_out_pairs(generator, data, 0, 5)
   assert tasks.held_out_pairs(generator, data, 1, 4)["sources"] == pairs["sources"][1:]
+  shuffled = tasks.held_out_pairs(generator, data, 0, len(data.valid_text))["sources"]
+  in_order = [source for source, _ in data.valid_text]  # all keep a target at these lengths
+  assert sorted(shuffled) == sorted(in_order) and shuffled != in_order
   assert all(tokenizer_lib.EOS_ID in row for row in pairs["prompts"])  # BOS source EOS, then PAD
 
   real = evaluate.evaluate_task(str(seq2seq_workdir), "seq2seq", num_examples=4, candidates=2,
@@ -148,6 +151,11 @@ def test_evaluate_seq2seq_scores_the_vote_of_the_draws(seq2seq_workdir, monkeypa
   lost = tasks.evaluate_seq2seq(generator, data, num_examples=5, k=2, draws=5, seed=0,
                                 baseline=False)["diffusion"]
   assert lost["accuracy_at_1"] == 0.0 and lost["accuracy_at_2"] == 0.0
+  # one distinct draw: a ranked list shorter than k is still scored as accuracy@k
+  monkeypatch.setattr(generator, "candidates", oracle(lambda ref: [ref] * 5))
+  alone = tasks.evaluate_seq2seq(generator, data, num_examples=5, k=2, draws=5, seed=0,
+                                 baseline=False)["diffusion"]
+  assert alone["candidates"] == 2 and alone["accuracy_at_2"] == 1.0
   with pytest.raises(ValueError, match="draws"):
     tasks.evaluate_seq2seq(generator, data, num_examples=5, k=3, draws=2, seed=0, baseline=False)
 
