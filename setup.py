@@ -1,10 +1,11 @@
 from setuptools import find_packages, setup
 
-EVAL = ["matplotlib>=3.8", "mauve-text>=0.4,<0.5", "faiss-cpu>=1.8", "scikit-learn>=1.4"]
+EVAL = ["matplotlib>=3.8,<4", "mauve-text>=0.4,<0.5", "faiss-cpu>=1.8,<1.16",
+        "scikit-learn>=1.4,<1.10"]
 
 setup(
     name="cdm_jax",
-    version="0.1.0",
+    version="0.2.0",
     description="Continuous diffusion language models in JAX/Flax",
     packages=find_packages(include=["cdm_jax", "cdm_jax.*"]),
     python_requires=">=3.10",
@@ -21,13 +22,22 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6,<3",
         "sacrebleu>=2.4,<3",
+        "etils[epath]>=1.5",
     ],
+    entry_points={"console_scripts": [
+        "cdm-train=cdm_jax.cli.train:main",
+        "cdm-generate=cdm_jax.cli.generate:main",
+        "cdm-evaluate=cdm_jax.cli.evaluate:main",
+        "cdm-distill=cdm_jax.cli.distill:main",
+        "cdm-readout=cdm_jax.cli.readout:main",
+    ]},
     extras_require={
         # MAUVE (scored as null without it) and the experiment plots.
         "eval": EVAL,
         "hf": ["datasets>=3"],
         # gs:// workdirs and corpora (epath through gcsfs; Orbax and TensorBoard need the client).
         "gcs": ["gcsfs", "google-cloud-storage"],
-        "test": ["pytest>=8", "hypothesis>=6.100"] + EVAL,
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "hypothesis>=6.100",
+                 "fsspec"] + EVAL,
     },
 )

@@ -10,13 +10,11 @@ medians over rounds of interleaved timings (`--repeats`), differenced within eac
 """
 
 import argparse
-import ast
 import functools
 import json
 import pathlib
 import resource
 import runpy
-import sys
 import time
 
 import jax
@@ -24,10 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from cdm_jax import builders, generate, host, parallel, samplers, steps  # pylint: disable=g-import-not-at-top
-from cdm_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+from cdm_jax.models import builders
+from cdm_jax.runtime import overrides as overrides_lib
+from cdm_jax import sampling
+from cdm_jax.runtime import allocator as host
+from cdm_jax.runtime import parallel
+from cdm_jax.core import samplers
+from cdm_jax.training import steps
+from cdm_jax.training import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
 
 def interleaved_times(fns: dict, repeats: int) -> dict:
@@ -60,20 +63,7 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -
 
 def apply_sets(config, sets: list[str]):
   """Applies `a.b=value` overrides (value parsed as a Python literal when it is one)."""
-  for item in sets:
-    key, _, raw = item.partition("=")
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f"Unknown config key {key!r}.")
-    node[leaf] = value
-  return config
+  return overrides_lib.apply_to_config(config, overrides_lib.parse_settings(sets))
 
 
 def time_train_steps(config, num_steps: int):
@@ -139,7 +129,7 @@ def bench_config(path: str, args) -> dict:
   calls = {"forward": lambda: forward(params, x, t)}
   for clamp in dict.fromkeys((sample_cfg.clamp, "none")):
     for num_steps in (n, 2 * n):
-      fn = generate.make_sample_fn(model, schedule, mesh, sample_cfg.replace(
+      fn = sampling.make_sample_fn(model, schedule, mesh, sample_cfg.replace(
           num_samples=batch_size, num_steps=num_steps, clamp=clamp))
       calls[clamp, num_steps] = functools.partial(fn, params, jax.random.PRNGKey(0))
   times = {k: np.asarray(v) for k, v in interleaved_times(calls, args.repeats).items()}

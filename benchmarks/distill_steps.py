@@ -20,11 +20,9 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -33,7 +31,10 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 import cdm_jax  # pylint: disable=g-import-not-at-top
-from cdm_jax import distill, evaluate, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top
+from cdm_jax.sampling import artifacts
+from cdm_jax.evaluation import evaluate
+from cdm_jax.evaluation import ar_model as judge_lib
+from cdm_jax.evaluation import text_metrics
 from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
 REFERENCE_SECONDS_PER_STEP = 0.96  # the reference implementation's clamped step (issue 16)
@@ -96,7 +97,7 @@ def measure(args) -> dict:
     rows.append(_row("teacher", teacher, {"steps": s, "sampler": "ddim", "clamp": "none"},
                      scorers, args))
   students = sorted(int(p.name.split("_")[1])
-                    for p in (pathlib.Path(args.workdir) / distill.STUDENTS_DIR).glob("steps_*"))
+                    for p in (pathlib.Path(args.workdir) / artifacts.STUDENTS_DIR).glob("steps_*"))
   if args.students:
     wanted = {int(k) for k in args.students.split(",")}
     students = [k for k in students if k in wanted]
@@ -107,7 +108,7 @@ def measure(args) -> dict:
     for s, t in ((s, t) for s in own for t in temperatures):
       options = {"steps": s} if t == 1.0 else {"steps": s, "temperature": t}
       rows.append(_row(f"student_{k}", student, options, scorers, args))
-  metas = {k: distill.read_student(args.workdir, k) for k in students}
+  metas = {k: artifacts.read_student(args.workdir, k) for k in students}
   return {"workdir": args.workdir, "teacher_step": teacher.step, "num_samples": n,
           "seed": args.seed, "judge": judge.info, "judge_ppl_real": real.reference_ppl,
           "reference_sampling": dataclasses.asdict(teacher.sample_config), "rows": rows,

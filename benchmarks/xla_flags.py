@@ -27,7 +27,7 @@ def child(config_path: str, steps: int):
   import numpy as np
 
   bench = runpy.run_path(str(ROOT / "benchmarks/bench.py"), run_name="bench")
-  from cdm_jax import host  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import allocator as host  # pylint: disable=g-import-not-at-top
   host.tune_malloc()  # as bench.py does
   _, first, times, _ = bench["time_train_steps"](runpy.run_path(config_path)["get_config"](), steps)
   print(f"train step median {np.median(times):.3f} s, min {min(times):.3f} s (first call "

@@ -1,6 +1,7 @@
-"""`python -m cdm_jax.sample` (the CLI's earlier name): the same as `python -m cdm_jax.generate`."""
+"""`python -m cdm_jax.sample`: the sampling command's documented name (`cdm-generate`,
+`cdm_jax.cli.generate`)."""
 
-from cdm_jax.generate import Generator, load, main  # pylint: disable=unused-import
+from cdm_jax.cli.generate import main
 
 if __name__ == "__main__":
   main()

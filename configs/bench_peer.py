@@ -7,7 +7,7 @@ training step here: benchmarks/NOTES.md). Only shapes matter to the benchmark (i
 tokens).
 """
 
-from cdm_jax import config_base
+from cdm_jax.runtime import config_base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """A seconds-scale config for tests: a tiny model on a corpus file the test writes."""
 
-from cdm_jax import config_base
+from cdm_jax.runtime import config_base
 
 
 def get_config():

@@ -1,12 +1,12 @@
-"""A TPU-sized run (v4-8 or v5e-8: 4-8 chips, one host). Not run on this project's CPU machine.
+"""A TPU-sized run (v4-8 or v5e-8: 4-8 chips, one host). Not yet run on a real TPU.
 
 Launch on the TPU VM:
-  python -m cdm_jax.main --config=configs/tpu_v4_8.py --workdir=gs://BUCKET/cdm/wordnet_large
+  cdm-train --config=configs/tpu_v4_8.py --workdir=gs://BUCKET/cdm/wordnet_large
 (or a local path), with `pip install -e . "jax[tpu]"`. Batches are split over all chips;
 parameters replicate (~60M parameters fit easily in each chip's HBM).
 """
 
-from cdm_jax import config_base
+from cdm_jax.runtime import config_base
 
 
 def get_config():

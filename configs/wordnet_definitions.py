@@ -1,7 +1,8 @@
 """Seq2seq on WordNet, nothing downloaded: definition modelling (lemmas -> definition), DiffuSeq-style
-(the source half always known, the target noised), a CPU-sized model."""
+(the source half known, the target noised). 2.6M parameters (4 layers x 192, length 40); 3,000 steps
+of batch 64, about 35 minutes on a 2-core x86 CPU."""
 
-from cdm_jax import config_base
+from cdm_jax.runtime import config_base
 
 
 def get_config():

@@ -6,7 +6,7 @@ python experiments/compute_gap.py --workdir=DIR [--fractions=1/64,1/32,1/16,1/8,
 
 The AR model (the library's causal `TransformerLM`, with the diffusion transformer's sizes, same
 data and tokenizer) is trained on a ladder of budgets, each a fraction of the diffusion run's
-training FLOPs (counted analytically, self-conditioning's extra forward included: `cdm_jax.flops`),
+training FLOPs (counted analytically, self-conditioning's extra forward included: `cdm_jax.training.flops`),
 its learning rate annealed over each rung's own steps. One fixed judge that is none of the ladder's
 models (its own seed, `judge_multiple` x the largest rung's steps, cached) scores every model's
 samples and real held-out text: judge perplexity, word unigram entropy (pooled, nats), MAUVE,
@@ -25,85 +25,34 @@ steps; past that only a lower bound is reported.
 distribution (BOS, N generated pieces, EOS and PAD known: `Generator.sample(lengths=...)`), as
 fixed-length diffusion LMs do; the AR rungs choose their own lengths either way.
 
-`--set decoder=contextual` decodes with the workdir's trained read-out decoder (`cdm_jax.readout`);
+`--set decoder=contextual` decodes with the workdir's trained read-out decoder (`cdm_jax.posttrain.readout`);
 its training FLOPs are added to the diffusion budget.
 """
 
 import argparse
 import dataclasses
 import json
-import math
 import pathlib
-import sys
 import time
 from fractions import Fraction
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-ENTROPY_TOLERANCE = 0.1  # nats
-
-
-def match_budget(rungs: list[dict], target_ppl: float, key: str = "unigram_entropy") -> dict:
-  """Where AR's judge perplexity falls to `target_ppl`, from rungs sorted by budget (each with
-  "flops", "judge_ppl" and the entropy `key`): the first crossing from the smallest budget.
-
-  Returns {"status": "matched", "flops", "unigram_entropy"} (both interpolated, linearly in log
-  budget against log perplexity), or "behind_smallest" / "ahead_of_largest" with the end rung.
-  """
-  if target_ppl >= rungs[0]["judge_ppl"]:
-    return {"status": "behind_smallest", "flops": rungs[0]["flops"]}
-  for low, high in zip(rungs, rungs[1:]):
-    if low["judge_ppl"] > target_ppl >= high["judge_ppl"]:
-      frac = (math.log(low["judge_ppl"]) - math.log(target_ppl)) / (
-          math.log(low["judge_ppl"]) - math.log(high["judge_ppl"]))
-      log_flops = math.log(low["flops"]) + frac * (math.log(high["flops"]) - math.log(low["flops"]))
-      entropy = low[key] + frac * (high[key] - low[key])
-      return {"status": "matched", "flops": math.exp(log_flops), "unigram_entropy": entropy}
-  return {"status": "ahead_of_largest", "flops": rungs[-1]["flops"]}
-
-
-def compute_gap(diffusion: dict, rungs: list[dict], key: str = "unigram_entropy") -> dict:
-  """The gap and its validity for a diffusion row ("flops", "judge_ppl" and the entropy `key`,
-  which the rule compares). The entropy rule applies to bounds too: against the end rung they are
-  measured from."""
-  match = match_budget(rungs, diffusion["judge_ppl"], key)
-  ratio = diffusion["flops"] / match["flops"]
-  end = {"behind_smallest": rungs[0], "ahead_of_largest": rungs[-1]}.get(match["status"])
-  ar_entropy = match["unigram_entropy"] if end is None else end[key]
-  out = {"status": match["status"], "matched_ar_flops": match["flops"],
-         "ar_unigram_entropy_at_match": ar_entropy,
-         "entropy_valid": diffusion[key] >= ar_entropy - ENTROPY_TOLERANCE,
-         "compute_gap": ratio if end is None else None}
-  if match["status"] == "behind_smallest":
-    out["compute_gap_lower_bound"] = ratio
-  elif match["status"] == "ahead_of_largest":
-    out["compute_gap_upper_bound"] = ratio
-  return out
-
-
-EQUAL_WORDS = "unigram_entropy_equal_words"
-
-
-def equal_word_entropies(rows: list[dict]) -> int:
-  """Gives every row (with its "texts", which it drops) the unigram entropy of its samples at the
-  word count of the shortest sample set, `EQUAL_WORDS`, which the entropy rule compares: longer
-  samples would otherwise score a higher entropy for their length alone. Returns that count."""
-  from cdm_jax import text_metrics  # pylint: disable=g-import-not-at-top
-  texts = [row.pop("texts") for row in rows]
-  count = min(sum(len(text_metrics.words(t)) for t in group) for group in texts)
-  for row, group in zip(rows, texts):
-    row[EQUAL_WORDS] = text_metrics.unigram_entropy_at(group, count)
-  return count
-
+from cdm_jax.evaluation.compute_gap import (EQUAL_WORDS, compute_gap, describe_gap,
+                                            equal_word_entropies)
+from cdm_jax.runtime import overrides as overrides_lib
 
 def run(args) -> dict:
   # pylint: disable=g-import-not-at-top
-  from cdm_jax import builders, conditioning, evaluate, flops, generate, samplers, text_metrics
-  from cdm_jax import judge as judge_lib
+  from cdm_jax.models import builders
+  from cdm_jax.core import conditioning
+  from cdm_jax.evaluation import evaluate
+  from cdm_jax.training import flops
+  from cdm_jax import sampling
+  from cdm_jax.core import samplers
+  from cdm_jax.evaluation import text_metrics
+  from cdm_jax.evaluation import ar_model as judge_lib
   from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  generator = generate.load(args.workdir, use_ema=not args.raw_params)
+  generator = sampling.load(args.workdir, use_ema=not args.raw_params)
   config = generator.config
   data = pipeline.prepare_data(config.data, args.workdir)
   # The ladder and judge take their transformer sizes from --ladder_like's workdir when given, so
@@ -144,7 +93,7 @@ def run(args) -> dict:
     cached.write_text(evaluate.to_json(row))
     return row
 
-  overrides = sample_overrides(generator.sample_config, args.set or [])
+  overrides = overrides_lib.dataclass_overrides(generator.sample_config, args.set or [])
   decoder_flops = 0.0
   if generator.options(**overrides).decoder == samplers.CONTEXTUAL_DECODER:  # counts as training
     generator.make_sample_fn(**overrides)  # a clear error when the workdir has no such decoder
@@ -184,34 +133,8 @@ def run(args) -> dict:
           "config": json.loads(config.to_json())}
 
 
-def sample_overrides(sample_config, settings: list[str]) -> dict:
-  """["sampler=renoise", "num_steps=200"] -> typed SampleConfig overrides (the field's type)."""
-  overrides = {}
-  for setting in settings:
-    key, sep, value = setting.partition("=")
-    if not sep or not hasattr(sample_config, key):
-      raise SystemExit(f"--set {setting!r}: expected FIELD=VALUE with a sampling field, e.g. "
-                       f"sampler=renoise; fields: {list(dataclasses.asdict(sample_config))}.")
-    kind = type(getattr(sample_config, key))
-    overrides[key] = value.lower() in ("1", "true") if kind is bool else kind(value)
-  return overrides
-
-
-def describe_gap(gap: dict) -> str:
-  """"16.6x (valid)", "> 64x (...)", "< 1.00x (...)", with the entropy verdict."""
-  if gap["compute_gap"] is not None:
-    text = f"{gap['compute_gap']:.2f}x"
-  elif gap["status"] == "behind_smallest":
-    text = f"> {gap['compute_gap_lower_bound']:.0f}x (behind the smallest rung)"
-  else:
-    text = f"< {gap['compute_gap_upper_bound']:.2f}x (ahead of the largest rung)"
-  verdict = ("valid" if gap["entropy_valid"] else
-             f"GAMED: diffusion entropy below AR's {gap['ar_unigram_entropy_at_match']:.2f} - 0.1")
-  return f"{text}, {verdict}"
-
-
 def write(result: dict, out: pathlib.Path):
-  from cdm_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from cdm_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   out.mkdir(parents=True, exist_ok=True)
   (out / "compute_gap.json").write_text(evaluate.to_json(result))
   fmt = lambda v, f="{:.3g}": "-" if v is None else f.format(v)
@@ -247,7 +170,7 @@ def write(result: dict, out: pathlib.Path):
 
 
 def main():
-  from cdm_jax import judge as judge_lib  # pylint: disable=g-import-not-at-top
+  from cdm_jax.evaluation import ar_model as judge_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--fractions", default="1/64,1/32,1/16,1/8,1/4,1/2,1")

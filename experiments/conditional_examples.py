@@ -5,10 +5,7 @@ python experiments/conditional_examples.py --workdir=DIR [--seed=0]
 
 import argparse
 import json
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import cdm_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

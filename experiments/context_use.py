@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 import cdm_jax
-from cdm_jax import diffusion
+from cdm_jax.core import diffusion
 from cdm_jax.data import corpora, pipeline, tokenizer as tokenizer_lib
 
 

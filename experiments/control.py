@@ -1,7 +1,7 @@
 """Controlled generation on a trained WordNet workdir (corpus "wordnet"), Diffusion-LM style.
 
 * Part of speech: each WordNet example carries the part of speech of the file it came from (noun /
-  verb / adj / adv). A classifier of noisy latents (`guidance.NoisyClassifier`, the diffusion model
+  verb / adj / adv). A classifier of noisy latents (`classifier.NoisyClassifier`, the diffusion model
   frozen) steers sampling at several guidance scales, either on x_t (`--pos_guides=noisy`) or on
   the denoiser's estimate x0_hat through the denoiser (`estimate`; `estimate_trained`: the same
   with a classifier trained on the denoiser's estimates rather than on x_t); success is judged by a
@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import pathlib
-import sys
 import time
 
 import jax
@@ -30,9 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import cdm_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cdm_jax import conditioning, evaluate, generate, guidance, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cdm_jax.core import conditioning  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cdm_jax.evaluation import evaluate
+from cdm_jax import sampling
+from cdm_jax.core import guidance
+from cdm_jax.posttrain import classifier
+from cdm_jax.evaluation import ar_model as judge_lib
+from cdm_jax.evaluation import text_metrics
 from cdm_jax.data import corpora, pipeline, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 LABELS = ("noun", "verb", "adj", "adv")
@@ -94,7 +98,7 @@ def _pos_guide(args, g, classifiers: dict, index: int, kind: str, scale: float):
   the classifier trained on the denoiser's estimates. `classifiers`: kind -> (module, params)."""
   if kind == "none":
     return None
-  log_prob = guidance.label_log_prob(*classifiers[kind], g.schedule, index)
+  log_prob = classifier.label_log_prob(*classifiers[kind], g.schedule, index)
   if kind == "noisy":
     return lambda f: guidance.classifier_guided(f, log_prob, g.schedule, scale,
                                                 min_log_snr=args.min_log_snr)
@@ -106,7 +110,7 @@ def _pos_guide(args, g, classifiers: dict, index: int, kind: str, scale: float):
 def _estimate_fn(g):
   """(x_t, t) -> x0_hat as the sampler makes it: with self-conditioning, a second pass fed the
   first pass's estimate."""
-  denoise = generate.make_denoise_fn(g.model, g.params, g.schedule)
+  denoise = sampling.make_denoise_fn(g.model, g.params, g.schedule)
 
   def estimate(x_t, t):
     first = denoise(x_t, t, jnp.zeros_like(x_t))
@@ -117,12 +121,12 @@ def _estimate_fn(g):
 def _guide_classifiers(args, g, rows, labels, kinds) -> tuple[dict, dict]:
   """The classifiers `kinds` need: (kind -> (module, params), kind -> training info)."""
   classifiers, infos = {}, {}
-  config = guidance.ClassifierConfig(steps=args.classifier_steps)
+  config = classifier.ClassifierConfig(steps=args.classifier_steps)
   for kind in sorted(set(kinds) - {"none"}):
     trained = "estimate_trained" if kind == "estimate_trained" else "noisy"
     if trained not in infos:
       estimate_fn = _estimate_fn(g) if trained == "estimate_trained" else None
-      module, params, infos[trained] = guidance.train_noisy_classifier(
+      module, params, infos[trained] = classifier.train_noisy_classifier(
           g.model, g.params, g.schedule, rows, labels, num_labels=len(LABELS), config=config,
           estimate_fn=estimate_fn)
       classifiers[trained] = (module, params)

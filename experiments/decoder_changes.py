@@ -4,7 +4,7 @@ python experiments/decoder_changes.py --workdir=DIR [--num_samples=100] [--seed=
     [--set FIELD=VALUE]
 
 Both decode the same final estimates (same seed and sampling options; only `decoder` differs), so
-every difference is the decoder's doing. Needs `python -m cdm_jax.readout --workdir=DIR` first.
+every difference is the decoder's doing. Needs `cdm-readout --workdir=DIR` first.
 Prints the share of positions and of samples that differ, and a few differing pairs.
 """
 
@@ -23,10 +23,10 @@ def main():
                       help="a sampling option for both runs, e.g. logit_temperature=1.0")
   parser.add_argument("--show", type=int, default=5, help="differing pairs to print")
   args = parser.parse_args()
-  import compute_gap  # pylint: disable=g-import-not-at-top  (this folder's script)
-  from cdm_jax import generate  # pylint: disable=g-import-not-at-top
-  generator = generate.load(args.workdir)
-  overrides = compute_gap.sample_overrides(generator.sample_config, args.set)
+  from cdm_jax.runtime import overrides as overrides_lib  # pylint: disable=g-import-not-at-top
+  from cdm_jax import sampling  # pylint: disable=g-import-not-at-top
+  generator = sampling.load(args.workdir)
+  overrides = overrides_lib.dataclass_overrides(generator.sample_config, args.set)
   overrides.pop("decoder", None)
   tied = generator.sample_tokens(args.num_samples, seed=args.seed, **overrides)
   contextual = generator.sample_tokens(args.num_samples, seed=args.seed, decoder="contextual",

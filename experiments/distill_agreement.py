@@ -9,23 +9,22 @@ student that learned its round should sit nearer the teacher's 2N steps than the
 """
 
 import argparse
-import pathlib
-import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import cdm_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from cdm_jax import distill, generate, samplers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cdm_jax.sampling import artifacts
+from cdm_jax import sampling
+from cdm_jax.core import samplers
 
 
 def final_estimate(generator, steps: int, num_samples: int, seed: int):
   """(x0_hat [n, length, dim], decoded tokens [n, length]) after `steps` DDIM steps."""
   cfg = generator.model.config
   noise = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, cfg.seq_len, cfg.embed_dim))
-  denoise = generate.make_denoise_fn(generator.model, generator.params, generator.schedule)
+  denoise = sampling.make_denoise_fn(generator.model, generator.params, generator.schedule)
   x0 = samplers.sample_loop(denoise, noise, jax.random.PRNGKey(seed + 1), generator.schedule, steps,
                             sampler="ddim")
   table, bias = generator.model.apply(generator.params, method="readout_weights")
@@ -43,7 +42,7 @@ def main():
   n = args.student
   teacher = cdm_jax.load(args.workdir)
   student = cdm_jax.load(args.workdir, student=n)
-  meta = distill.read_student(args.workdir, n)
+  meta = artifacts.read_student(args.workdir, n)
   if meta["teacher_steps"] != 2 * n or meta["round"] != 1:
     print(f"note: this student's own teacher was the {meta['teacher_steps']}-step student; the "
           "rows below compare with the trained model.")

@@ -13,7 +13,6 @@ rules (`builders.state_specs`: FSDP groups of the config's train.fsdp_axis_size 
 import argparse
 import os
 import runpy
-import sys
 
 
 def main():
@@ -26,10 +25,11 @@ def main():
   args = parser.parse_args()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from cdm_jax import builders, parallel, steps  # pylint: disable=g-import-not-at-top
+  from cdm_jax.models import builders  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import parallel
+  from cdm_jax.training import steps
 
   config = runpy.run_path(args.config)["get_config"]()
   model, tx = builders.make_model(config), builders.make_optimizer(config.train)

@@ -4,24 +4,24 @@
       [--steps=10,25,50,100,200 --samplers=ddpm,ddim,euler,heun --clamps=none,soft]
 
 Writes experiments/results/quality_vs_steps.{md,json,png}. The judge is the cached one that
-`python -m cdm_jax.evaluate` trained for this corpus + tokenizer.
+`cdm-evaluate` trained for this corpus + tokenizer.
 """
 
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import matplotlib  # pylint: disable=g-import-not-at-top
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from cdm_jax import evaluate, judge as judge_lib, text_metrics  # pylint: disable=g-import-not-at-top
+from cdm_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+from cdm_jax.evaluation import ar_model as judge_lib
+from cdm_jax.evaluation import text_metrics
 
 
 def main():

@@ -6,7 +6,7 @@ python experiments/reverse_dictionary.py --workdir=DIR [--start=1000 --num_examp
 
 For each --setting (comma-separated sampling fields; "" = the config's options) the diffusion model
 draws --draws targets per held-out source (`tasks.held_out_pairs`: the fixed shuffle, from
---start), ranks them by vote and scores accuracy@1 / @k like `python -m cdm_jax.evaluate
+--start), ranks them by vote and scores accuracy@1 / @k like `cdm-evaluate
 --task=seq2seq`; each --ar_temperature does the same for the FLOP-matched AR prefix LM (cached
 after its first training). Beside the accuracies, two graded figures that move before accuracy
 does: `known_target_rate`, the share of draws that are some training pair's target (a real lemma,
@@ -23,7 +23,7 @@ import numpy as np
 
 
 def _row(name: str, drawn: list[list[str]], pairs: dict, args, known_targets: set) -> dict:
-  from cdm_jax import tasks  # pylint: disable=g-import-not-at-top
+  from cdm_jax.evaluation import tasks  # pylint: disable=g-import-not-at-top
   ranked = [tasks.rank_by_votes(group, args.candidates) for group in drawn]
   scores = tasks.seq2seq_scores(ranked, pairs["references"], args.candidates)
   flat = [" ".join(text.lower().split()) for group in drawn for text in group]
@@ -45,17 +45,18 @@ def main():
                       help='sampling fields for one diffusion row, e.g. "guidance_scale=2"')
   parser.add_argument("--ar_temperature", type=float, action="append", default=[])
   args = parser.parse_args()
-  import compute_gap  # pylint: disable=g-import-not-at-top  (this folder's script)
-  from cdm_jax import generate, tasks  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import overrides as overrides_lib  # pylint: disable=g-import-not-at-top
+  from cdm_jax import sampling  # pylint: disable=g-import-not-at-top
+  from cdm_jax.evaluation import tasks
   from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  generator = generate.load(args.workdir)
+  generator = sampling.load(args.workdir)
   data = pipeline.prepare_data(generator.config.data, args.workdir)
   pairs = tasks.held_out_pairs(generator, data, args.start, args.num_examples)
   known_targets = {" ".join(target.lower().split()) for _, target in data.train_text}
   layouts = list(zip(pairs["prompts"], pairs["known"]))
   for setting in args.setting:
     fields = [part for part in setting.split(",") if part]
-    overrides = compute_gap.sample_overrides(generator.sample_config, fields)
+    overrides = overrides_lib.dataclass_overrides(generator.sample_config, fields)
     t0 = time.perf_counter()
     drawn = generator.candidates(layouts, args.draws, seed=args.seed, target_only=True,
                                  **overrides)

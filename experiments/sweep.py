@@ -18,27 +18,18 @@ import json
 import logging
 import pathlib
 import runpy
-import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from cdm_jax import judge as judge_lib, train  # pylint: disable=g-import-not-at-top
+from cdm_jax.runtime import overrides as overrides_lib  # pylint: disable=wrong-import-position
+
+from cdm_jax.evaluation import ar_model as judge_lib  # pylint: disable=g-import-not-at-top
+from cdm_jax.training import train
 
 
 def apply_overrides(config, overrides: dict):
   """Sets dotted keys; an unknown key fails with its name (like --config.a.b=v)."""
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-      if part not in node:
-        raise KeyError(f"Unknown config key {key!r} (no {part!r}).")
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f"Unknown config key {key!r}.")
-    node[leaf] = value
-  return config
+  return overrides_lib.apply_to_config(config, overrides)
 
 
 def command_line(config_path: str, workdir: pathlib.Path, overrides: dict) -> str:
@@ -62,7 +53,7 @@ def main():
   parser.add_argument("--sweep", required=True)
   parser.add_argument("--root", default=None, help="default: workdirs/<sweep folder name>")
   parser.add_argument("--only", default="", help="comma-separated variant names")
-  parser.add_argument("--evaluate", action="store_true", help="also run cdm_jax.evaluate per variant")
+  parser.add_argument("--evaluate", action="store_true", help="also run cdm-evaluate per variant")
   parser.add_argument("--num_samples", type=int, default=200)
   parser.add_argument("--judge_minutes", type=float, default=judge_lib.JudgeConfig.time_limit_minutes)
   parser.add_argument("--judge_steps", type=int, default=0, help="> 0: a step-budgeted judge instead")
@@ -92,7 +83,7 @@ def main():
     metrics = json.loads(done_file.read_text()) if finished else train.train_and_evaluate(config, str(workdir))
     row = {"variant": name, **{k: v for k, v in overrides.items() if k not in base_overrides}, **metrics}
     if args.evaluate:
-      from cdm_jax import evaluate  # pylint: disable=g-import-not-at-top
+      from cdm_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
       eval_file = root / name / "sweep_eval.json"
       if eval_file.is_file():
         result = json.loads(eval_file.read_text())

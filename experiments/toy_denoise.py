@@ -13,7 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cdm_jax import diffusion, generate, parallel, samplers, schedules, steps
+from cdm_jax.core import diffusion
+from cdm_jax import sampling
+from cdm_jax.runtime import parallel
+from cdm_jax.core import samplers
+from cdm_jax.core import schedules
+from cdm_jax.training import steps
 from cdm_jax.models import DiffusionLM, ModelConfig
 
 
@@ -40,7 +45,7 @@ def run(num_steps: int = 800, num_samples: int = 64, log: bool = True) -> dict:
       window = []
       if log:
         print(f"step {i + 1}: diffusion loss {losses[-1]:.4f}")
-  sample_fn = generate.make_sample_fn(model, schedule, mesh, samplers.SampleConfig(
+  sample_fn = sampling.make_sample_fn(model, schedule, mesh, samplers.SampleConfig(
       num_samples=num_samples, num_steps=50, sampler="ddpm", clamp="none"))
   samples = np.asarray(sample_fn(state.ema_params, jax.random.PRNGKey(2)))
   matches = [(row == data).all(axis=1).any() for row in samples]

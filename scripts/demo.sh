@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 WORKDIR="${WORKDIR:-workdirs/wordnet}"
 bash scripts/setup_venv.sh eval
 .venv/bin/python -m cdm_jax.data.corpora --fetch_wordnet
-.venv/bin/python -m cdm_jax.main --config=configs/wordnet.py --workdir="$WORKDIR" "$@"
+.venv/bin/cdm-train --config=configs/wordnet.py --workdir="$WORKDIR" "$@"
 echo "== 10 samples (sampler, steps and clamp from the config's sample.*; seed 0) =="
-.venv/bin/python -m cdm_jax.generate --workdir="$WORKDIR" --num_samples=10 --seed=0
+.venv/bin/cdm-generate --workdir="$WORKDIR" --num_samples=10 --seed=0
 if [ -z "${SKIP_EVAL:-}" ]; then
   echo "== evaluation (200 samples) =="
-  .venv/bin/python -m cdm_jax.evaluate --workdir="$WORKDIR" --num_samples=200
+  .venv/bin/cdm-evaluate --workdir="$WORKDIR" --num_samples=200
 fi

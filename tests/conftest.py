@@ -1,24 +1,40 @@
 """Four fake CPU devices for every test (2-4 keeps XLA's CPU collectives reliable on 2 cores), and
-one persistent compilation cache for the run: many tests (and the CLIs' subprocesses, which inherit
-the environment) compile the same tiny programs from fresh closures, which JAX's in-memory cache
-cannot share. The cache lives in a temporary folder of this run only."""
+rendezvous timeouts that survive a starved CPU (below), and one persistent compilation cache: many tests (and the CLIs' subprocesses, which inherit the
+environment) compile the same tiny programs from fresh closures, which JAX's in-memory cache cannot
+share. The cache is kept between runs in `.pytest_cache/xla` (JAX keys every entry by the program,
+the compile options, the device assignment and the JAX/XLA versions, so a stale entry is never
+used), which makes a second run of the fast tier much faster; CI (CI=true) uses a fresh one.
+
+Tiers: `-m "not slow"` is the fast tier. A test is slow when it is marked so, or when it reads the
+session's `trained` workdir (building it trains a model), which this file marks automatically."""
 
 import atexit
 import os
+import pathlib
 import shutil
 import tempfile
 
+# XLA:CPU aborts the process (SIGABRT, "Termination timeout for `all-reduce` ... Exiting to ensure a
+# consistent program state") when the fake devices of one collective do not all arrive within its
+# rendezvous timeout. Two pytest workers plus a CLI subprocess on 2 cores starve some device
+# threads for that long; the generous timeouts below keep a slow collective a slow one.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=4").strip()
+                           " --xla_force_host_platform_device_count=4"
+                           " --xla_cpu_collective_call_terminate_timeout_seconds=900"
+                           " --xla_cpu_collective_call_warn_stuck_timeout_seconds=300"
+                           " --xla_cpu_collective_timeout_seconds=900").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _CACHE = tempfile.mkdtemp(prefix="cdm_jax_test_xla_cache_")
-  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  if os.environ.get("CI"):
+    _CACHE = tempfile.mkdtemp(prefix="cdm_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  else:
+    _CACHE = str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "xla")
+    os.makedirs(_CACHE, exist_ok=True)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
-import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import runpy  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -54,7 +70,17 @@ def trained_config(corpus_path, **train_overrides):
 def trained(corpus, tmp_path_factory):
   """A workdir trained with `trained_config` (20 steps, evaluating and sampling every 10), shared
   by the tests that only read it."""
-  from cdm_jax import train  # pylint: disable=g-import-not-at-top
+  from cdm_jax.training import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("run")
   metrics = train.train_and_evaluate(trained_config(corpus), str(workdir))
   return workdir, metrics
+
+
+# Fixtures that rest on the session's trained workdir: a test using one is slow.
+TRAINED_FIXTURES = {"trained", "copied", "loaded"}
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.slow)

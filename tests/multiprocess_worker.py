@@ -43,7 +43,8 @@ def _record_writes(workdir: pathlib.Path, written: list):
 
 
 def main():
-  from cdm_jax import distributed, train  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
+  from cdm_jax.training import train
   import cdm_jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   if SPEC["processes"] > 1:

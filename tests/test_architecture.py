@@ -39,10 +39,98 @@ def functions(tree):
   yield from visit(tree, "", None, False)
 
 
-@pytest.mark.parametrize("module", ["generate", "evaluate"])
-def test_generation_and_evaluation_do_not_depend_on_the_training_loop(module):
-  imports = imported_modules(parse(PACKAGE / f"{module}.py"))
-  assert "cdm_jax.train" not in imports, sorted(imports)
+# What each layer (a subpackage) may import; docs/design.md draws the same picture.
+LAYERS = {
+    "runtime": {"runtime"},
+    "core": {"core", "runtime"},
+    "models": {"models", "core", "runtime"},
+    "data": {"data", "core", "runtime"},
+    "sampling": {"sampling", "models", "data", "core", "runtime"},
+    "training": {"training", "sampling", "models", "data", "core", "runtime"},
+    "posttrain": {"posttrain", "training", "sampling", "models", "data", "core", "runtime"},
+    "evaluation": {"evaluation", "posttrain", "training", "sampling", "models", "data", "core",
+                   "runtime"},
+}
+MAX_MODULE_LINES = 350
+
+
+def module_name(path) -> str:
+  parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULE_NAMES = {module_name(path): path for path in MODULES}
+
+
+def dependencies(tree) -> set[str]:
+  """The cdm_jax modules a module imports (anywhere in it): `from cdm_jax.pkg import mod` names
+  the submodule mod, not the package; `from cdm_jax.mod import name` the module mod."""
+  found = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      candidates = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      candidates = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULE_NAMES
+                    else node.module for alias in node.names]
+    else:
+      continue
+    found.update(name for name in candidates if name in MODULE_NAMES)
+  return found
+
+
+GRAPH = {name: dependencies(parse(path)) for name, path in MODULE_NAMES.items()}
+
+
+def layer(name: str) -> str | None:
+  parts = name.split(".")
+  return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else None
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_each_layer_imports_only_the_layers_below_it(package):
+  offenders = sorted(f"{name} -> {dep}" for name, deps in GRAPH.items() if layer(name) == package
+                     for dep in deps if layer(dep) not in LAYERS[package])
+  assert not offenders, offenders
+
+
+def test_core_imports_nothing_but_itself_and_the_registry():
+  offenders = sorted(f"{name} -> {dep}" for name, deps in GRAPH.items() if layer(name) == "core"
+                     for dep in deps
+                     if layer(dep) != "core" and dep != "cdm_jax.runtime.registry")
+  assert not offenders, offenders
+
+
+def test_sampling_imports_no_training_or_posttraining_module():
+  reached, todo = set(), ["cdm_jax.sampling"]
+  while todo:
+    for dep in GRAPH[todo.pop()] - reached:
+      reached.add(dep)
+      todo.append(dep)
+  assert not {dep for dep in reached if layer(dep) in ("training", "posttrain", "evaluation",
+                                                       "cli")}, sorted(reached)
+
+
+def test_no_import_cycle():
+  state, cycles = {}, []
+
+  def visit(name, stack):
+    state[name] = "open"
+    for dep in sorted(GRAPH[name]):
+      if state.get(dep) == "open":
+        cycles.append(stack[stack.index(dep):] + [dep])
+      elif dep not in state:
+        visit(dep, stack + [dep])
+    state[name] = "done"
+
+  for name in sorted(GRAPH):
+    if name not in state:
+      visit(name, [name])
+  assert not cycles, cycles
+
+
+def test_modules_are_short():
+  too_long = {name: len(path.read_text().splitlines()) for name, path in MODULE_NAMES.items()}
+  assert not {k: n for k, n in too_long.items() if n > MAX_MODULE_LINES}
 
 
 def test_functions_are_short():

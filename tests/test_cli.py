@@ -7,13 +7,17 @@ import subprocess
 import sys
 import types
 
+import jax
 import numpy as np
+import pytest
 
 import cdm_jax
-from cdm_jax import evaluate
+from cdm_jax.evaluation import evaluate
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
 from conftest import ROOT  # tests/ is on sys.path (pytest's default import mode)
+
+pytestmark = pytest.mark.slow  # trains, runs CLIs or several processes
 
 
 def run_module(module, *args, env=None, timeout=600):
@@ -26,7 +30,7 @@ def run_module(module, *args, env=None, timeout=600):
 def test_sample_cli_prints_and_writes_the_generators_samples(trained, tmp_path):
   workdir, _ = trained
   output = tmp_path / "samples.txt"
-  stdout = run_module("cdm_jax.generate", f"--workdir={workdir}", "--num_samples=3", "--steps=4",
+  stdout = run_module("cdm_jax.cli.generate", f"--workdir={workdir}", "--num_samples=3", "--steps=4",
                       "--seed=1", "--sampler=ddpm", f"--output={output}")
   expected = cdm_jax.load(str(workdir)).sample(num_samples=3, steps=4, sampler="ddpm", seed=1)
   assert stdout == "\n".join(expected) + "\n"
@@ -35,7 +39,7 @@ def test_sample_cli_prints_and_writes_the_generators_samples(trained, tmp_path):
 
 def test_evaluate_cli_prints_strict_json_and_writes_the_same(trained, tmp_path):
   workdir, _ = trained
-  stdout = run_module("cdm_jax.evaluate", f"--workdir={workdir}", "--num_samples=12", "--steps=4",
+  stdout = run_module("cdm_jax.cli.evaluate", f"--workdir={workdir}", "--num_samples=12", "--steps=4",
                       "--judge_steps=10", env={"CDM_JAX_CACHE": str(tmp_path / "cache")})
   reject = lambda name: (_ for _ in ()).throw(AssertionError(f"non-JSON constant {name}"))
   result = json.loads(stdout, parse_constant=reject)
@@ -78,7 +82,7 @@ def _fails(module, *args):
 
 
 def test_cli_errors_are_one_line_and_exit_2(trained, tmp_path):
-  # `cdm_jax.sample` is the CLI's earlier name, kept as an alias of `cdm_jax.generate`.
+  # `cdm_jax.sample` is the CLI's earlier name, kept as an alias of `cdm_jax.cli.generate`.
   code, stderr = _fails("cdm_jax.sample", f"--workdir={tmp_path}")
   assert code == 2 and stderr.startswith("error: No config.json") and "Traceback" not in stderr
   workdir, _ = trained
@@ -93,7 +97,8 @@ def test_cli_errors_are_one_line_and_exit_2(trained, tmp_path):
 def test_multihost_flags_join_a_run_only_when_asked(monkeypatch):
   """`cli.join_if_asked` (training and sampling CLIs): nothing without the flags; the explicit
   coordinator, process count and id as given; --multihost alone leaves detection to JAX."""
-  from cdm_jax import cli, distributed  # pylint: disable=g-import-not-at-top
+  from cdm_jax.cli import common as cli  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import distributed
   calls = []
   monkeypatch.setattr(distributed, "initialize", lambda *args: calls.append(args))
   flags = lambda **kw: types.SimpleNamespace(**{"multihost": False, "coordinator_address": None,
@@ -103,3 +108,46 @@ def test_multihost_flags_join_a_run_only_when_asked(monkeypatch):
   cli.join_if_asked(flags(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1))
   cli.join_if_asked(flags(multihost=True))
   assert calls == [("127.0.0.1:1234", 2, 1), (None, None, None)]
+
+
+def test_generate_cli_conditional_flags_end_to_end(trained, tmp_path):
+  """--prefix/--suffix, --template, --source and --raw_params through the real command line, each
+  against the same call of the Python API."""
+  workdir, _ = trained
+  common = (f"--workdir={workdir}", "--num_samples=2", "--steps=3", "--seed=2")
+  g = cdm_jax.load(str(workdir))
+  both = run_module("cdm_jax.cli.generate", *common, "--prefix=the cat", "--suffix=a mat",
+                    "--gap_length=3")
+  assert both.splitlines() == g.sample(2, seed=2, num_steps=3, prefix="the cat", suffix="a mat",
+                                       gap_length=3)
+  assert all(line.startswith("the cat") and line.endswith("a mat") for line in both.splitlines())
+  filled = run_module("cdm_jax.cli.generate", *common, "--template=the ___:2 sat", "--mbr=2")
+  assert filled.splitlines() == g.infill("the ___:2 sat", 2, seed=2, num_steps=3, mbr=2)
+  targets = run_module("cdm_jax.cli.generate", *common, "--source=the cat", "--source=a dog")
+  assert targets.splitlines() == g.generate(["the cat", "a dog"], seed=2, num_steps=3)
+  raw = run_module("cdm_jax.cli.generate", *common, "--raw_params")
+  assert raw.splitlines() == cdm_jax.load(str(workdir), use_ema=False).sample(2, seed=2,
+                                                                               num_steps=3)
+  code, stderr = _fails("cdm_jax.cli.generate", *common, "--prefix=a", "--template=b ___")
+  assert code == 2 and stderr == "error: Give one of --source, --template, or --prefix/--suffix.\n"
+
+
+def test_evaluate_cli_runs_the_infill_task(trained, tmp_path):
+  workdir, _ = trained
+  stdout = run_module("cdm_jax.cli.evaluate", f"--workdir={workdir}", "--task=infill",
+                      "--num_examples=4", "--steps=3", "--baseline=false",
+                      env={"CDM_JAX_CACHE": str(tmp_path / "cache")})
+  result = json.loads(stdout)
+  assert result["result_file"] == "task_infill_n4_seed0.json"
+  assert json.loads((workdir / "eval" / result["result_file"]).read_text()) == result
+  assert result["sample_overrides"] == {"num_steps": 3}
+
+
+def test_load_reads_the_requested_checkpoint_and_the_raw_parameters(trained):
+  workdir, _ = trained
+  newest, first = cdm_jax.load(str(workdir)), cdm_jax.load(str(workdir), step=10)
+  assert (newest.step, first.step) == (20, 10)
+  leaves = lambda g: jax.tree.leaves(g.params)
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves(newest), leaves(first)))
+  raw = cdm_jax.load(str(workdir), use_ema=False)
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves(newest), leaves(raw)))

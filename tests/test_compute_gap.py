@@ -1,13 +1,10 @@
-"""experiments/compute_gap.py's matching of the diffusion samples' perplexity on the AR ladder."""
+"""cdm_jax.evaluation.compute_gap's matching of the diffusion samples' perplexity on the AR ladder."""
 
 import math
-import pathlib
-import runpy
-
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments/compute_gap.py"
-compute_gap = runpy.run_path(str(SCRIPT))["compute_gap"]
+from cdm_jax.evaluation.compute_gap import compute_gap, equal_word_entropies
+from cdm_jax.runtime import overrides as overrides_lib
 
 LADDER = [{"flops": 1e12, "judge_ppl": 400.0, "unigram_entropy": 6.0},
           {"flops": 2e12, "judge_ppl": 200.0, "unigram_entropy": 6.2},
@@ -53,7 +50,6 @@ def test_the_rule_compares_the_entropy_key_it_is_given():
 
 
 def test_entropies_are_compared_at_the_shortest_sample_set_s_word_count():
-  equal_word_entropies = runpy.run_path(str(SCRIPT))["equal_word_entropies"]
   short = {"texts": ["a b", "c d"]}  # 4 distinct words: log 4
   long = {"texts": [" ".join(f"w{i}" for i in range(20))]}  # any 4 of 20 distinct words: log 4
   assert equal_word_entropies([short, long]) == 4
@@ -63,14 +59,27 @@ def test_entropies_are_compared_at_the_shortest_sample_set_s_word_count():
 
 
 def test_sampling_overrides_take_the_field_types_and_refuse_unknown_fields():
-  from cdm_jax import samplers
-  sample_overrides = runpy.run_path(str(SCRIPT))["sample_overrides"]
+  from cdm_jax.core import samplers
+  sample_overrides = overrides_lib.dataclass_overrides
   overrides = sample_overrides(samplers.SampleConfig(), ["sampler=renoise", "num_steps=7",
                                                          "clamp_temperature=0.5"])
   assert overrides == {"sampler": "renoise", "num_steps": 7, "clamp_temperature": 0.5}
   assert isinstance(overrides["num_steps"], int)
   samplers.SampleConfig().replace(**overrides)  # valid as a whole
-  with pytest.raises(SystemExit, match="sampling field"):
+  with pytest.raises(ValueError, match="expected FIELD=VALUE"):
     sample_overrides(samplers.SampleConfig(), ["steps7"])
-  with pytest.raises(SystemExit, match="sampling field"):
+  with pytest.raises(ValueError, match="Unknown field 'temperature'; fields: .*logit_temperature"):
     sample_overrides(samplers.SampleConfig(), ["temperature=2"])
+
+
+def test_config_overrides_set_dotted_keys_and_name_an_unknown_one():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({"model": {"width": 32, "output": "x0"}})
+  parsed = overrides_lib.parse_settings(["model.width=64", "model.output=logits"])
+  assert parsed == {"model.width": 64, "model.output": "logits"}
+  overrides_lib.apply_to_config(config, parsed)
+  assert config.model.width == 64 and config.model.output == "logits"
+  with pytest.raises(KeyError, match="model.depth"):
+    overrides_lib.apply_to_config(config, {"model.depth": 3})
+  with pytest.raises(KeyError, match="no 'modle'"):
+    overrides_lib.apply_to_config(config, {"modle.width": 3})

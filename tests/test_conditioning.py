@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 import cdm_jax
-from cdm_jax import conditioning, diffusion, generate, parallel, samplers, schedules
+from cdm_jax.core import conditioning
+from cdm_jax.core import diffusion
+from cdm_jax import sampling
+from cdm_jax.runtime import parallel
+from cdm_jax.core import samplers
+from cdm_jax.core import schedules
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM, ModelConfig
 
@@ -220,7 +225,7 @@ class _ExactModel:
 
 
 def _exact_samples(config, known=None, mask=None, seed=0):
-  fn = generate.make_sample_fn(_ExactModel(), schedules.get_schedule("cosine"), parallel.make_mesh(4), config)
+  fn = sampling.make_sample_fn(_ExactModel(), schedules.get_schedule("cosine"), parallel.make_mesh(4), config)
   args = () if known is None else (jnp.asarray(known), jnp.asarray(mask))
   return np.asarray(fn({}, jax.random.PRNGKey(seed), *args))
 
@@ -250,11 +255,11 @@ def test_guidance_combines_the_conditional_and_null_estimates():
   t = jnp.array([0.2, 0.5, 0.9])
   schedule = schedules.get_schedule("cosine")
   sc = jnp.zeros_like(x_t)
-  plain = generate.make_denoise_fn(model, {}, schedule, (known, mask))(x_t, t, sc)
-  zero_w = generate.make_denoise_fn(model, {}, schedule, (known, mask), guidance_scale=0.0)(x_t, t, sc)
+  plain = sampling.make_denoise_fn(model, {}, schedule, (known, mask))(x_t, t, sc)
+  zero_w = sampling.make_denoise_fn(model, {}, schedule, (known, mask), guidance_scale=0.0)(x_t, t, sc)
   np.testing.assert_array_equal(plain, zero_w)
   w = 1.5
-  guided = np.asarray(generate.make_denoise_fn(model, {}, schedule, (known, mask), guidance_scale=w)(x_t, t, sc),
+  guided = np.asarray(sampling.make_denoise_fn(model, {}, schedule, (known, mask), guidance_scale=w)(x_t, t, sc),
                       np.float64)
   cond = np.asarray(model.table[known], np.float64)
   null = np.asarray(model.apply({}, x_t, schedule.log_snr(t), sc, method="denoise",
@@ -263,7 +268,7 @@ def test_guidance_combines_the_conditional_and_null_estimates():
   expected[np.asarray(mask)] = cond[np.asarray(mask)]
   np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="needs a condition"):
-    generate.make_denoise_fn(model, {}, schedule, None, guidance_scale=1.0)
+    sampling.make_denoise_fn(model, {}, schedule, None, guidance_scale=1.0)
 
 
 def test_generator_keeps_prompts_verbatim(trained):
@@ -301,7 +306,7 @@ def test_classifier_guidance_with_exact_parts_samples_the_conditional():
   0.3 P(+c | x_t)). Exact denoiser + exact classifier + the Tweedie shift at scale 1 sample
   p(x0 | y): position 0 is -c with probability 0.18 / (0.18 + 0.24) = 3/7, the others keep 0.8."""
   from test_samplers import CENTRE, P_PLUS, two_point_denoiser  # pylint: disable=g-import-not-at-top
-  from cdm_jax import guidance  # pylint: disable=g-import-not-at-top
+  from cdm_jax.core import guidance  # pylint: disable=g-import-not-at-top
   sched = schedules.get_schedule("cosine")
   centre = jnp.asarray(CENTRE, jnp.float32)
   q_minus, q_plus = 0.9, 0.3
@@ -326,7 +331,7 @@ def test_classifier_guidance_with_exact_parts_samples_the_conditional():
 
 
 def test_a_gradient_step_on_a_toy_classifier_raises_its_log_probability():
-  from cdm_jax import guidance  # pylint: disable=g-import-not-at-top
+  from cdm_jax.core import guidance  # pylint: disable=g-import-not-at-top
   sched = schedules.get_schedule("cosine")
   w = jax.random.normal(jax.random.PRNGKey(2), (6, 2, 3))  # logistic classifier over 3 labels
 
@@ -363,7 +368,7 @@ def _np_real_token_log_prob(x0, table, bias, gap, special):
 
 
 def test_readout_guidance_shifts_by_the_gradient_through_the_denoiser():
-  from cdm_jax import guidance  # pylint: disable=g-import-not-at-top
+  from cdm_jax.core import guidance  # pylint: disable=g-import-not-at-top
   sched = schedules.get_schedule("cosine")
   rng = np.random.default_rng(4)
   table, bias = rng.normal(size=(7, 4)), rng.normal(size=7)
@@ -392,7 +397,7 @@ def test_readout_guidance_shifts_by_the_gradient_through_the_denoiser():
 
 
 def test_a_guide_steers_a_conditional_sample_and_keeps_its_known_pieces(trained):
-  from cdm_jax import guidance  # pylint: disable=g-import-not-at-top
+  from cdm_jax.core import guidance  # pylint: disable=g-import-not-at-top
   g = cdm_jax.load(str(trained[0]))
   seq_len = g.config.data.seq_len
   known, mask = conditioning.template_layout(g.tokenizer, "the ___:6 cat", seq_len)
@@ -416,19 +421,19 @@ def test_a_guide_steers_a_conditional_sample_and_keeps_its_known_pieces(trained)
 def test_the_noisy_classifier_learns_labels_and_can_be_trained_on_estimates_instead(trained):
   """Rows of one repeated piece per label: learnable from x_t; an `estimate_fn` that returns
   zeros leaves nothing to learn (loss stays at log 2), so the classifier sees its output."""
-  from cdm_jax import guidance  # pylint: disable=g-import-not-at-top
+  from cdm_jax.posttrain import classifier  # pylint: disable=g-import-not-at-top
   g = cdm_jax.load(str(trained[0]))
   labels = np.arange(64) % 2
   rows = np.full((64, g.config.data.seq_len), tokenizer_lib.PAD_ID, np.int32)
   rows[:, 0], rows[:, 1:6] = tokenizer_lib.BOS_ID, np.where(labels, 7, 8)[:, None]
-  config = guidance.ClassifierConfig(width=32, num_layers=1, mlp_dim=64, steps=200,
+  config = classifier.ClassifierConfig(width=32, num_layers=1, mlp_dim=64, steps=200,
                                      learning_rate=3e-3)
   seen = []
 
   def blind(x_t, t):
     seen.append((x_t.shape, t.shape))
     return jnp.zeros_like(x_t)
-  final_loss = lambda **kw: guidance.train_noisy_classifier(
+  final_loss = lambda **kw: classifier.train_noisy_classifier(
       g.model, g.params, g.schedule, rows, labels, num_labels=2, config=config,
       **kw)[2]["losses_every_100"][-1]
   assert final_loss() < 0.5
@@ -438,11 +443,12 @@ def test_the_noisy_classifier_learns_labels_and_can_be_trained_on_estimates_inst
 
 def test_generate_cli_flags_map_to_the_conditional_calls(trained):
   import types  # pylint: disable=g-import-not-at-top
+  from cdm_jax.cli import generate as generate_cli  # pylint: disable=g-import-not-at-top
   g = cdm_jax.load(str(trained[0]))
   flags = dict(num_samples=4, seed=1, steps=3, sampler=None, clamp=None, decoder=None, source=None,
                template=None, prefix=None, suffix=None, gap_length=None, guidance_scale=None, mbr=1,
                temperature=None)
-  cli = lambda **kw: generate._cli_samples(g, types.SimpleNamespace(**{**flags, **kw}))  # pylint: disable=protected-access
+  cli = lambda **kw: generate_cli._cli_samples(g, types.SimpleNamespace(**{**flags, **kw}))  # pylint: disable=protected-access
   assert cli(template="the ___:2 sat") == g.infill("the ___:2 sat", 4, seed=1, steps=3)
   assert cli(prefix="the cat") == g.sample(4, seed=1, steps=3, prefix="the cat")
   assert cli(source=["the cat", "a dog"]) == g.generate(["the cat", "a dog"], seed=1, steps=3)
@@ -452,6 +458,7 @@ def test_generate_cli_flags_map_to_the_conditional_calls(trained):
     cli(template="the ___", prefix="a")
 
 
+@pytest.mark.slow
 def test_logit_temperature_reweights_the_expected_embedding():
   """x0_hat = softmax(logits / tau) E in float64, with and without a condition; tau = 1 is the
   model's own x0_hat; models that do not predict logits refuse a temperature."""
@@ -468,15 +475,15 @@ def test_logit_temperature_reweights_the_expected_embedding():
   logits = np.asarray(out.logits, np.float64) / 0.5
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   expected = (probs / probs.sum(-1, keepdims=True)) @ table
-  got = generate.make_denoise_fn(model, params, schedule, logit_temperature=0.5)(x_t, t, sc)
+  got = sampling.make_denoise_fn(model, params, schedule, logit_temperature=0.5)(x_t, t, sc)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-  same = generate.make_denoise_fn(model, params, schedule, logit_temperature=1.0)(x_t, t, sc)
+  same = sampling.make_denoise_fn(model, params, schedule, logit_temperature=1.0)(x_t, t, sc)
   np.testing.assert_array_equal(same, out.x0_hat)
   known = jnp.array([[3, 0, 0, 0, 0]] * 2)
-  cond_got = generate.make_denoise_fn(model, params, schedule, (known, known != 0),
+  cond_got = sampling.make_denoise_fn(model, params, schedule, (known, known != 0),
                                       logit_temperature=0.5)(x_t, t, sc)
   np.testing.assert_allclose(cond_got[:, 0], np.broadcast_to(table[3], (2, 4)), rtol=1e-5, atol=1e-6)
   assert not np.allclose(cond_got[:, 1:], out.x0_hat[:, 1:], atol=1e-3)
   x0_model = DiffusionLM(dataclasses.replace(cfg, output="x0", normalize_embeddings=False))
   with pytest.raises(ValueError, match="predicts logits"):
-    generate.make_denoise_fn(x0_model, params, schedule, logit_temperature=0.5)
+    sampling.make_denoise_fn(x0_model, params, schedule, logit_temperature=0.5)

@@ -273,3 +273,37 @@ def test_fuzzed_bytes_are_read_or_refused_with_a_message(tmp_path, raw, kind):
 def test_a_directory_as_corpus_path_is_refused_by_name(tmp_path):
   with pytest.raises(IsADirectoryError, match="is a directory; set data.path to one"):
     corpora.read_corpus("text", str(tmp_path))
+
+
+def test_the_hf_reader_reads_one_field_of_a_split_and_names_its_extra(monkeypatch):
+  """A fake `datasets` module: nothing is downloaded."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import errors  # pylint: disable=g-import-not-at-top
+  calls = []
+  fake = types.ModuleType("datasets")
+
+  def load_dataset(path, split):
+    calls.append((path, split))
+    return [{"body": " a  b ", "id": 1}, {"body": "", "id": 2}, {"body": "c", "id": 3}]
+  fake.load_dataset = load_dataset
+  monkeypatch.setitem(sys.modules, "datasets", fake)
+  assert corpora.read_corpus("hf", "ag_news", "body", "test") == ["a b", "c"]
+  assert calls == [("ag_news", "test")]
+  monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: the import fails
+  with pytest.raises(errors.MissingExtraError, match=r"pip install 'cdm_jax\[hf\]'"):
+    corpora.read_corpus("hf", "ag_news")
+
+
+def test_a_bpe_tokenizer_round_trips_and_vocabulary_sizes_are_checked():
+  lines = ["the cat sat on the mat", "a dog ran under the log", "the bird sat in the tree"] * 20
+  bpe = tokenizer_lib.train_tokenizer(lines, 40, model_type="bpe")
+  assert bpe.get_piece_size() == 40
+  ids = bpe.encode("the cat ran")
+  assert tokenizer_lib.decode_tokens(bpe, [tokenizer_lib.BOS_ID, *ids, tokenizer_lib.EOS_ID, 0]) \
+      == "the cat ran"
+  for size in (0, 3, 4, -1):
+    with pytest.raises(ValueError, match="data.vocab_size must be an integer above 4"):
+      tokenizer_lib.train_tokenizer(lines, size)
+  with pytest.raises(ValueError, match="too small for this corpus"):
+    tokenizer_lib.train_tokenizer(lines, 6)

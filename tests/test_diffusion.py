@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import diffusion, schedules, vocab_ops
+from cdm_jax.core import diffusion
+from cdm_jax.core import schedules
+from cdm_jax.core import vocab_ops
 from cdm_jax.models import DenoiserOutput, DiffusionLM, ModelConfig
 
 
@@ -142,6 +144,7 @@ def test_training_losses_match_numpy(output):
                                np.maximum(weights.sum(-1), 1), rtol=2e-4)
 
 
+@pytest.mark.slow
 def test_ce_with_normalized_embeddings_keeps_norms_fixed():
   import optax
   model, params = tiny_model(output="logits", normalize_embeddings=True)
@@ -187,7 +190,7 @@ def test_denoiser_variants_and_condition_mask(dtype, time_conditioning, scan_lay
 
 
 def test_embedding_statistics_against_numpy_and_subsampling():
-  from cdm_jax import embedding_stats
+  from cdm_jax.core import embedding_stats
   table = jax.random.normal(jax.random.PRNGKey(0), (50, 6))
   s = schedules.get_schedule("cosine")
   stats = embedding_stats.embedding_statistics(table, s, jax.random.PRNGKey(1))

@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 
 import cdm_jax
-from cdm_jax import distill, generate, samplers, schedules
+from cdm_jax.sampling import artifacts
+from cdm_jax.posttrain import distill
+from cdm_jax import sampling
+from cdm_jax.core import samplers
+from cdm_jax.core import schedules
 
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # trains, runs CLIs or several processes
 
 
 def _np_alpha_sigma(t):
@@ -99,7 +105,7 @@ def _final_latents(generator, params, steps: int, seed: int = 0) -> np.ndarray:
   """x0_hat after `steps` DDIM steps (no clamp) from fixed noise, for 16 sequences."""
   cfg = generator.model.config
   x_init = jax.random.normal(jax.random.PRNGKey(seed), (16, cfg.seq_len, cfg.embed_dim))
-  denoise = generate.make_denoise_fn(generator.model, params, generator.schedule)
+  denoise = sampling.make_denoise_fn(generator.model, params, generator.schedule)
   return np.asarray(samplers.sample_loop(denoise, x_init, jax.random.PRNGKey(1),
                                          generator.schedule, steps, sampler="ddim"))
 
@@ -168,7 +174,7 @@ def test_resume_ends_where_the_uninterrupted_run_ends(distilled, tmp_path):
   # A lower target continues from the last round's end with one more round (2 -> 1 step).
   record = distill.distill(str(copy), dataclasses.replace(config, target_steps=1))
   assert record["step"] == 120 and record["round"] == 3
-  meta = distill.read_student(str(copy), 1)
+  meta = artifacts.read_student(str(copy), 1)
   assert meta["teacher_steps"] == 2 and meta["distill_steps"] == 120
   assert len(cdm_jax.load(str(copy), student=1).sample(2)) == 2
 
@@ -195,14 +201,14 @@ def test_a_teacher_sampling_on_its_warp_is_distilled_and_sampled_on_it(trained, 
   assert np.abs(warped - uniform).max() > 1e-3  # the tiny run's warp moves the midpoint (by ~0.009)
   np.testing.assert_allclose(np.asarray(grids[0]), warped, rtol=1e-6)
   student = cdm_jax.load(str(workdir), student=1)
-  assert distill.read_student(str(workdir), 1)["time_grid"] == "warp"
+  assert artifacts.read_student(str(workdir), 1)["time_grid"] == "warp"
   np.testing.assert_allclose(
       np.asarray(student._times(student.sample_config)),  # pylint: disable=protected-access
       np.asarray(teacher._times(teacher.options(steps=1))), rtol=1e-6)  # pylint: disable=protected-access
 
 
 def test_the_cli_refuses_a_step_count_it_cannot_halve_to(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "cdm_jax.distill", f"--workdir={tmp_path}",
+  result = subprocess.run([sys.executable, "-m", "cdm_jax.cli.distill", f"--workdir={tmp_path}",
                            "--teacher_steps=12", "--target_steps=8"], capture_output=True,
                           text=True, cwd=ROOT, timeout=300)
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]

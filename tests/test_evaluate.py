@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from cdm_jax import evaluate, judge as judge_lib, text_metrics
+from cdm_jax.evaluation import evaluate
+from cdm_jax.evaluation import ar_model as judge_lib
+from cdm_jax.evaluation import text_metrics
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
 NOUNS = "cat dog bird fish horse mouse tree house river stone".split()
@@ -45,6 +47,7 @@ def setup(judge_cache):
   return judge, scorer, held_out[200:], tokenizer, train_rows, config
 
 
+@pytest.mark.slow
 def test_real_text_scores_like_real_and_shuffled_text_does_not(setup):
   _, scorer, real, _, _, _ = setup
   rng = np.random.default_rng(1)
@@ -56,6 +59,7 @@ def test_real_text_scores_like_real_and_shuffled_text_does_not(setup):
   assert real_scores["empty_fraction"] == 0.0
 
 
+@pytest.mark.slow
 def test_judge_is_cached_and_samples_like_the_corpus(setup, monkeypatch):
   judge, scorer, _, tokenizer, train_rows, config = setup
 

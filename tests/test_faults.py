@@ -2,6 +2,7 @@
 stop before anything is written."""
 
 import json
+import os
 import logging
 import shutil
 
@@ -9,7 +10,11 @@ import numpy as np
 import pytest
 
 import cdm_jax
-from cdm_jax import builders, checkpointing, cli, parallel, train
+from cdm_jax.models import builders
+from cdm_jax.runtime import checkpointing
+from cdm_jax.cli import common as cli
+from cdm_jax.runtime import parallel
+from cdm_jax.training import train
 
 from conftest import trained_config
 
@@ -98,7 +103,7 @@ def test_an_allowed_change_is_recorded_in_the_history(copied, corpus):
 
 
 def test_a_field_added_by_a_newer_library_may_arrive_at_its_default():
-  from cdm_jax import record
+  from cdm_jax.runtime import config_record as record
   defaults = {"diffusion": {"warp_follow": "loss", "schedule": "cosine"},
               "condition": {"prefix": 0.2}}
   saved = {"diffusion": {"schedule": "cosine"}}
@@ -193,3 +198,55 @@ def test_out_of_range_sampling_arguments_are_refused(loaded, overrides, match):
   num_samples = overrides.pop("num_samples", 2)
   with pytest.raises(ValueError, match=match):
     generator.sample(num_samples, **overrides)
+
+
+@pytest.mark.slow
+def test_a_corrected_command_after_a_failed_first_run_just_works(corpus, tmp_path):
+  """A first run that fails before its first checkpoint (a bad corpus path, then a vocabulary the
+  corpus cannot support) leaves nothing that blocks the corrected command."""
+  workdir = tmp_path / "run"
+  bad_path = trained_config(corpus, num_train_steps=2, checkpoint_every_steps=2)
+  bad_path.data.path = str(tmp_path / "missing.txt")
+  with pytest.raises(FileNotFoundError):
+    train.train_and_evaluate(bad_path, str(workdir))
+  other = tmp_path / "other.txt"
+  other.write_text("a b c\n" * 20)
+  too_large = trained_config(other, num_train_steps=2, checkpoint_every_steps=2)
+  too_large.data.vocab_size = 5000
+  with pytest.raises(ValueError, match="vocab"):
+    train.train_and_evaluate(too_large, str(workdir))
+  assert (workdir / "data_fingerprint.json").is_file()  # the corpus record of the failed run
+  fixed = trained_config(corpus, num_train_steps=2, checkpoint_every_steps=2)
+  metrics = train.train_and_evaluate(fixed, str(workdir))
+  assert metrics["step"] == 2
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["data"]["path"] == str(corpus) and saved["data"]["vocab_size"] == 32
+  # Once a checkpoint exists, the same change is refused as before.
+  with pytest.raises(ValueError, match="data.path"):
+    train.train_and_evaluate(trained_config(other, num_train_steps=2), str(workdir))
+
+
+@pytest.mark.slow
+def test_a_second_job_on_a_busy_workdir_is_refused(corpus, tmp_path):
+  from cdm_jax.runtime import lock  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  config = trained_config(corpus, num_train_steps=2, checkpoint_every_steps=2)
+  with lock.workdir_lock(str(workdir), "training job"):
+    with pytest.raises(ValueError, match=rf"{workdir} is in use by another training job \(pid "
+                                         rf"{os.getpid()}\)"):
+      train.train_and_evaluate(config, str(workdir))
+    assert not (workdir / "config.json").exists()  # refused before writing anything
+  assert train.train_and_evaluate(config, str(workdir))["step"] == 2  # free again
+
+
+def test_a_read_only_workdir_is_one_clear_error(corpus, tmp_path, monkeypatch):
+  """As root (CI) no folder is read-only, so the file system's answer is injected: EROFS."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import lock  # pylint: disable=g-import-not-at-top
+
+  def read_only(*unused_args, **unused_kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+  monkeypatch.setattr(lock.os, "open", read_only)
+  with pytest.raises(ValueError, match=r"cannot be written \(Read-only file system\); a training "
+                                       r"job needs a writable --workdir"):
+    train.train_and_evaluate(trained_config(corpus, num_train_steps=2), str(tmp_path / "ro"))

@@ -10,7 +10,12 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from conftest import tiny_config  # tests/ is on sys.path
-from cdm_jax import builders, checkpointing, fs, metric_writers, record, train
+from cdm_jax.models import builders
+from cdm_jax.runtime import checkpointing
+from cdm_jax.runtime import fs
+from cdm_jax.runtime import metric_writers
+from cdm_jax.runtime import config_record as record
+from cdm_jax.training import train
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
 

@@ -1,4 +1,4 @@
-"""cdm_jax.host.tune_malloc: glibc's settings, checked on glibc's own accounting (mallinfo2).
+"""cdm_jax.runtime.allocator.tune_malloc: glibc's settings, checked on glibc's own accounting (mallinfo2).
 
 The speed effect (minor page faults per training step) depends on the machine and is measured by
 `benchmarks/bench.py`, not asserted here.
@@ -12,7 +12,7 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from cdm_jax import host
+from cdm_jax.runtime import allocator as host
 
 # A fresh process: tune (or not), malloc 64 MiB, free it, and report glibc's counters: blocks
 # newly served by mmap (hblks) by the malloc, and the heap bytes still held (arena) after the free.

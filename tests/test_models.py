@@ -59,6 +59,7 @@ def test_block_matches_float64_numpy(causal):
   np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bfloat16_matmuls_track_float32_and_lower_to_bfloat16_dots():
   """model.matmul_dtype=bfloat16: same parameters; the Dense matmuls take bf16 operands (float32
   accumulation); outputs and gradients stay within bf16 rounding of the float32 block."""
@@ -91,6 +92,7 @@ def test_model_config_rejects_unknown_matmul_dtype():
     ModelConfig(matmul_dtype="int4")
 
 
+@pytest.mark.slow
 def test_position_embedding_init_scale_is_configurable():
   # The denoiser's position table starts at pos_init_std; the AR judge's stays at 0.02.
   cfg = ModelConfig(vocab_size=16, seq_len=32, embed_dim=8, width=64, num_layers=1, num_heads=2,
@@ -160,6 +162,7 @@ def test_diffusion_lm_matches_float64_numpy(output):
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_remat_keeps_parameters_outputs_and_gradients():
   """model.remat recomputes activations in the backward pass: same parameter tree, same loss and
   gradients; the compiled gradient does the forward's matmuls again (more dots)."""

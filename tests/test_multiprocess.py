@@ -17,6 +17,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, runs CLIs or several processes
+
 WORKER = pathlib.Path(__file__).resolve().parent / "multiprocess_worker.py"
 TRAIN = dict(num_train_steps=20, log_every_steps=5, eval_every_steps=10, sample_every_steps=10,
              checkpoint_every_steps=10)

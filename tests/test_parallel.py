@@ -8,7 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from cdm_jax import diffusion, generate, parallel, samplers, schedules, steps
+from cdm_jax.core import diffusion
+from cdm_jax import sampling
+from cdm_jax.runtime import parallel
+from cdm_jax.core import samplers
+from cdm_jax.core import schedules
+from cdm_jax.training import steps
 from cdm_jax.models import DiffusionLM, ModelConfig, TransformerLM, partitioning
 
 CONFIG = ModelConfig(vocab_size=40, seq_len=8, embed_dim=8, width=32, num_layers=2, num_heads=2,
@@ -38,6 +43,7 @@ def run_steps(num_devices, num_steps=3, steps_per_call=1):
   return state, losses, step
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device():
   state1, losses1, _ = run_steps(1)
   state4, losses4, _ = run_steps(4)
@@ -48,11 +54,13 @@ def test_four_devices_match_one_device():
   chex.assert_trees_all_close(state1.warp, state4.warp, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_step_compiles_once():
   _, _, step = run_steps(2, num_steps=4)
   assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_several_steps_per_dispatch_match_single_steps():
   state1, _, _ = run_steps(2, num_steps=4)
   state_scan, _, _ = run_steps(2, num_steps=4, steps_per_call=2)
@@ -66,19 +74,20 @@ def test_batch_must_divide_over_devices():
                           diffusion.LossConfig(), parallel.make_mesh(4), global_batch=6, ema_decay=0.9)
 
 
+@pytest.mark.slow
 def test_sample_fn_same_tokens_on_any_device_count_and_compiles_once():
   model = DiffusionLM(CONFIG)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8), jnp.int32), jnp.zeros((2,)))
   sched = schedules.get_schedule("cosine")
   outs = []
   for num_devices in (1, 2, 4):
-    fn = generate.make_sample_fn(model, sched, parallel.make_mesh(num_devices), samplers.SampleConfig(
+    fn = sampling.make_sample_fn(model, sched, parallel.make_mesh(num_devices), samplers.SampleConfig(
         num_samples=6, num_steps=5, sampler="ddpm", clamp="soft"))
     outs.append(np.asarray(fn(params, jax.random.PRNGKey(7))))
   assert outs[0].shape == (6, 8)
   for out in outs[1:]:
     np.testing.assert_array_equal(out, outs[0])
-  fn = generate.make_sample_fn(model, sched, parallel.make_mesh(2),
+  fn = sampling.make_sample_fn(model, sched, parallel.make_mesh(2),
                                samplers.SampleConfig(num_samples=4, num_steps=5))
   seeds = [np.asarray(fn(params, jax.random.PRNGKey(seed))) for seed in range(3)]
   assert fn._cache_size() == 1  # pylint: disable=protected-access
@@ -120,6 +129,7 @@ def _fsdp_run(min_size, fsdp=4, num_steps=5, config=CONFIG):
   return losses, norms, jax.device_get(state.params), per_device, whole, param_specs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [4, 2])
 def test_fsdp_matches_replicated_with_a_share_of_the_state_per_device(fsdp):
   """FSDP over all 4 devices (mesh 1 x 4), and in 2 groups of 2 (mesh 2 x 2: the 'data' axis
@@ -136,6 +146,7 @@ def test_fsdp_matches_replicated_with_a_share_of_the_state_per_device(fsdp):
   assert bytes_f <= (bytes_r - whole) / fsdp + whole and bytes_f < 1.6 * bytes_r / fsdp
 
 
+@pytest.mark.slow
 def test_fsdp_gathers_a_scanned_stack_one_layer_at_a_time():
   """A scanned, rematerialized stack under FSDP: the replicated run's losses and parameters, and
   the compiled step's temporaries stay below the size of the whole parameters (each layer is

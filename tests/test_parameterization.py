@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import parameterization
+from cdm_jax.core import parameterization
 from cdm_jax.models import ModelConfig
 
 

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import diffusion, samplers, schedules
+from cdm_jax.core import diffusion
+from cdm_jax.core import samplers
+from cdm_jax.core import schedules
 from cdm_jax.models import DenoiserOutput, DiffusionLM, ModelConfig
 from test_diffusion import OracleModel  # tests/ is on sys.path (pytest's default import mode)
 from test_samplers import check_two_point_samples, two_point_denoiser
@@ -71,6 +73,7 @@ def test_training_noises_each_position_at_its_own_time():
   np.testing.assert_allclose(np.asarray(x_t), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bound_with_constant_error_agrees_across_skews():
   # A zero predictor's squared error does not depend on tau, so the diffusion term's expectation is
   # the same for any skew: 1/2 sum ||x0||^2 (SNR(t_min) - SNR(t_max)).
@@ -164,6 +167,7 @@ class NeighbourModel:
     return DenoiserOutput(x0_hat=source / gamma, raw=None, logits=None)
 
 
+@pytest.mark.slow
 def test_context_use_diagnostic_separates_local_from_contextual_denoisers():
   import pathlib
   import runpy

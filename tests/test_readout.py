@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import builders, flops, generate, readout, samplers
+from cdm_jax.models import builders
+from cdm_jax.training import flops
+from cdm_jax import sampling
+from cdm_jax.models import contextual_decoder
+from cdm_jax.posttrain import readout
+from cdm_jax.sampling import artifacts
+from cdm_jax.training import fit
+from cdm_jax.core import samplers
 from conftest import ROOT, trained_config
 
 
@@ -40,7 +47,7 @@ def test_training_noise_is_z_t_over_gamma_t_in_float64():
 
 def test_flops_count_every_matmul_of_the_module():
   model = _small_model()
-  module = readout.ContextualDecoder(readout.decoder_model_config(model, readout.ReadoutConfig()))
+  module = contextual_decoder.ContextualDecoder(contextual_decoder.decoder_model_config(model, contextual_decoder.ReadoutConfig()))
   table = jnp.zeros((model.vocab_size, model.embed_dim))
   params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, model.seq_len, model.embed_dim)),
                        table, jnp.zeros((model.vocab_size,)))
@@ -52,9 +59,10 @@ def test_flops_count_every_matmul_of_the_module():
   assert flops.readout_decoder_train_flops(model, num_layers=2, batch_size=6) == 3 * forward
 
 
+@pytest.mark.slow
 def test_untrained_it_decodes_as_the_tied_readout():
   model = _small_model()
-  module = readout.ContextualDecoder(readout.decoder_model_config(model, readout.ReadoutConfig()))
+  module = contextual_decoder.ContextualDecoder(contextual_decoder.decoder_model_config(model, contextual_decoder.ReadoutConfig()))
   keys = jax.random.split(jax.random.PRNGKey(1), 4)
   table = jax.random.normal(keys[0], (model.vocab_size, model.embed_dim))
   bias = jax.random.normal(keys[1], (model.vocab_size,))
@@ -64,12 +72,13 @@ def test_untrained_it_decodes_as_the_tied_readout():
   np.testing.assert_array_equal(got, samplers.decode(x, table, bias, "readout"))
 
 
+@pytest.mark.slow
 def test_training_teaches_it_to_read_the_context():
   """Sequences repeat one token; under heavy noise a position alone is often misread, and the
   trained decoder, which can pool the sequence, must beat the tied read-out by a wide margin."""
   model = _small_model(vocab_size=8, seq_len=6, embed_dim=4)
-  config = readout.ReadoutConfig(steps=150, batch_size=32, learning_rate=3e-3, max_t=1.0)
-  module = readout.ContextualDecoder(readout.decoder_model_config(model, config))
+  config = contextual_decoder.ReadoutConfig(steps=150, batch_size=32, learning_rate=3e-3, max_t=1.0)
+  module = contextual_decoder.ContextualDecoder(contextual_decoder.decoder_model_config(model, config))
   table = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
   table = table / jnp.linalg.norm(table, axis=-1, keepdims=True) * 2.0
   bias = jnp.zeros((8,))
@@ -77,13 +86,12 @@ def test_training_teaches_it_to_read_the_context():
   params = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 6, 4)), table, bias)
   tx = builders.adamw_cosine(peak_learning_rate=config.learning_rate, warmup_steps=10,
                              total_steps=config.steps, grad_clip_norm=1.0, weight_decay=0.0)
-  opt_state = tx.init(params)
-  step = readout.make_train_step(module, schedule, tx, config)
   rng = np.random.default_rng(0)
-  for i in range(config.steps):
-    tokens = np.repeat(rng.integers(0, 8, (32, 1)), 6, axis=1)
-    params, opt_state, _, _ = step(params, opt_state, jnp.asarray(tokens), table, bias,
-                                   jax.random.PRNGKey(100 + i))
+  next_batch = lambda _: jnp.asarray(np.repeat(rng.integers(0, 8, (32, 1)), 6, axis=1))
+  params, fitted = fit.fit(readout.make_loss(module, schedule, config), params, tx, next_batch,
+                           num_steps=config.steps, key=jax.random.PRNGKey(100),
+                           frozen=(table, bias))
+  assert fitted["steps"] == config.steps and fitted["history"][-1]["step"] == config.steps
   tokens = jnp.asarray(np.repeat(rng.integers(0, 8, (256, 1)), 6, axis=1))
   noise = jax.random.normal(jax.random.PRNGKey(7), (256, 6, 4))
   y = readout.noisy_inputs(table[tokens], jnp.full((256,), -1.0), noise)  # sigma / gamma ~ 1.65
@@ -95,15 +103,15 @@ def test_training_teaches_it_to_read_the_context():
 def test_a_workdir_samples_with_its_trained_decoder(trained, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(trained[0], workdir)
-  with pytest.raises(ValueError, match="cdm_jax.readout"):
-    generate.load(str(workdir)).sample(2, decoder="contextual")
-  config = readout.ReadoutConfig(steps=4, batch_size=8)
+  with pytest.raises(ValueError, match="cdm-readout"):
+    sampling.load(str(workdir)).sample(2, decoder="contextual")
+  config = contextual_decoder.ReadoutConfig(steps=4, batch_size=8)
   meta = readout.train(str(workdir), config)
-  recorded = json.loads((workdir / readout.DECODER_DIR / "decoder.json").read_text())
+  recorded = json.loads((workdir / artifacts.DECODER_DIR / "decoder.json").read_text())
   model = builders.model_config(builders.load_config(str(workdir)))
   assert recorded["flops"] == meta["flops"] == 4 * flops.readout_decoder_train_flops(
       model, num_layers=2, batch_size=8)
-  generator = generate.load(str(workdir))
+  generator = sampling.load(str(workdir))
   assert generator.readout_decoder.meta["checkpoint_step"] == generator.step
   texts = generator.sample(3, seed=0, decoder="contextual")
   assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
@@ -126,7 +134,7 @@ def test_a_workdir_samples_with_its_trained_decoder(trained, tmp_path):
 
 
 def test_the_cli_refuses_a_noise_level_outside_the_schedule(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "cdm_jax.readout", f"--workdir={tmp_path}",
+  result = subprocess.run([sys.executable, "-m", "cdm_jax.cli.readout", f"--workdir={tmp_path}",
                            "--max_t=1.5"], capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert result.stderr.startswith("error: max_t must lie in [0, 1]"), result.stderr[-2000:]

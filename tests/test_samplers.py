@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import samplers, schedules, vocab_ops
+from cdm_jax.core import samplers
+from cdm_jax.core import schedules
+from cdm_jax.core import vocab_ops
 
 
 def np_posterior(x_t, x0, g_s, s_s, g_t, s_t):

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import diffusion, schedules
+from cdm_jax.core import diffusion
+from cdm_jax.core import schedules
 
 
 def reference_log_snr(name, t):

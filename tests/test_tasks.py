@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax import evaluate, generate, judge as judge_lib, tasks
+from cdm_jax.evaluation import evaluate
+from cdm_jax import sampling
+from cdm_jax.evaluation import ar_model as judge_lib
+from cdm_jax.evaluation import tasks
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 from cdm_jax.models import ModelConfig, TransformerLM
 from conftest import WORDS, tiny_config
@@ -34,6 +37,10 @@ def test_lcs_and_rouge_l():
   # LCS("the cat sat on the mat", "the cat was on a mat") = the cat on mat: 4; F = 2*4/(6+6)
   assert abs(tasks.rouge_l("the cat sat on the mat", "The cat was on a mat") - 8 / 12) < 1e-12
   assert tasks.rouge_l("", "") == 1.0 and tasks.rouge_l("a", "") == 0.0
+  # rouge-score's tokens: punctuation separates, case and non-ASCII letters do not count.
+  assert tasks.rouge_tokens("Oak-tree, (genus Quercus)!") == ["oak", "tree", "genus", "quercus"]
+  assert tasks.rouge_l("the cat, sat.", "The cat sat") == 1.0
+  assert tasks.rouge_tokens("café 2x") == ["caf", "2x"]
 
 
 def test_seq2seq_scores_count_exact_matches_at_1_and_k():
@@ -61,6 +68,7 @@ def test_infill_layouts_hide_one_span_inside_the_text():
   assert len(starts) >= 5
 
 
+@pytest.mark.slow
 def test_ar_prefix_lm_keeps_its_prompt_and_then_samples():
   cfg = ModelConfig(vocab_size=12, seq_len=10, width=16, num_layers=1, num_heads=2, mlp_dim=16)
   model = TransformerLM(cfg)
@@ -97,7 +105,7 @@ def test_seq2seq_scores_take_ranked_lists_shorter_than_k():
 @pytest.fixture(scope="module")
 def seq2seq_workdir(tmp_path_factory):
   """A tiny model trained for 10 steps on JSONL pairs (target: the source's words reversed)."""
-  from cdm_jax import train  # pylint: disable=g-import-not-at-top
+  from cdm_jax.training import train  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   folder = tmp_path_factory.mktemp("seq2seq")
   lines = []
@@ -113,9 +121,10 @@ def seq2seq_workdir(tmp_path_factory):
   return folder / "run"
 
 
+@pytest.mark.slow
 def test_evaluate_seq2seq_scores_the_vote_of_the_draws(seq2seq_workdir, monkeypatch):
   monkeypatch.setenv("CDM_JAX_CACHE", str(seq2seq_workdir.parent / "cache"))
-  generator = generate.load(str(seq2seq_workdir))
+  generator = sampling.load(str(seq2seq_workdir))
   data = pipeline.prepare_data(generator.config.data, str(seq2seq_workdir))
   pairs = tasks.held_out_pairs(generator, data, 0, 5)
   assert tasks.held_out_pairs(generator, data, 1, 4)["sources"] == pairs["sources"][1:]

@@ -1,7 +1,6 @@
 """End to end with configs/tiny.py: train, resume, sample, errors."""
 
 import json
-import pathlib
 import runpy
 import shutil
 import subprocess
@@ -14,7 +13,11 @@ import numpy as np
 import pytest
 
 import cdm_jax
-from cdm_jax import builders, checkpointing, parallel, steps, train
+from cdm_jax.models import builders
+from cdm_jax.runtime import checkpointing
+from cdm_jax.runtime import parallel
+from cdm_jax.training import steps
+from cdm_jax.training import train
 
 from conftest import ROOT, tiny_config, trained_config  # tests/ is on sys.path
 
@@ -121,6 +124,7 @@ def _poison_step(monkeypatch, bad_step: int):
   monkeypatch.setattr(steps, "_loss_inputs", poisoned)
 
 
+@pytest.mark.slow
 def test_nan_at_step_k_stops_naming_k_and_keeps_the_last_good_checkpoint(corpus, tmp_path,
                                                                           monkeypatch):
   _poison_step(monkeypatch, 7)
@@ -131,6 +135,7 @@ def test_nan_at_step_k_stops_naming_k_and_keeps_the_last_good_checkpoint(corpus,
   assert checkpointing.make_manager(str(tmp_path)).latest_step() == 5
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_the_poisoned_step_and_counts_it(corpus, tmp_path, monkeypatch):
   _poison_step(monkeypatch, 7)
   config = tiny_config(corpus, num_train_steps=12, eval_every_steps=0, sample_every_steps=0,
@@ -153,6 +158,7 @@ def test_cli_rejects_unknown_config_key(corpus, tmp_path):
   assert result.returncode != 0 and "bogus_key" in result.stderr
 
 
+@pytest.mark.slow
 def test_toy_denoise_memorises_training_sequences():
   toy = runpy.run_path(str(ROOT / "experiments/toy_denoise.py"))
   result = toy["run"](num_steps=800, num_samples=32, log=False)

@@ -14,7 +14,8 @@ import shutil
 import subprocess
 import tempfile
 
-from cdm_jax import fs, registry
+from cdm_jax.runtime import errors, fs
+from cdm_jax.runtime import registry
 
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 WORDNET_CACHE = pathlib.Path(os.path.expanduser("~/.cache/cdm_jax/wordnet"))
@@ -132,7 +133,8 @@ def read_hf(path: str, field: str = "text", hf_split: str = "train", **unused) -
   try:
     import datasets  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise ImportError("data.corpus='hf' needs the `datasets` package: pip install 'cdm_jax[hf]'.") from None
+    raise errors.MissingExtraError("data.corpus='hf' needs the `datasets` package: "
+                                   "pip install 'cdm_jax[hf]'.") from None
   dataset = datasets.load_dataset(path, split=hf_split)
   return [row[field] for row in dataset]
 

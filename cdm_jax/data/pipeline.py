@@ -8,7 +8,8 @@ import zlib
 
 import numpy as np
 
-from cdm_jax import distributed, fs
+from cdm_jax.runtime import distributed
+from cdm_jax.runtime import config_record, fs
 from cdm_jax.data import corpora
 from cdm_jax.data import tokenizer as tokenizer_lib
 
@@ -191,12 +192,19 @@ def check_fingerprint(examples: list, workdir: str):
   record = {"sha256": digest, "examples": len(examples)}
   if path.is_file():
     saved = json.loads(path.read_text(encoding="utf-8"))
-    if saved["sha256"] != digest:
+    if saved["sha256"] != digest and not config_record.has_checkpoint(workdir):
+      log.warning("%s holds no checkpoint: the corpus record and tokenizer of a run that never "
+                  "checkpointed are replaced.", workdir)
+      tokenizer_file = fs.path(workdir) / tokenizer_lib.MODEL_FILE
+      if tokenizer_file.exists():
+        tokenizer_file.unlink()
+    elif saved["sha256"] != digest:
       raise ValueError(
           f"The corpus differs from the one {workdir} was built on ({saved['examples']} examples "
           f"then, {len(examples)} now; sha256 {saved['sha256'][:12]} -> {digest[:12]}). Restore "
           "it, or train in a new workdir.")
-    return
+    else:
+      return
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     fs.write_atomic(path, json.dumps(record))

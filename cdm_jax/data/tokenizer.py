@@ -5,15 +5,18 @@ import io
 import sentencepiece as spm
 from etils import epath
 
-from cdm_jax import fs
+from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from cdm_jax.runtime import fs
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_FILE = "tokenizer.model"
 
 
 def train_tokenizer(examples: list[str], vocab_size: int, model_type: str = "unigram",
                     character_coverage: float = 0.9995) -> spm.SentencePieceProcessor:
   """Trains a tokenizer; ids 0-3 are PAD, UNK, BOS, EOS."""
+  if not (isinstance(vocab_size, int) and vocab_size > EOS_ID + 1):
+    raise ValueError(f"data.vocab_size must be an integer above {EOS_ID + 1} (ids 0-{EOS_ID} are "
+                     f"PAD, UNK, BOS and EOS), got {vocab_size!r}.")
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(

@@ -5,7 +5,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from cdm_jax import parameterization, registry
+from cdm_jax.core import parameterization
+from cdm_jax.runtime import registry
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -5,10 +5,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cdm_jax import parameterization
+from cdm_jax.core import parameterization
 from cdm_jax.models.config import ModelConfig
 from cdm_jax.models.partitioning import logical
-from cdm_jax.parameterization import expand_like
+from cdm_jax.core.parameterization import expand_like
 from cdm_jax.models.transformer import TransformerDenoiser
 
 Array = jax.Array

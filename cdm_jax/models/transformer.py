@@ -111,7 +111,10 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, cond, bias, deterministic: bool):
+  def __call__(self, x, cond, bias, deterministic: bool, *, cache=None, position=None):
+    """x [batch, length, width] -> (x, None); with `cache` (keys, values [batch, heads, max_len,
+    head_dim]) x is one position [batch, 1, width] at `position`, attending to the cached ones
+    before it: -> (x, the cache with this position's keys and values written in)."""
     cfg = self.config
     dtype = cfg.compute_dtype
     batch, length, width = x.shape
@@ -127,6 +130,11 @@ class Block(nn.Module):
     # over [batch, heads] (on XLA:CPU about half the time of the head-interleaved einsums).
     qkv = qkv.reshape(batch, length, 3, cfg.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]  # [batch, heads, length, head_dim]
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, position, 0))
+      v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, position, 0))
+      cache = (k, v)
+      bias = jnp.where(jnp.arange(k.shape[2]) <= position, 0.0, -1e9)[None, None, None]
     logits = jnp.matmul(q, k.swapaxes(-1, -2)) / math.sqrt(head_dim)  # [batch, heads, q, k]
     if bias is not None:
       logits = logits + bias.astype(logits.dtype)
@@ -139,7 +147,7 @@ class Block(nn.Module):
     h = nn.gelu(rows(dense(cfg, cfg.mlp_dim, "mlp_in", ("embed", "mlp")), h))
     h = rows(dense(cfg, width, "mlp_out", ("mlp", "embed")), h)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return x, None
+    return x, cache
 
 
 class Stack(nn.Module):
@@ -147,8 +155,19 @@ class Stack(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, cond, bias, deterministic: bool):
+  def __call__(self, x, cond, bias, deterministic: bool, *, caches=None, position=None):
+    """x -> the final LayerNorm's output; with `caches` (one (keys, values) per layer, unscanned
+    layers only) one position is decoded: -> (output, new caches)."""
     cfg = self.config
+    if caches is not None:
+      if cfg.scan_layers:
+        raise ValueError("Cached decoding needs unscanned layers (model.scan_layers=False).")
+      new_caches = []
+      for i in range(cfg.num_layers):
+        x, cache = Block(cfg, name=f"layer_{i}")(x, cond, None, True, cache=caches[i],
+                                                   position=position)
+        new_caches.append(cache)
+      return layer_norm(cfg, "ln_final")(x), new_caches
     block = Block
     layer_fn = partitioning.layer_params_fn()
     if cfg.scan_layers and layer_fn is not None and not self.is_initializing():
@@ -232,3 +251,29 @@ class TransformerLM(nn.Module):
     logits = embed.attend(hidden.reshape(-1, cfg.width))  # as rows, see `rows`
     logits = logits.reshape(hidden.shape[:-1] + (-1,))  # [batch, length, vocab]
     return (logits, hidden) if return_hidden else logits
+
+
+class TransformerLMStep(nn.Module):
+  """One step of `TransformerLM`'s cached decoding, on the same parameters: token [batch] int at
+  `position` (a traced scalar) with each layer's (keys, values) cache -> (logits [batch, vocab] of
+  the next position, the caches with this position written in)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, token, position, caches):
+    cfg = self.config
+    embed = nn.Embed(cfg.vocab_size, cfg.width, name="embed",
+                     embedding_init=logical(nn.initializers.normal(0.02), "vocab", "embed"))
+    pos = self.param("pos_embedding", logical(nn.initializers.normal(0.02), "length", "embed"),
+                     (cfg.seq_len, cfg.width))
+    h = embed(token[:, None]) + jax.lax.dynamic_slice_in_dim(pos, position, 1)[None]
+    h, caches = Stack(cfg, name="stack")(h.astype(cfg.compute_dtype), None, None, True,
+                                         caches=caches, position=position)
+    return embed.attend(h[:, 0].astype(jnp.float32)), caches
+
+  def empty_caches(self, batch: int):
+    """Per layer (keys, values), each [batch, heads, seq_len, head_dim] of zeros."""
+    cfg = self.config
+    shape = (batch, cfg.num_heads, cfg.seq_len, cfg.width // cfg.num_heads)
+    return [(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
+            for _ in range(cfg.num_layers)]

@@ -31,7 +31,7 @@ def nan(step: int):
   steps before it compute exactly what an uninterrupted run computes."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cdm_jax import steps  # pylint: disable=g-import-not-at-top
+  from cdm_jax.training import steps  # pylint: disable=g-import-not-at-top
   make_train_step = steps.make_train_step
 
   def make_poisoned(*args, **kwargs):

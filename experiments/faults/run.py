@@ -23,7 +23,6 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 WORDS = "the a cat dog sat ran on under mat log big small red blue green tree house bird".split()
 STEPS = 40
 
@@ -59,7 +58,9 @@ def final_state(workdir: pathlib.Path):
   """Leaves of the newest train state, the data position and the step, restored in-process."""
   os.environ.update(XLA_FLAGS=ENV["XLA_FLAGS"], JAX_PLATFORMS="cpu")
   import jax  # pylint: disable=g-import-not-at-top
-  from cdm_jax import builders, checkpointing, parallel  # pylint: disable=g-import-not-at-top
+  from cdm_jax.models import builders  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import checkpointing
+  from cdm_jax.runtime import parallel
   config = builders.load_config(str(workdir))
   model = builders.make_model(config)
   abstract = builders.abstract_state(config, model, builders.make_optimizer(config.train),

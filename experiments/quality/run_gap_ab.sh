@@ -46,7 +46,6 @@ for seed in ${SEEDS:-0 1}; do
   done
 done
 LADDER=$(.venv/bin/python -c "
-import sys; sys.path.insert(0, '.')
 from cdm_jax import flops; from configs import wordnet_mse as wordnet
 print(${LADDER_STEPS:-$STEPS} * flops.diffusion_train_flops(wordnet.get_config())['train'])")
 for seed in ${SEEDS:-0 1}; do

@@ -11,7 +11,6 @@ cd "$(dirname "$0")/../.."
 WORKDIR="$1"
 shift
 LADDER=$(.venv/bin/python -c "
-import sys; sys.path.insert(0, '.')
 from cdm_jax import flops; from configs import wordnet_mse as wordnet
 print(${LADDER_STEPS:-300} * flops.diffusion_train_flops(wordnet.get_config())['train'])")
 for variant in "$@"; do

@@ -6,11 +6,9 @@ own-minus-foreign read-out accuracy (points) in RUN/context_use.txt, when presen
 
 import json
 import pathlib
-import runpy
 import sys
 
-_GAP = runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "compute_gap.py"))
-compute_gap, describe_gap = _GAP["compute_gap"], _GAP["describe_gap"]
+from cdm_jax.evaluation.compute_gap import compute_gap, describe_gap
 
 
 def context_gain(run: pathlib.Path) -> str:

@@ -1,0 +1,255 @@
+"""Conditions given as known positions: which positions a training example reveals, how a prompt
+becomes known tokens for sampling, classifier-free guidance and MBR selection.
+
+A condition is a pair (known tokens [length] int, known mask [length] bool). The denoiser sees the
+clean latents of the known positions in place of their noisy ones and a learned marker on them
+(`model.conditioning=True`); the loss counts only the unknown positions. Training draws, per example,
+one kind of mask from a mixture (as CDCD does):
+
+  none    nothing known: the unconditional model;
+  prefix  BOS and the first k - 1 pieces, k uniform in [1, n - 1] for an example of n non-PAD tokens;
+  suffix  BOS and every position from k on, k in [2, n - 1] (the text's tail, EOS, PAD);
+  spans   alternating known / unknown spans of geometric length (mean `span_length`), BOS known;
+  source  everything up to and including the first EOS: the source half of a seq2seq example
+          `BOS source EOS target EOS PAD...` (DiffuSeq's partial noising).
+
+With probability `dropout` an example's known latents are replaced by zeros (the null condition),
+which is what classifier-free guidance contrasts with (`guide`).
+
+Prompts for sampling (`prefix_layout`, `template_layout`, `source_layout`) are host-side NumPy. The
+infilling template marks a gap with three underscores: `___` is a gap of the default length,
+`___:N` a gap of N pieces, e.g. "the ___:3 of a tree".
+"""
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cdm_jax.runtime import registry
+from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
+
+Array = jax.Array
+KINDS = ("none", "prefix", "suffix", "spans", "source")
+GAP = re.compile(r"___(?::(\d+))?")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionConfig:
+  """Shares of the training mixture (`none` takes the rest) and the null-condition rate."""
+  prefix: float = 0.0
+  suffix: float = 0.0
+  spans: float = 0.0
+  source: float = 0.0
+  span_length: float = 4.0   # mean length of the spans (both known and unknown ones)
+  dropout: float = 0.0       # probability of the null condition (classifier-free guidance)
+
+  def __post_init__(self):
+    shares = [getattr(self, kind) for kind in KINDS[1:]]
+    if min(shares) < 0 or sum(shares) > 1 + 1e-6:
+      raise ValueError(f"condition shares {dict(zip(KINDS[1:], shares))} must be >= 0 and sum to "
+                       "at most 1 (the rest trains unconditionally).")
+    if not self.span_length >= 1:
+      raise ValueError(f"condition.span_length must be >= 1, got {self.span_length}.")
+    if not 0 <= self.dropout < 1:
+      raise ValueError(f"condition.dropout must be in [0, 1), got {self.dropout}.")
+
+  @property
+  def active(self) -> bool:
+    return any(getattr(self, kind) for kind in KINDS[1:])
+
+  def probabilities(self) -> np.ndarray:
+    """[len(KINDS)] probabilities of each mask kind."""
+    shares = np.array([getattr(self, kind) for kind in KINDS[1:]], np.float64)
+    return np.concatenate([[max(0.0, 1.0 - shares.sum())], shares])
+
+  @classmethod
+  def from_dict(cls, values: dict):
+    return registry.dataclass_from_dict(cls, values, "condition config")
+
+
+def _spans(key: Array, length: int, span_length: float) -> Array:
+  """[length] bool: alternating runs whose lengths are geometric with mean `span_length`, the
+  first run's state a fair coin."""
+  switch_key, start_key = jax.random.split(key)
+  switches = jax.random.uniform(switch_key, (length,)) < 1.0 / span_length
+  parity = jnp.cumsum(switches.astype(jnp.int32)) + jax.random.bernoulli(start_key).astype(jnp.int32)
+  return parity % 2 == 1
+
+
+def draw_known(key: Array, tokens: Array, config: ConditionConfig) -> Array:
+  """Known mask [length] bool for one example `tokens` [length] (vmap it over a batch)."""
+  length = tokens.shape[0]
+  kind_key, cut_key, span_key = jax.random.split(key, 3)
+  kind = jax.random.choice(kind_key, len(KINDS), p=jnp.asarray(config.probabilities(), jnp.float32))
+  positions = jnp.arange(length)
+  n = jnp.sum(tokens != PAD_ID)
+  # prefix: k uniform in [1, n - 1] (BOS known, the EOS unknown); suffix: k in [2, n - 1] (at
+  # least position 1 unknown, the EOS known)
+  u = jax.random.uniform(cut_key)
+  k = 1 + jnp.floor(u * jnp.maximum(n - 1, 1)).astype(jnp.int32)
+  k_suffix = 2 + jnp.floor(u * jnp.maximum(n - 2, 1)).astype(jnp.int32)
+  first_eos = jnp.argmax(tokens == EOS_ID)
+  bos = positions == 0
+  masks = jnp.stack([
+      jnp.zeros((length,), bool),
+      positions < k,
+      bos | (positions >= k_suffix),
+      bos | _spans(span_key, length, config.span_length),
+      positions <= first_eos,
+  ])
+  return masks[kind]
+
+
+def draw_condition(key: Array, tokens: Array, config: ConditionConfig) -> tuple[Array, Array]:
+  """(known mask [length] bool, null condition: scalar bool) for one example."""
+  mask_key, drop_key = jax.random.split(key)
+  return draw_known(mask_key, tokens, config), jax.random.bernoulli(drop_key, config.dropout)
+
+
+def guide(x0_cond: Array, x0_null: Array, scale: float) -> Array:
+  """Classifier-free guidance on x0 estimates: x0_null + (1 + w)(x0_cond - x0_null). The same
+  combination of eps estimates follows, since eps_hat is affine in x0_hat at a fixed x_t; w = 0 is
+  the plain conditional estimate."""
+  if scale == 0:
+    return x0_cond
+  return x0_null + (1.0 + scale) * (x0_cond - x0_null)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts -> (known tokens, known mask), host side.
+
+def _pieces(tokenizer, text: str) -> list[int]:
+  return list(tokenizer.encode(text)) if text.strip() else []
+
+
+def _check_fits(used: int, seq_len: int, what: str):
+  if used > seq_len:
+    raise ValueError(f"The {what} needs {used} positions (BOS, pieces, EOS, gaps) but sequences "
+                     f"hold {seq_len} (data.seq_len); shorten it.")
+
+
+def prefix_layout(tokenizer, prefix: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """BOS and the prefix's pieces known; the rest (continuation, EOS, PAD) is generated."""
+  ids = [BOS_ID] + _pieces(tokenizer, prefix)
+  _check_fits(len(ids) + 1, seq_len, "prefix")  # room for at least one generated position
+  known = np.full((seq_len,), PAD_ID, np.int32)
+  known[:len(ids)] = ids
+  mask = np.zeros((seq_len,), bool)
+  mask[:len(ids)] = True
+  return known, mask
+
+
+def parse_template(template: str, gap_length: int) -> list[str | int]:
+  """Text segments (str) and gap lengths (int) in order: "a ___ b ___:2" -> ["a", 4, "b", 2]."""
+  if gap_length < 1:
+    raise ValueError(f"gap_length must be >= 1, got {gap_length}.")
+  parts, start = [], 0
+  for match in GAP.finditer(template):
+    if template[start:match.start()].strip():
+      parts.append(template[start:match.start()])
+    length = int(match.group(1)) if match.group(1) else gap_length
+    if length < 1:
+      raise ValueError(f"A gap needs at least one piece: {match.group(0)!r} in {template!r}.")
+    parts.append(length)
+    start = match.end()
+  if template[start:].strip():
+    parts.append(template[start:])
+  if not any(isinstance(p, int) for p in parts):
+    raise ValueError(f"No gap in {template!r}: mark each gap with ___ (default length) or ___:N.")
+  return parts
+
+
+def template_layout(tokenizer, template: str, seq_len: int,
+                    gap_length: int = 4) -> tuple[np.ndarray, np.ndarray]:
+  """The template's text known, its gaps unknown, then EOS and PAD known: the output is exactly the
+  template with each gap filled by as many pieces as the gap's length."""
+  ids, mask = [BOS_ID], [True]
+  for part in parse_template(template, gap_length):
+    if isinstance(part, int):
+      ids += [PAD_ID] * part
+      mask += [False] * part
+    else:
+      pieces = _pieces(tokenizer, part)
+      ids += pieces
+      mask += [True] * len(pieces)
+  ids.append(EOS_ID)
+  mask.append(True)
+  _check_fits(len(ids), seq_len, "template")
+  rest = seq_len - len(ids)
+  return (np.array(ids + [PAD_ID] * rest, np.int32),
+          np.array(mask + [True] * rest, bool))
+
+
+def length_layout(length: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """BOS, `length` generated pieces, then EOS and PAD known: a sample of exactly that length."""
+  if length < 1:
+    raise ValueError(f"A length must be >= 1, got {length}.")
+  _check_fits(length + 2, seq_len, "length")
+  known = np.full((seq_len,), PAD_ID, np.int32)
+  known[0], known[length + 1] = BOS_ID, EOS_ID
+  mask = np.ones((seq_len,), bool)
+  mask[1:length + 1] = False
+  return known, mask
+
+
+def piece_lengths(tokens: np.ndarray) -> np.ndarray:
+  """The pieces between BOS and the first EOS of each `BOS pieces EOS PAD...` row [N, seq_len]; a
+  row without EOS (cut at seq_len) counts to its end."""
+  tokens = np.asarray(tokens)
+  is_eos = tokens == EOS_ID
+  ends = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1), tokens.shape[1])
+  return (ends - 1).astype(np.int64)
+
+
+def draw_lengths(tokens: np.ndarray, num: int, seed: int = 0) -> np.ndarray:
+  """`num` piece counts drawn (with replacement, seeded) from the empirical length distribution of
+  training rows `tokens` (see `piece_lengths`); rows of length 0 are left out."""
+  lengths = piece_lengths(tokens)
+  lengths = lengths[lengths >= 1]
+  if not lengths.size:
+    raise ValueError("No row with at least one piece between BOS and EOS to draw lengths from.")
+  return np.random.default_rng(seed).choice(lengths, size=num)
+
+
+def source_layout(tokenizer, source: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """`BOS source EOS` known (the seq2seq layout); the target, its EOS and PAD are generated."""
+  ids = [BOS_ID] + _pieces(tokenizer, source) + [EOS_ID]
+  _check_fits(len(ids) + 1, seq_len, "source")
+  known = np.full((seq_len,), PAD_ID, np.int32)
+  known[:len(ids)] = ids
+  mask = np.zeros((seq_len,), bool)
+  mask[:len(ids)] = True
+  return known, mask
+
+
+def target_tokens(tokens: np.ndarray) -> np.ndarray:
+  """The part of a seq2seq sequence after its first EOS (the whole row when there is none)."""
+  eos = np.flatnonzero(tokens == EOS_ID)
+  return tokens[eos[0] + 1:] if len(eos) else tokens
+
+
+def mbr_select(candidates: list[str]) -> int:
+  """Index of the minimum-Bayes-risk candidate: the one with the highest mean unigram F1 against
+  the others (ties: the first). With one candidate, 0."""
+  if len(candidates) < 2:
+    return 0
+  bags = [_bag(text) for text in candidates]
+  scores = [np.mean([_unigram_f1(a, b) for j, b in enumerate(bags) if j != i])
+            for i, a in enumerate(bags)]
+  return int(np.argmax(scores))
+
+
+def _bag(text: str) -> dict:
+  counts = {}
+  for word in text.split():
+    counts[word] = counts.get(word, 0) + 1
+  return counts
+
+
+def _unigram_f1(a: dict, b: dict) -> float:
+  overlap = sum(min(count, b.get(word, 0)) for word, count in a.items())
+  total = sum(a.values()) + sum(b.values())
+  return 2.0 * overlap / total if total else 1.0

@@ -1,0 +1,147 @@
+"""What a config builds: the model, the schedule, the loss and sampling configs, the optimizer,
+the initial state and the abstract states that checkpoints are restored into.
+
+`train`, `generate` and `evaluate` all build from here, so none of them depends on another.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cdm_jax.runtime import checkpointing
+from cdm_jax.core import conditioning
+from cdm_jax.core import diffusion
+from cdm_jax.runtime import fs
+from cdm_jax.runtime import parallel
+from cdm_jax.runtime import config_record as record
+from cdm_jax.core import samplers
+from cdm_jax.core import schedules
+from cdm_jax.models import train_state
+from cdm_jax.models import DiffusionLM, ModelConfig, partitioning
+
+CONFIG_FILE = record.CONFIG_FILE
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a workdir was trained with."""
+  path = fs.path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"No {CONFIG_FILE} in {workdir!r}: not a cdm_jax workdir.")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  return ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": config.data.vocab_size,
+                                "seq_len": config.data.seq_len})
+
+
+def make_model(config: ml_collections.ConfigDict) -> DiffusionLM:
+  return DiffusionLM(model_config(config))
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
+  return schedules.from_config(config.diffusion)
+
+
+def condition_config(config: ml_collections.ConfigDict) -> conditioning.ConditionConfig:
+  """The `condition` block (absent in workdirs from before it existed: nothing known)."""
+  values = config.condition.to_dict() if "condition" in config else {}
+  condition = conditioning.ConditionConfig.from_dict(values)
+  if condition.active and not config.model.conditioning:
+    raise ValueError("The condition mixture trains with known positions: set "
+                     "model.conditioning=True (or all condition shares to 0).")
+  return condition
+
+
+def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:
+  fields = ("rounding_weight", "anchor_weight", "mask_padding", "self_cond_prob", "time_warp",
+            "importance_weight", "warp_follow")
+  return diffusion.LossConfig.from_dict({**{k: config.diffusion[k] for k in fields
+                                            if k in config.diffusion},  # older workdirs: defaults
+                                         "condition": condition_config(config)})
+
+
+def sample_config(config: ml_collections.ConfigDict) -> samplers.SampleConfig:
+  """The `sample` block as a frozen `SampleConfig`; `.replace()` it per call."""
+  return samplers.SampleConfig.from_dict(config.sample.to_dict())
+
+
+def adamw_cosine(*, peak_learning_rate: float, warmup_steps: int, total_steps: int,
+                 grad_clip_norm: float, weight_decay: float) -> optax.GradientTransformation:
+  """AdamW (b2 = 0.99) with linear warm-up, cosine decay to 10% of the peak, optional clipping:
+  the recipe of both the diffusion model and the AR judge."""
+  total = max(total_steps, warmup_steps + 1)
+  lr = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak_learning_rate, warmup_steps=warmup_steps, decay_steps=total,
+      end_value=0.1 * peak_learning_rate)
+  chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
+  chain.append(optax.adamw(lr, b2=0.99, weight_decay=weight_decay))
+  return optax.chain(*chain)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  return adamw_cosine(peak_learning_rate=train_config.learning_rate,
+                      warmup_steps=train_config.warmup_steps,
+                      total_steps=train_config.num_train_steps,
+                      grad_clip_norm=train_config.grad_clip_norm,
+                      weight_decay=train_config.weight_decay)
+
+
+def init_params(config, model: DiffusionLM):
+  init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
+  cfg = model.config
+  return model.init(init_key, jnp.zeros((1, cfg.seq_len), jnp.int32), jnp.zeros((1,)))
+
+
+def init_state(config, model: DiffusionLM, tx) -> train_state.TrainState:
+  state_key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
+  return train_state.init_train_state(init_params(config, model), tx, state_key,
+                                config.diffusion.warp_bins)
+
+
+def fsdp_min_size(config) -> int | None:
+  """The FSDP threshold of `parallel.state_specs`, or None for a replicated train state."""
+  return config.train.get("fsdp_min_size", 4096) if config.train.get("fsdp", False) else None
+
+
+def make_mesh(config):
+  """The ('data', 'fsdp') mesh of `config.train`: `num_devices` per process (0: all), FSDP groups
+  of `fsdp_axis_size` devices with train.fsdp (0: all of them), else 1 (replicated)."""
+  tcfg = config.train
+  fsdp = tcfg.get("fsdp_axis_size", 0) if tcfg.get("fsdp", False) else 1
+  return parallel.make_mesh(tcfg.num_devices or None, fsdp=fsdp)
+
+
+def state_layout(config, model: DiffusionLM, tx, mesh):
+  """The train state's shapes (`jax.eval_shape` of `init_state`) and PartitionSpecs on `mesh`:
+  split over its 'fsdp' axis by the parameters' logical axis names (`parallel.RULES`) with
+  train.fsdp, else replicated."""
+  shapes, names = partitioning.logical_specs(lambda: init_state(config, model, tx))
+  return shapes, parallel.state_specs(shapes, names, mesh, fsdp_min_size(config))
+
+
+def state_specs(config, model: DiffusionLM, tx, mesh):
+  """The train state's PartitionSpecs on `mesh` (`state_layout`'s second part)."""
+  return state_layout(config, model, tx, mesh)[1]
+
+
+def abstract_state(config, model: DiffusionLM, tx, mesh, *, layout=None):
+  """The train state's structure, shapes and shardings (replicated, or sharded with train.fsdp),
+  for restoring; a checkpoint restores under either. `layout`: `state_layout`'s result, if known."""
+  shapes, specs = layout or state_layout(config, model, tx, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                      parallel.shardings(mesh, specs))
+
+
+def abstract_params(config, model: DiffusionLM, mesh):
+  """The parameters' structure, shapes and shardings: what sampling restores (no optimizer)."""
+  shapes = jax.eval_shape(lambda: init_params(config, model))
+  return checkpointing.abstract_like(shapes, parallel.replicated(mesh))
+
+
+def abstract_warp(config, mesh):
+  shapes = jax.eval_shape(lambda: schedules.init_time_warp(config.diffusion.warp_bins))
+  return checkpointing.abstract_like(shapes, parallel.replicated(mesh))
