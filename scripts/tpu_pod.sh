@@ -52,8 +52,14 @@ create() {
 }
 
 copy() {
-  local archive
-  archive="$(mktemp -d)/cdm_jax.tar.gz"
+  local folder archive
+  if [ "${DRY_RUN:-0}" = "1" ]; then
+    folder="TMPDIR"  # nothing is created in a dry run
+  else
+    folder="$(mktemp -d)"
+    trap 'rm -rf "$folder"' EXIT
+  fi
+  archive="$folder/cdm_jax.tar.gz"
   run git archive --format=tar.gz --prefix="$REMOTE_DIR/" -o "$archive" HEAD
   run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:~/cdm_jax.tar.gz" --zone="$ZONE" \
       --worker=all
@@ -71,8 +77,13 @@ launch() {
     *) echo "WORKDIR must be a gs:// path that every host reads and writes, got '$WORKDIR'." >&2
        exit 2 ;;
   esac
-  on_workers all "cd $REMOTE_DIR && nohup .venv/bin/python -m cdm_jax.main --multihost \
---config=$CONFIG --workdir=$WORKDIR $EXTRA_FLAGS > $LOG 2>&1 < /dev/null &"
+  # Each value is quoted for the remote shell (printf %q); EXTRA_FLAGS splits into words here.
+  local extra=()
+  read -r -a extra <<< "$EXTRA_FLAGS"
+  local command
+  command="cd $REMOTE_DIR && nohup .venv/bin/cdm-train --multihost $(printf '%q ' \
+"--config=$CONFIG" "--workdir=$WORKDIR" ${extra[@]+"${extra[@]}"})> $LOG 2>&1 < /dev/null &"
+  on_workers all "$command"
 }
 
 case "$ACTION" in
@@ -82,7 +93,7 @@ case "$ACTION" in
   launch) launch ;;
   tail) on_workers 0 "tail -n 50 -f $REMOTE_DIR/$LOG" ;;
   logs) on_workers all "echo == \$(hostname); tail -n 5 $REMOTE_DIR/$LOG" ;;
-  stop) on_workers all "pkill -TERM -f cdm_jax.main || true" ;;
+  stop) on_workers all "pkill -TERM -f cdm-train || true" ;;
   delete) run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet ;;
   all) create; copy; setup; launch ;;
   *) echo "Unknown action '$ACTION'." >&2; exit 2 ;;

@@ -4,6 +4,7 @@ embeddings, and the student as `cdm_jax.load` samples it."""
 
 import dataclasses
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -213,3 +214,23 @@ def test_the_cli_refuses_a_step_count_it_cannot_halve_to(tmp_path):
                           text=True, cwd=ROOT, timeout=300)
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert result.stderr.startswith("error: teacher_steps must be target_steps times a power of two")
+
+
+def test_the_clis_distill_and_sample_a_student(trained, tmp_path):
+  """The success path of `cdm-distill` (one JSON line of the last metrics) and `cdm-generate
+  --student`, on a copy of the shared workdir."""
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)
+  run = lambda module, *args: subprocess.run([sys.executable, "-m", module, *args],
+                                             capture_output=True, text=True, cwd=ROOT, timeout=600)
+  result = run("cdm_jax.cli.distill", f"--workdir={workdir}", "--teacher_steps=4",
+               "--target_steps=2", "--steps_per_round=3", "--runs_per_step=4",
+               "--checkpoint_every_steps=3", "--log_every_steps=3")
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads(result.stdout)
+  assert record["step"] == 3 and record["round"] == 1 and math.isfinite(record["loss"])
+  lines = (workdir / "distill" / "metrics.jsonl").read_text().splitlines()
+  assert json.loads(lines[-1]) == record
+  sampled = run("cdm_jax.cli.generate", f"--workdir={workdir}", "--student=2", "--num_samples=2")
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  assert sampled.stdout.splitlines() == cdm_jax.load(str(workdir), student=2).sample(2, seed=0)

@@ -3,6 +3,7 @@ the last on stderr (log lines of what was tried may precede it), nothing on stdo
 never a traceback. The test also renders the table of
 docs/robustness.md (set CDM_JAX_ERROR_TABLE=FILE to write it)."""
 
+import concurrent.futures
 import os
 import pathlib
 import shutil
@@ -78,8 +79,10 @@ def _cases(trained_dir: pathlib.Path, corpus: pathlib.Path, tmp: pathlib.Path):
 
 def test_every_command_reports_user_errors_on_one_line(trained, corpus, tmp_path):
   rows = ["| command | error | exit | message |", "|---|---|---|---|"]
-  for command, what, args, env, code, start in _cases(trained[0], corpus, tmp_path):
-    got, stdout, stderr = _run(command, *args, env=env)
+  cases = _cases(trained[0], corpus, tmp_path)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the subprocesses, two at a time
+    outputs = list(pool.map(lambda case: _run(case[0], *case[2], env=case[3]), cases))
+  for (command, what, _, _, code, start), (got, stdout, stderr) in zip(cases, outputs):
     lines = stderr.splitlines()
     assert got == code and stdout == "" and lines and lines[-1].startswith(start), (
         command, what, got, stdout, stderr[-3000:])

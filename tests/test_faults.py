@@ -186,7 +186,7 @@ def test_loading_a_workdir_never_unpickles_or_evaluates_code(trained, monkeypatc
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"steps": 0}, "num_steps must be >= 1"), ({"num_samples": 0}, "num_samples must be >= 1"),
+    ({"steps": 0}, "num_steps must be >= 1"), ({"num_samples": 0}, "num_samples must be an integer >= 1"),
     ({"seed": -1}, "seed must be"), ({"seed": 2**32}, "seed must be"),
     ({"sampler": "nope"}, "Unknown sampler"), ({"clamp_temperature": 0.0}, "clamp_temperature"),
     ({"guidance_scale": float("nan")}, "guidance_scale must be finite"),

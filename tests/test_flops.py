@@ -36,9 +36,8 @@ def _config(output: str):
   return config
 
 
-@pytest.mark.parametrize("output", ["x0", "logits"])
-def test_the_diffusion_train_step_matches_xla(output):
-  config = _config(output)
+def test_the_diffusion_train_step_matches_xla():
+  config = _config("logits")  # the denoiser and the vocabulary read-out
   model, tx = builders.make_model(config), builders.make_optimizer(config.train)
   step = steps.make_train_step(model, tx, builders.make_schedule(config),
                                builders.loss_config(config), parallel.make_mesh(1),

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -167,3 +168,16 @@ def test_pod_launcher_dry_run_starts_every_worker_on_a_bucket_workdir():
   local = subprocess.run(["bash", str(root / "scripts/tpu_pod.sh"), "launch"],
                          env={**env, "WORKDIR": "/tmp/run"}, capture_output=True, text=True)
   assert local.returncode == 2 and "gs://" in local.stderr
+  # Values reach the remote shell quoted: a space in the workdir or a flag stays inside its word.
+  spaced = subprocess.run(["bash", str(root / "scripts/tpu_pod.sh"), "launch"],
+                          env={**env, "WORKDIR": "gs://bucket/my run",
+                               "EXTRA_FLAGS": "--config.seed=3 --config.train.num_train_steps=9"},
+                          capture_output=True, text=True, check=True).stdout
+  remote = spaced.split("--command=", 1)[1]
+  assert "--workdir=gs://bucket/my\\\\\\ run" in remote, remote
+  assert "--config.seed=3\\ --config.train.num_train_steps=9" in remote, remote
+  # A dry run of `copy` creates no temporary folder.
+  before = set(pathlib.Path(tempfile.gettempdir()).iterdir())
+  subprocess.run(["bash", str(root / "scripts/tpu_pod.sh"), "copy"], env=env, check=True,
+                 capture_output=True)
+  assert set(pathlib.Path(tempfile.gettempdir()).iterdir()) <= before

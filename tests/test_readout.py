@@ -138,3 +138,15 @@ def test_the_cli_refuses_a_noise_level_outside_the_schedule(tmp_path):
                            "--max_t=1.5"], capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert result.stderr.startswith("error: max_t must lie in [0, 1]"), result.stderr[-2000:]
+
+
+def test_the_cli_trains_a_decoder_and_prints_its_record(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)
+  result = subprocess.run([sys.executable, "-m", "cdm_jax.cli.readout", f"--workdir={workdir}",
+                           "--steps=3", "--batch_size=4", "--warmup_steps=1"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = json.loads(result.stdout)
+  assert printed == json.loads((workdir / artifacts.DECODER_DIR / "decoder.json").read_text())
+  assert printed["checkpoint_step"] == 20 and [m["step"] for m in printed["metrics"]][-1] == 3

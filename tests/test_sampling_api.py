@@ -1,6 +1,6 @@
 """The Generator's sampling API: one name per option (typos answered with the valid names), batches
 that bound memory and give the same rows, power-of-two buckets that bound compilations, and compile
-caches that live and die with their Generator and guide."""
+caches that live and die with their Generator (guided ones bounded in number)."""
 
 import gc
 import warnings
@@ -60,17 +60,16 @@ def test_conditional_batches_keep_each_rows_condition(trained):
     assert row.startswith(text), (row, text)
 
 
-def test_the_compile_cache_does_not_keep_a_generator_or_guide_alive(trained):
+def test_guided_functions_are_reused_and_the_cache_does_not_keep_a_generator_alive(trained):
+  from cdm_jax.sampling import generator as generator_lib  # pylint: disable=g-import-not-at-top
   g = cdm_jax.load(str(trained[0]))
   guide = lambda denoise_fn: denoise_fn  # the identity guide
-  g.sample_guided(2, guide, num_steps=2)
-  g.sample_guided(2, guide, num_steps=2)
-  assert g.num_compiled == 1  # the same guide object reuses its compiled function
-  guide_ref = weakref.ref(guide)
-  del guide
-  gc.collect()
-  assert guide_ref() is None and g.num_compiled == 0
-  g.sample(2, num_steps=2)
+  first = g.sample_guided(2, guide, num_steps=2)
+  assert g.sample_guided(2, guide, num_steps=2) == first and g.num_compiled == 1  # reused
+  assert first == g.sample(2, num_steps=2)  # the identity guide changes nothing
+  for _ in range(generator_lib.MAX_GUIDED + 2):  # new guides: the oldest entries are dropped
+    g._compiled(g.options(num_steps=2), lambda f: f)  # pylint: disable=protected-access
+  assert g.num_compiled == 1 + generator_lib.MAX_GUIDED
   generator_ref = weakref.ref(g)
   del g
   gc.collect()

@@ -2,10 +2,10 @@
 `infill`, `generate` (seq2seq) and `sample_tokens` take explicit sampling options and run compiled
 functions cached per setting."""
 
+import collections
 import dataclasses
 import difflib
 import warnings
-import weakref
 
 import jax
 import numpy as np
@@ -24,6 +24,7 @@ def _mbr_picks(groups: list[list[str]]) -> list[str]:
 
 
 DEFAULT_BATCH_SIZE = 64  # samples per compiled call of `Generator.sample_tokens`
+MAX_GUIDED = 8  # guided sample functions a Generator keeps (each holds its guide)
 _ALIASES = {"steps": "num_steps", "temperature": "logit_temperature"}  # deprecated names
 
 
@@ -47,8 +48,8 @@ class Generator:
     self.model = builders.make_model(config)
     self.schedule = builders.make_schedule(config)
     self.sample_config = builders.sample_config(config)  # the defaults of every call
-    self._cache = {}  # SampleConfig -> compiled sample function
-    self._guided = weakref.WeakKeyDictionary()  # guide -> {SampleConfig: compiled function}
+    self._cache = {}  # SampleConfig -> (None, compiled sample function)
+    self._guided = collections.OrderedDict()  # (id(guide), SampleConfig) -> (guide, function)
 
   def make_sample_fn(self, config: samplers.SampleConfig | None = None, **overrides):
     """The jit-compiled pure `(params, rng) -> tokens [num_samples, length]` for `config` (default:
@@ -56,22 +57,25 @@ class Generator:
     return self._compiled(config if config is not None else self.options(**overrides))
 
   def _compiled(self, config: samplers.SampleConfig, guide=None):
-    """The sample function of `config` (and `guide`), built once per Generator: the cache lives on
-    the instance, so it goes with it, and a guide's entries go with the guide."""
-    if guide is None:
-      cache = self._cache
-    else:
-      cache = self._guided.setdefault(guide, {})
-    if config not in cache:
-      cache[config] = make_sample_fn(self.model, self.schedule, self.mesh, config,
-                                     self._times(config), guide=guide,
-                                     decoder=self._decoder_module(config))
-    return cache[config]
+    """The sample function of `config` (and `guide`), built once: the cache lives on the instance
+    and goes with it. Guided functions close over their guide, so the last `MAX_GUIDED` are kept
+    (with their guides) and older ones are dropped."""
+    key = config if guide is None else (id(guide), config)
+    cache = self._cache if guide is None else self._guided
+    if key not in cache:
+      cache[key] = (guide, make_sample_fn(self.model, self.schedule, self.mesh, config,
+                                          self._times(config), guide=guide,
+                                          decoder=self._decoder_module(config)))
+    if guide is not None:
+      cache.move_to_end(key)
+      while len(cache) > MAX_GUIDED:
+        cache.popitem(last=False)
+    return cache[key][1]
 
   @property
   def num_compiled(self) -> int:
-    """How many sample functions this Generator has built (each compiles once)."""
-    return len(self._cache) + sum(len(c) for c in self._guided.values())
+    """How many sample functions this Generator holds (each compiled once)."""
+    return len(self._cache) + len(self._guided)
 
   def _decoder_module(self, config: samplers.SampleConfig):
     if config.decoder != samplers.CONTEXTUAL_DECODER:
