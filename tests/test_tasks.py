@@ -183,3 +183,23 @@ def test_ar_draws_keep_each_prompts_own_draws_in_order():
   draws = tasks.ar_draws(FakeAR(), decoder, prompts, 4, seed=0, temperature=0)
   pad = " ".join([str(tokenizer_lib.PAD_ID)] * 2)
   assert draws == [[f"{10 * i + j} {pad}" for i in range(4)] for j in range(3)]
+
+
+@pytest.mark.slow
+def test_the_evaluate_cli_runs_the_seq2seq_task(seq2seq_workdir, tmp_path):
+  """`cdm-evaluate --task=seq2seq` end to end: the printed JSON is the saved one."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, "-m", "cdm_jax.cli.evaluate", f"--workdir={seq2seq_workdir}",
+       "--task=seq2seq", "--num_examples=3", "--candidates=2", "--steps=2", "--nobaseline",
+       "--start=2"], capture_output=True, text=True, cwd=ROOT, timeout=600,
+      env={**os.environ, "CDM_JAX_CACHE": str(tmp_path / "cache")})
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = json.loads(result.stdout)
+  assert printed["result_file"] == "task_seq2seq_n3_seed0_start2.json"
+  assert printed["diffusion"]["candidates"] == 2 and printed["diffusion"]["examples"] == 3
+  assert printed["start"] == 2 and printed["sample_overrides"] == {"num_steps": 2}
+  assert json.loads((seq2seq_workdir / "eval" / printed["result_file"]).read_text()) == printed
