@@ -15,7 +15,6 @@ import json
 import pathlib
 import resource
 import runpy
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,75 +28,13 @@ from cdm_jax import sampling
 from cdm_jax.runtime import allocator as host
 from cdm_jax.runtime import parallel
 from cdm_jax.core import samplers
-from cdm_jax.training import steps
 from cdm_jax.training import flops as flops_lib  # pylint: disable=g-import-not-at-top
-
-
-def interleaved_times(fns: dict, repeats: int) -> dict:
-  """{name: [seconds per blocked call]} for argument-free callables, timed in turn `repeats`
-  times after one warm-up call each: slow drift of a shared machine then hits all of them alike,
-  and differences taken within one round cancel most of it."""
-  for fn in fns.values():
-    jax.block_until_ready(fn())
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - start)
-  return times
-
-
-def timed(fn, *args, repeats: int):
-  """Median seconds of `fn(*args)` (blocked) over `repeats` runs, after one warm-up call."""
-  return float(np.median(interleaved_times({"fn": lambda: fn(*args)}, repeats)["fn"]))
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:
-  """GFLOP/s of one size^3 matmul with `dtype` operands (float32 accumulation and result)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size)).astype(dtype)
-  b = jax.random.normal(jax.random.PRNGKey(1), (size, size)).astype(dtype)
-  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-  return 2 * size**3 / timed(f, a, b, repeats=repeats) / 1e9
+from cdm_jax.training.timing import interleaved_times, matmul_peak_gflops, time_train_steps, timed
 
 
 def apply_sets(config, sets: list[str]):
   """Applies `a.b=value` overrides (value parsed as a Python literal when it is one)."""
   return overrides_lib.apply_to_config(config, overrides_lib.parse_settings(sets))
-
-
-def time_train_steps(config, num_steps: int):
-  """Builds the config's sharded train step on random tokens and times it: (state, compile seconds,
-  seconds per optimizer step for each of `num_steps` dispatches, minor page faults per optimizer
-  step over those dispatches)."""
-  model = builders.make_model(config)
-  schedule = builders.make_schedule(config)
-  tx = builders.make_optimizer(config.train)
-  mesh = parallel.make_mesh()
-  k = config.train.steps_per_call
-  step_fn = steps.make_train_step(model, tx, schedule, builders.loss_config(config), mesh,
-                                  global_batch=config.train.batch_size,
-                                  ema_decay=config.train.ema_decay, steps_per_call=k)
-  state = jax.device_put(builders.init_state(config, model, tx), parallel.replicated(mesh))
-  shape = (config.train.batch_size, config.data.seq_len) if k == 1 else (k, config.train.batch_size,
-                                                                          config.data.seq_len)
-  tokens = np.random.default_rng(0).integers(4, config.data.vocab_size, shape).astype(np.int32)
-  axis = 0 if k == 1 else 1
-  batch = (parallel.shard_batch(tokens, mesh, axis), parallel.shard_batch(tokens > 0, mesh, axis))
-
-  start = time.perf_counter()
-  state, metrics = step_fn(state, *batch)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
-  times = []
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  for _ in range(num_steps):
-    start = time.perf_counter()
-    state, metrics = step_fn(state, *batch)
-    jax.block_until_ready(metrics)
-    times.append((time.perf_counter() - start) / k)
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-  return state, compile_s, times, faults / (num_steps * k)
 
 
 def bench_config(path: str, args) -> dict:

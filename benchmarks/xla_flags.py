@@ -22,16 +22,16 @@ DEFAULT_FLAGS = ["", "--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn
 
 
 def child(config_path: str, steps: int):
-  import runpy
+  import runpy  # pylint: disable=g-import-not-at-top
 
-  import numpy as np
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
-  bench = runpy.run_path(str(ROOT / "benchmarks/bench.py"), run_name="bench")
-  from cdm_jax.runtime import allocator as host  # pylint: disable=g-import-not-at-top
-  host.tune_malloc()  # as bench.py does
-  _, first, times, _ = bench["time_train_steps"](runpy.run_path(config_path)["get_config"](), steps)
+  from cdm_jax.runtime import allocator  # pylint: disable=g-import-not-at-top
+  from cdm_jax.training import timing  # pylint: disable=g-import-not-at-top
+  allocator.tune_malloc()  # as bench.py does
+  _, first, times, _ = timing.time_train_steps(runpy.run_path(config_path)["get_config"](), steps)
   print(f"train step median {np.median(times):.3f} s, min {min(times):.3f} s (first call "
-        f"{first:.1f} s); 2048^3 matmul {bench['matmul_peak_gflops'](repeats=5):.0f} GFLOP/s",
+        f"{first:.1f} s); 2048^3 matmul {timing.matmul_peak_gflops(repeats=5):.0f} GFLOP/s",
         flush=True)
 
 

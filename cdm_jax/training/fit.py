@@ -41,9 +41,10 @@ class _Progress:
     self.timed = timed
 
   def update(self, metrics: dict | None):
-    if self.timed:
-      self.bar.n = min(self.bar.total, round(self.deadline.elapsed_seconds()))
-      self.bar.refresh()
+    if self.timed:  # update() redraws at most every `mininterval` seconds
+      seconds = min(self.bar.total, round(self.deadline.elapsed_seconds()))
+      if seconds > self.bar.n:
+        self.bar.update(seconds - self.bar.n)
     else:
       self.bar.update(1)
     if metrics:
