@@ -1,7 +1,7 @@
 """Every command against every class of user error, as a user meets them: one `error: ...` line,
-the last on stderr (log lines of what was tried may precede it), nothing on stdout, exit status 2,
-never a traceback. The test also renders the table of
-docs/robustness.md (set CDM_JAX_ERROR_TABLE=FILE to write it)."""
+the last on stderr (log lines of what was tried may precede it), nothing on stdout, exit status 2
+(1 for a run that fails for a reason it names: a full disk), never a traceback. The test also
+renders the table of docs/robustness.md (set CDM_JAX_ERROR_TABLE=FILE to write it)."""
 
 import concurrent.futures
 import os
@@ -22,7 +22,11 @@ COMMANDS = ("train", "generate", "evaluate", "distill", "readout")
 
 
 def _run(command: str, *args, env=None) -> tuple[int, str, str]:
-  result = subprocess.run([sys.executable, "-m", f"cdm_jax.cli.{command}", *args],
+  if command == "train on a full disk":  # experiments/faults/inject.py: ENOSPC for one save
+    argv = [sys.executable, str(ROOT / "experiments/faults/inject.py"), "full_disk:10", "--", *args]
+  else:
+    argv = [sys.executable, "-m", f"cdm_jax.cli.{command}", *args]
+  result = subprocess.run(argv,
                           capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env={**os.environ, **(env or {})})
   return result.returncode, result.stdout, result.stderr
@@ -70,6 +74,8 @@ def _cases(trained_dir: pathlib.Path, corpus: pathlib.Path, tmp: pathlib.Path):
       ("train", "conflicting resume", (*train, f"--workdir={trained_dir}",
                                        "--config.model.width=48"), None, 2,
        f"error: {trained_dir} was trained with a different config"),
+      ("train on a full disk", "full disk", (*train, f"--workdir={tmp / 'e'}"), None, 1,
+       f"error: Writing a checkpoint to {tmp / 'e'}/checkpoints failed: [Errno 28] No space left"),
       ("evaluate", "guidance without a condition", (f"--workdir={trained_dir}",
                                                     "--guidance_scale=2"), None, 2,
        "error: --guidance_scale needs a condition"),
@@ -88,7 +94,8 @@ def test_every_command_reports_user_errors_on_one_line(trained, corpus, tmp_path
         command, what, got, stdout, stderr[-3000:])
     assert "Traceback" not in stderr and sum(l.startswith("error:") for l in lines) == 1, stderr
     message = lines[-1].replace(str(tmp_path), "TMP").replace(str(trained[0]), "WORKDIR")
-    rows.append(f"| cdm-{command} | {what} | {got} | `{message[:110].replace(chr(96), chr(39))}` |")
+    name = "cdm-train" if command.startswith("train") else f"cdm-{command}"
+    rows.append(f"| {name} | {what} | {got} | `{message[:110].replace(chr(96), chr(39))}` |")
   # A second job on a busy workdir, and the corrected command after a failed first run.
   workdir = tmp_path / "busy"
   with lock.workdir_lock(str(workdir), "training job"):

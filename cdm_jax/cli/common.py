@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+import warnings
 
 from cdm_jax.runtime import allocator, errors
 
@@ -38,6 +39,18 @@ class _OrbaxErrorsOnOneLine(logging.Filter):
     return True
 
 
+def _drop_closed_loop_noise(default_hook):
+  """A `sys.unraisablehook` that drops asyncio's "Event loop is closed" from Orbax's background
+  threads: after a failed save (a full disk) each of them reports it once more at shutdown, dozens
+  of tracebacks after the one `error:` line that says what happened."""
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    default_hook(unraisable)
+  return hook
+
+
 def user_errors_exit(main):
   """Wraps an absl `main(argv)`; tunes the allocator first (`runtime.allocator`). ValueError / FileNotFoundError (bad flags, configs, paths,
   workdirs; their messages say the fix) print `error: ...` and exit 2; a failed checkpoint write
@@ -45,6 +58,7 @@ def user_errors_exit(main):
   @functools.wraps(main)
   def wrapped(argv):
     logging.getLogger("absl").addFilter(_OrbaxErrorsOnOneLine())
+    sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
     allocator.tune_malloc()  # before any JAX call, or it cannot apply
     try:
       return main(argv)
@@ -55,6 +69,9 @@ def user_errors_exit(main):
     except Exception as err:  # pylint: disable=broad-except
       if not _is_run_error(err):
         raise
+      # Orbax's abandoned save coroutines are collected at exit; their warnings say nothing new.
+      warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                              category=RuntimeWarning)
       print(f"error: {err}", file=sys.stderr)
       logging.shutdown()
       sys.exit(1)
