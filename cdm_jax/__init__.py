@@ -1,8 +1,9 @@
 """cdm_jax: continuous diffusion language models in JAX/Flax.
 
 Layers, bottom to top (each imports only the ones before it): `runtime`, `core`, `models` and
-`data`, `sampling`, `training`, `posttrain`, `evaluation`, `cli` (docs/design.md). The pure math is importable as
-`from cdm_jax import schedules, diffusion, samplers`; a trained workdir as `cdm_jax.load(DIR)`.
+`data`, `sampling`, `training`, `posttrain`, `evaluation`, `cli` (docs/design.md). The pure math
+is importable as `from cdm_jax import schedules, diffusion, samplers`; a trained workdir as
+`cdm_jax.load(DIR)`.
 """
 
 import sys as _sys

@@ -1,4 +1,5 @@
-"""`python -m cdm_jax.main`: the training command's documented name (`cdm-train`, `cdm_jax.cli.train`)."""
+"""`python -m cdm_jax.main`: the training command's documented name (`cdm-train`,
+`cdm_jax.cli.train`)."""
 
 from cdm_jax.cli.train import main
 

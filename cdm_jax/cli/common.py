@@ -52,9 +52,10 @@ def _drop_closed_loop_noise(default_hook):
 
 
 def user_errors_exit(main):
-  """Wraps an absl `main(argv)`; tunes the allocator first (`runtime.allocator`). ValueError / FileNotFoundError (bad flags, configs, paths,
-  workdirs; their messages say the fix) print `error: ...` and exit 2; a failed checkpoint write
-  or a non-finite loss prints `error: ...` and exits 1."""
+  """Wraps an absl `main(argv)`, tuning the allocator first (`runtime.allocator`): a user error
+  (`USER_ERRORS`: bad flags, configs, paths, workdirs, a missing extra; their messages say the fix)
+  prints `error: ...` and exits 2; a failed checkpoint write, a non-finite loss or a `RunError`
+  prints `error: ...` and exits 1."""
   @functools.wraps(main)
   def wrapped(argv):
     logging.getLogger("absl").addFilter(_OrbaxErrorsOnOneLine())

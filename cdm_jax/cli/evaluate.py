@@ -17,7 +17,8 @@ def _print_then_save(workdir: str, result: dict):
   try:
     evaluate.save_result(workdir, result)
   except OSError as err:
-    raise common.RunError(f"the result above could not be saved under {workdir}/eval/ ({err}).") from err
+    raise common.RunError(
+        f"the result above could not be saved under {workdir}/eval/ ({err}).") from err
 
 
 def main(argv=None):

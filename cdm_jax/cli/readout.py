@@ -11,7 +11,8 @@ def main(argv=None):
            "steps": "Optimizer steps.", "batch_size": "Sequences per step.",
            "learning_rate": "AdamW's peak learning rate (cosine decay to 10%).",
            "warmup_steps": "Linear warm-up steps.", "seed": "Initialisation, noise and data order."}
-  common.run_workdir_job(ReadoutConfig, helps, readout.train, argv, workdir_help="A trained workdir.")
+  common.run_workdir_job(ReadoutConfig, helps, readout.train, argv,
+                         workdir_help="A trained workdir.")
 
 
 

@@ -172,7 +172,8 @@ def evaluate(workdir: str, *, num_samples: int = 1000, seed: int = 0,
       "examples": {name: group[:10] for name, group in texts.items()},
   }
   result["wall_seconds"] = time.perf_counter() - start
-  result["result_file"] = f"eval_{options.sampler}_{options.num_steps}_{options.clamp}_n{n}_seed{seed}.json"
+  result["result_file"] = (f"eval_{options.sampler}_{options.num_steps}_{options.clamp}_n{n}"
+                           f"_seed{seed}.json")
   if write:
     save_result(workdir, result)
   return result
