@@ -6,7 +6,7 @@ the compile options, the device assignment and the JAX/XLA versions, so a stale 
 used), which makes a second run of the fast tier much faster; CI (CI=true) uses a fresh one.
 
 Tiers: `-m "not slow"` is the fast tier. A test is slow when it is marked so, or when it reads the
-session's `trained` workdir (building it trains a model), which this file marks automatically."""
+shared `trained` workdir (building it trains a model), which this file marks automatically."""
 
 import atexit
 import os
@@ -76,7 +76,7 @@ def trained(corpus, tmp_path_factory):
   return workdir, metrics
 
 
-# Fixtures that rest on the session's trained workdir: a test using one is slow.
+# Fixtures that rest on the shared trained workdir: a test using one is slow.
 TRAINED_FIXTURES = {"trained", "copied", "loaded"}
 
 

@@ -12,7 +12,7 @@ import pytest
 import cdm_jax
 from cdm_jax.core import conditioning
 
-pytestmark = pytest.mark.slow  # reads the session's trained workdir
+pytestmark = pytest.mark.slow  # reads the shared trained workdir
 
 
 def test_a_misspelt_option_names_the_valid_ones(trained):
