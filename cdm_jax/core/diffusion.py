@@ -22,8 +22,9 @@ from cdm_jax.core.parameterization import expand_like
 Array = jax.Array
 
 # metric -> the summed count it averages over (`steps.summarize_metrics` divides once per log)
-METRIC_DENOMINATORS = {"loss": "positions", "diffusion_loss": "tokens", "rounding_loss": "tokens",
-                       "anchor_loss": "tokens", "token_accuracy": "accuracy_tokens"}
+METRIC_DENOMINATORS = {"loss": "positions", "diffusion_loss": "tokens",
+                       "rounding_loss": "readout_tokens", "anchor_loss": "readout_tokens",
+                       "token_accuracy": "accuracy_tokens"}
 
 
 def q_sample(x0: Array, t: Array, noise: Array, schedule: schedules_lib.Schedule) -> Array:
@@ -80,36 +81,42 @@ def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.S
                     config: LossConfig, *, rngs: dict | None = None, train: bool = True):
   """The denoising loss of one (local) batch for a `DiffusionLM` and its variables `params`.
 
+  The diffusion runs over the encoder's m latents (m = n for the embedding table; every latent
+  carries loss with a latent encoder, whose latents are not tied to positions); the read-out
+  terms, the accuracy metric and PAD masking are over the n tokens, through the model's decoder.
   Returns (loss_sum, (metrics, per_example_loss)): `loss_sum` summed over examples (divide by a
   constant before differentiating); metric sums whose denominators `METRIC_DENOMINATORS` names;
-  `per_example_loss` [batch] per token, for fitting the time warp.
+  `per_example_loss` [batch] per latent, for fitting the time warp.
   """
   cfg = model.config
   apply = lambda method, *args, **kw: model.apply(params, *args, method=method, rngs=rngs, **kw)
-  x0 = apply("embed", inputs.tokens)  # [batch, length, dim]
-  t_pos = schedule.position_times(inputs.t, inputs.tokens.shape[1])  # [batch] or [batch, length]
+  x0 = apply("embed", inputs.tokens)  # [batch, m, dim]
+  t_pos = schedule.position_times(inputs.t, x0.shape[1])  # [batch] or [batch, m]
   x_t = q_sample(x0, t_pos, inputs.noise[0], schedule)
-  loss_mask = inputs.mask if config.mask_padding else jnp.ones_like(inputs.mask)
+  token_mask = inputs.mask if config.mask_padding else jnp.ones_like(inputs.mask)
+  loss_mask = jnp.ones(x0.shape[:2], bool) if cfg.is_latent else token_mask
   cond = {}
   if inputs.known is not None:  # known positions carry their clean latents and no loss
-    loss_mask = loss_mask & ~inputs.known
+    loss_mask = token_mask = loss_mask & ~inputs.known
     cond = {"cond": jnp.where(inputs.null_cond[:, None, None], 0.0, x0), "cond_mask": inputs.known}
-  loss_mask = loss_mask.astype(jnp.float32)
+  loss_mask, token_mask = loss_mask.astype(jnp.float32), token_mask.astype(jnp.float32)
   out = _denoise(apply, x_t, schedule.log_snr(t_pos), inputs.self_cond, cfg.self_conditioning,
                  train, cond)
-  per_token = _denoising_loss(cfg.output, out, x0, inputs, schedule.alpha_sigma(t_pos))
-  per_example = jnp.sum(per_token * loss_mask, axis=-1)  # [batch]
+  per_latent = _denoising_loss(cfg.output, out, x0, inputs, schedule.alpha_sigma(t_pos))
+  per_example = jnp.sum(per_latent * loss_mask, axis=-1)  # [batch]
   weighted = per_example * inputs.weight if config.time_warp and config.importance_weight else per_example
   loss_sum = jnp.sum(weighted)
   metrics = {"diffusion_loss": jnp.sum(per_example), "tokens": jnp.sum(loss_mask),
+             "readout_tokens": jnp.sum(token_mask),
              "positions": jnp.asarray(loss_mask.size, jnp.float32)}
   for name, weight, value in _readout_terms(apply, cfg, config, x0, out, inputs, schedule):
-    value = jnp.sum(value * loss_mask)
+    value = jnp.sum(value * token_mask)
     loss_sum += weight * value
     metrics[name] = value
-  metrics.update(_accuracy(apply, out.x0_hat, inputs.tokens, loss_mask, config.accuracy_examples))
+  metrics.update(_accuracy(apply, cfg, out.x0_hat, inputs.tokens, token_mask,
+                           config.accuracy_examples))
   metrics["loss"] = loss_sum
-  # Per-token normalisation (by positions) keeps the warp independent of the padding share.
+  # Per-latent normalisation (by positions) keeps the warp independent of the padding share.
   per_example_loss = per_example / jnp.maximum(jnp.sum(loss_mask, axis=-1), 1.0)
   return loss_sum, (metrics, per_example_loss)
 
@@ -128,8 +135,8 @@ def _denoise(apply, x_t, log_snr, self_cond, self_conditioning: bool, train: boo
 
 
 def _denoising_loss(output: str, out, x0, inputs: LossInputs, alpha_sigma) -> Array:
-  """Per position [batch, length]: cross-entropy on logits, or the MSE against the
-  parameterization's target."""
+  """Per latent [batch, m]: cross-entropy on logits, or the MSE against the parameterization's
+  target."""
   param = parameterization.get(output)
   if param.predicts_logits:
     return vocab_ops.token_cross_entropy(out.logits, inputs.tokens)
@@ -138,30 +145,43 @@ def _denoising_loss(output: str, out, x0, inputs: LossInputs, alpha_sigma) -> Ar
   return jnp.mean(jnp.square(out.raw - target), axis=-1)
 
 
+def decoder_cross_entropy(apply, cfg, x: Array, tokens: Array) -> Array:
+  """Per token [batch, n]: -log p(w | x) through the model's decoder: the tied read-out (in row
+  blocks, in the model's matmul precision) or a latent encoder's D."""
+  if cfg.is_latent:
+    return vocab_ops.token_cross_entropy(apply("decode_logits", x), tokens)
+  return vocab_ops.readout_cross_entropy(x, *apply("readout_weights"), tokens,
+                                         operand_dtype=cfg.matmul_operand_dtype)
+
+
 def _readout_terms(apply, cfg, config: LossConfig, x0, out, inputs: LossInputs, schedule):
-  """(name, weight, per-position read-out CE) of the rounding term -log p(w | z_tmin) and the
-  anchor term on x0_hat, those with a non-zero weight; logits in the model's matmul precision."""
-  def readout_ce(x):
-    return vocab_ops.readout_cross_entropy(x, *apply("readout_weights"), inputs.tokens,
-                                           operand_dtype=cfg.matmul_operand_dtype)
+  """(name, weight, per-token decoder CE) of the rounding term -log p(w | z_tmin) and the anchor
+  term on x0_hat, those with a non-zero weight."""
   terms = []
   if config.rounding_weight:
     t_min = jnp.full_like(inputs.t, schedule.t_min)
     z0 = q_sample(x0, t_min, inputs.noise[1], schedule) / schedule.gamma(t_min)[:, None, None]
-    terms.append(("rounding_loss", config.rounding_weight, readout_ce(z0)))
+    terms.append(("rounding_loss", config.rounding_weight,
+                  decoder_cross_entropy(apply, cfg, z0, inputs.tokens)))
   if config.anchor_weight:
-    terms.append(("anchor_loss", config.anchor_weight, readout_ce(out.x0_hat)))
+    terms.append(("anchor_loss", config.anchor_weight,
+                  decoder_cross_entropy(apply, cfg, out.x0_hat, inputs.tokens)))
   return terms
 
 
-def _accuracy(apply, x0_hat, tokens, loss_mask, num_examples: int) -> dict:
-  """Read-out accuracy of x0_hat, a monitoring metric: on a few examples only, since the read-out
-  costs a [tokens, dim] x [dim, vocab] matmul that does no training work."""
+def _accuracy(apply, cfg, x0_hat, tokens, token_mask, num_examples: int) -> dict:
+  """Decoded accuracy of x0_hat, a monitoring metric: on a few examples only, since decoding costs
+  a vocabulary matmul (and for a latent encoder its decoder) that does no training work."""
   k = min(num_examples, tokens.shape[0])
-  table, bias = jax.lax.stop_gradient(apply("readout_weights"))
-  correct = vocab_ops.argmax_scores(jax.lax.stop_gradient(x0_hat[:k]), table, bias) == tokens[:k]
-  return {"token_accuracy": jnp.sum(correct.astype(jnp.float32) * loss_mask[:k]),
-          "accuracy_tokens": jnp.sum(loss_mask[:k])}
+  x0_hat = jax.lax.stop_gradient(x0_hat[:k])
+  if cfg.is_latent:
+    predicted = vocab_ops.first_argmax(jax.lax.stop_gradient(apply("decode_logits", x0_hat)))
+  else:
+    table, bias = jax.lax.stop_gradient(apply("readout_weights"))
+    predicted = vocab_ops.argmax_scores(x0_hat, table, bias)
+  correct = predicted == tokens[:k]
+  return {"token_accuracy": jnp.sum(correct.astype(jnp.float32) * token_mask[:k]),
+          "accuracy_tokens": jnp.sum(token_mask[:k])}
 
 
 def bound_times(schedule: schedules_lib.Schedule, tau: Array, length: int) -> tuple[Array, Array]:
@@ -189,9 +209,9 @@ def likelihood_bound(model, params, tokens: Array, *, t: Array, noise: Array,
   `log_snr_max` moves t_min up to where log-SNR equals it: an x0-predicting denoiser keeps a small
   error floor as SNR grows, and the SNR-weighted integral over the last, nearly clean stretch would
   otherwise dominate the bound while the read-out decodes those latents almost perfectly anyway.
-  Args: tokens [batch, length]; t [batch] uniforms in [0, 1]; noise [2, batch, length, dim].
+  Args: tokens [batch, n]; t [batch] uniforms in [0, 1]; noise [2, batch, m, dim] (m latents).
   Returns: dict of sums over the batch ("prior", "reconstruction", "diffusion", "total") and
-  "positions", the denominator (every position, PAD included, is part of the modelled sequence).
+  "positions", the denominator: the n tokens (PAD included, part of the modelled sequence).
   """
   if log_snr_max is not None:
     t_low = schedules_lib.time_at_log_snr(schedule, log_snr_max)
@@ -211,9 +231,12 @@ def likelihood_bound(model, params, tokens: Array, *, t: Array, noise: Array,
 
   gamma0 = schedule.gamma(t_min)[:, None, None]
   z0 = q_sample(x0, t_min, noise[1], schedule) / gamma0
-  reconstruction = jnp.sum(vocab_ops.readout_cross_entropy(z0, *apply("readout_weights"), tokens))
+  if cfg.is_latent:  # D as p(w | z_0); the bound holds for any encoder and decoder
+    reconstruction = jnp.sum(vocab_ops.token_cross_entropy(apply("decode_logits", z0), tokens))
+  else:
+    reconstruction = jnp.sum(vocab_ops.readout_cross_entropy(z0, *apply("readout_weights"), tokens))
 
-  t, dt_dtau = bound_times(schedule, t, tokens.shape[1])
+  t, dt_dtau = bound_times(schedule, t, x0.shape[1])
   x_t = q_sample(x0, t, noise[0], schedule)
   log_snr = schedule.log_snr(t)
   x0_hat = apply("denoise", x_t, log_snr).x0_hat

@@ -21,6 +21,7 @@ from cdm_jax.core import samplers
 from cdm_jax.core import schedules
 from cdm_jax.models import train_state
 from cdm_jax.models import DiffusionLM, ModelConfig, partitioning
+from cdm_jax.models.autoencoder import AutoencoderConfig
 
 CONFIG_FILE = record.CONFIG_FILE
 
@@ -38,8 +39,33 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
                                 "seq_len": config.data.seq_len})
 
 
+# Keys of the `autoencoder` block that configure its training stage, not the module.
+AUTOENCODER_STAGE_KEYS = ("batch_size", "num_steps", "learning_rate", "warmup_steps",
+                          "weight_decay", "checkpoint_every_steps", "log_every_steps",
+                          "eval_batches", "stats_batches", "stop_at_step")
+
+
+def autoencoder_config(config: ml_collections.ConfigDict) -> AutoencoderConfig:
+  """The text autoencoder of a latent config: its `autoencoder` block's sizes with n, vocabulary,
+  k = model.latent_ratio and d = model.embed_dim from the rest of the config."""
+  if "autoencoder" not in config:
+    raise ValueError("model.encoder='latent' needs an `autoencoder` block (config_base."
+                     "autoencoder(); see configs/wordnet_latent.py).")
+  values = {k: v for k, v in config.autoencoder.to_dict().items()
+            if k not in AUTOENCODER_STAGE_KEYS}
+  return AutoencoderConfig.from_dict({
+      **values, "vocab_size": config.data.vocab_size, "seq_len": config.data.seq_len,
+      "latent_dim": config.model.embed_dim, "ratio": config.model.get("latent_ratio", 1),
+      "dtype": config.model.dtype, "matmul_dtype": config.model.matmul_dtype})
+
+
+def is_latent(config: ml_collections.ConfigDict) -> bool:
+  return config.model.get("encoder", "embedding") == "latent"
+
+
 def make_model(config: ml_collections.ConfigDict) -> DiffusionLM:
-  return DiffusionLM(model_config(config))
+  cfg = model_config(config)
+  return DiffusionLM(cfg, autoencoder_config(config) if cfg.is_latent else None)
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
@@ -53,10 +79,22 @@ def condition_config(config: ml_collections.ConfigDict) -> conditioning.Conditio
   if condition.active and not config.model.conditioning:
     raise ValueError("The condition mixture trains with known positions: set "
                      "model.conditioning=True (or all condition shares to 0).")
+  if condition.active and is_latent(config):
+    raise ValueError(LATENT_CONDITION_ERROR)
   return condition
 
 
+LATENT_CONDITION_ERROR = (
+    "Token-level conditioning (prefix, suffix, infilling spans, lengths, seq2seq sources) fixes "
+    "tokens at positions, and a latent model (model.encoder='latent') has no latent per token: "
+    "set the condition shares to 0 and sample unconditionally, or use model.encoder='embedding'.")
+
+
 def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:
+  if is_latent(config) and config.diffusion.rounding_weight:
+    raise ValueError("diffusion.rounding_weight trains the embedding table through its read-out; "
+                     "a latent model's encoder is frozen: set it to 0 (anchor_weight trains the "
+                     "denoiser through the decoder instead).")
   fields = ("rounding_weight", "anchor_weight", "mask_padding", "self_cond_prob", "time_warp",
             "importance_weight", "warp_follow")
   return diffusion.LossConfig.from_dict({**{k: config.diffusion[k] for k in fields
@@ -90,16 +128,47 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
                       weight_decay=train_config.weight_decay)
 
 
+FROZEN_ENCODER = "embedder"  # the subtree of a latent model's parameters that never trains
+
+
+def frozen_labels(params):
+  """"frozen" for the latent encoder's leaves, "train" for the rest."""
+  def label(path, _):
+    return "frozen" if any(getattr(k, "key", None) == FROZEN_ENCODER for k in path) else "train"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_model_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """`make_optimizer(config.train)`; for a latent model the autoencoder's parameters take no
+  update at all (no weight decay either) and have no optimizer state."""
+  tx = make_optimizer(config.train)
+  if not is_latent(config):
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, frozen_labels)
+
+
 def init_params(config, model: DiffusionLM):
   init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
   cfg = model.config
   return model.init(init_key, jnp.zeros((1, cfg.seq_len), jnp.int32), jnp.zeros((1,)))
 
 
-def init_state(config, model: DiffusionLM, tx) -> train_state.TrainState:
+def with_encoder(params, encoder_params):
+  """`params` with a latent model's frozen encoder replaced by the trained autoencoder's
+  parameters (`TextAutoencoder`'s "params" collection)."""
+  inner = dict(params["params"])
+  inner[FROZEN_ENCODER] = {"autoencoder": encoder_params}
+  return {**params, "params": inner}
+
+
+def init_state(config, model: DiffusionLM, tx, encoder_params=None) -> train_state.TrainState:
+  """Step 0's state; `encoder_params`: a latent model's trained autoencoder (required to train
+  one; shapes alone need none)."""
   state_key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
-  return train_state.init_train_state(init_params(config, model), tx, state_key,
-                                config.diffusion.warp_bins)
+  params = init_params(config, model)
+  if encoder_params is not None:
+    params = with_encoder(params, encoder_params)
+  return train_state.init_train_state(params, tx, state_key, config.diffusion.warp_bins)
 
 
 def fsdp_min_size(config) -> int | None:

@@ -8,13 +8,17 @@ import jax.numpy as jnp
 from cdm_jax.core import parameterization
 from cdm_jax.runtime import registry
 
+ENCODERS = ("embedding", "latent")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   vocab_size: int = 4000
-  seq_len: int = 32            # tokens per sequence (m = n for the embedding table encoder)
+  seq_len: int = 32            # n, tokens per sequence
+  encoder: str = "embedding"   # E: "embedding" (the table, m = n) | "latent" (the text autoencoder
+                               # of `models.autoencoder`, m = n / latent_ratio)
+  latent_ratio: int = 1        # k of the latent encoder
   embed_dim: int = 64          # d, the latent width the diffusion runs in
   width: int = 256             # transformer width
   num_layers: int = 6
@@ -38,6 +42,14 @@ class ModelConfig:
                                 # are invisible until training has grown them (see config_base)
 
   def __post_init__(self):
+    if self.encoder not in ENCODERS:
+      raise ValueError(f"model.encoder must be one of {ENCODERS}, got {self.encoder!r}.")
+    if self.latent_ratio < 1 or self.seq_len % self.latent_ratio:
+      raise ValueError(f"model.latent_ratio={self.latent_ratio} must be >= 1 and divide "
+                       f"data.seq_len={self.seq_len}.")
+    if self.encoder == "latent" and parameterization.get(self.output).predicts_logits:
+      raise ValueError(f"model.output={self.output!r} predicts logits over an embedding table; a "
+                       "latent encoder has none: use x0, eps or v.")
     if parameterization.get(self.output).output_prior and not self.normalize_embeddings:
       raise ValueError(f"model.output={self.output!r} needs model.normalize_embeddings=True (the "
                        "prior assumes embeddings of equal norm).")
@@ -49,6 +61,15 @@ class ModelConfig:
       if getattr(self, field) not in _DTYPES:
         raise ValueError(f"model.{field} must be one of {sorted(_DTYPES)}, got "
                          f"{getattr(self, field)!r}.")
+
+  @property
+  def is_latent(self) -> bool:
+    return self.encoder == "latent"
+
+  @property
+  def latent_length(self) -> int:
+    """m, the latents per sequence the diffusion runs over."""
+    return self.seq_len // self.latent_ratio if self.is_latent else self.seq_len
 
   @property
   def compute_dtype(self) -> Any:

@@ -1,4 +1,7 @@
-"""The embedding table and the diffusion LM that ties it to the denoiser."""
+"""The encoders (the embedding table; the text autoencoder of `models.autoencoder`) and the
+diffusion LM that ties one to the denoiser."""
+
+import dataclasses
 
 import flax
 import flax.linen as nn
@@ -9,6 +12,7 @@ from cdm_jax.core import parameterization
 from cdm_jax.models.config import ModelConfig
 from cdm_jax.models.partitioning import logical
 from cdm_jax.core.parameterization import expand_like
+from cdm_jax.models.autoencoder import AutoencoderConfig, TextAutoencoder
 from cdm_jax.models.transformer import TransformerDenoiser
 
 Array = jax.Array
@@ -52,28 +56,69 @@ class Embedder(nn.Module):
     return (flat @ self.embeddings().T + self.readout_bias).reshape(x.shape[:-1] + (-1,))
 
 
+class LatentEncoder(nn.Module):
+  """The frozen text autoencoder as the diffusion's E and D: E(w) the standardized latents
+  [batch, m, d] (no gradient), D(x) the token logits [batch, n, vocab]. Its parameters live in the
+  diffusion model's tree (under "embedder"), loaded from the autoencoder stage and never updated
+  (`builders.make_model_optimizer` freezes them)."""
+  config: AutoencoderConfig
+
+  def setup(self):
+    self.autoencoder = TextAutoencoder(self.config)
+
+  def __call__(self, tokens: Array) -> Array:
+    ae = self.autoencoder
+    return jax.lax.stop_gradient(ae.standardize(ae.encode(tokens)))
+
+  def decode_logits(self, x: Array) -> Array:
+    return self.autoencoder.decode(self.autoencoder.unstandardize(x))
+
+
 class DiffusionLM(nn.Module):
-  """Embedder + denoiser. Entry points via `apply(..., method=...)`: embed, embeddings, readout,
-  denoise; `__call__` touches all of them (for init)."""
+  """Encoder + denoiser. Entry points via `apply(..., method=...)`: embed (E), decode_logits (D's
+  logits), denoise, and for the embedding table embeddings, readout, readout_weights; `__call__`
+  touches all of them (for init). `autoencoder` is set with `config.encoder == "latent"`."""
   config: ModelConfig
+  autoencoder: AutoencoderConfig | None = None
 
   def setup(self):
     cfg = self.config
-    self.embedder = Embedder(cfg)
-    self.denoiser = TransformerDenoiser(cfg, out_dim=cfg.embed_dim)
+    if cfg.is_latent:
+      if self.autoencoder is None:
+        raise ValueError("model.encoder='latent' needs the autoencoder's config.")
+      self.embedder = LatentEncoder(self.autoencoder)
+    else:
+      self.embedder = Embedder(cfg)
+    # The denoiser runs over m latents (its position table has m rows).
+    self.denoiser = TransformerDenoiser(dataclasses.replace(cfg, seq_len=cfg.latent_length),
+                                        out_dim=cfg.embed_dim)
 
   def embed(self, tokens):
     return self.embedder(tokens)
 
+  def decode_logits(self, x):
+    """Token logits [batch, n, vocab] of latents x [batch, m, d]: D, or the tied read-out."""
+    if self.config.is_latent:
+      return self.embedder.decode_logits(x)
+    return self.embedder.readout(x)
+
   def embeddings(self):
+    self._require_table("the embedding table")
     return self.embedder.embeddings()
 
   def readout(self, x):
+    self._require_table("the tied read-out")
     return self.embedder.readout(x)
 
   def readout_weights(self):
     """(E [vocab, dim] as used, read-out bias [vocab]): what decoders and clamps need."""
+    self._require_table("an embedding table's read-out (clamps, rounding, nearest decoders)")
     return self.embedder.embeddings(), self.embedder.readout_bias
+
+  def _require_table(self, what: str):
+    if self.config.is_latent:
+      raise ValueError(f"{what} exists only for model.encoder='embedding'; this model diffuses "
+                       "the text autoencoder's latents (decode them with decode_logits).")
 
   def denoise(self, x_t, log_snr, x0_selfcond=None, *, cond=None, cond_mask=None, mask=None,
               train: bool = False) -> DenoiserOutput:
@@ -101,4 +146,4 @@ class DiffusionLM(nn.Module):
   def __call__(self, tokens, log_snr, train: bool = False):
     x0 = self.embed(tokens)
     out = self.denoise(x0, log_snr, x0, train=train)
-    return self.readout(out.x0_hat)
+    return self.decode_logits(out.x0_hat)

@@ -38,6 +38,10 @@ def _data() -> ml_collections.ConfigDict:
 
 def _model() -> ml_collections.ConfigDict:
   model = ml_collections.ConfigDict()
+  model.encoder = "embedding"  # E: embedding (a table, one latent per token) | latent (the text
+                               # autoencoder's m = n / latent_ratio contextual latents; its
+                               # `autoencoder` block: configs/wordnet_latent.py)
+  model.latent_ratio = 1       # k of the latent encoder
   model.embed_dim = 64         # d: latent width of the diffusion (embedding table columns)
   model.width = 256            # transformer width
   model.num_layers = 6
@@ -142,3 +146,31 @@ def _sample() -> ml_collections.ConfigDict:
   sample.decoder = "readout"   # readout (tied argmax) | l2 | cosine (nearest embedding)
   sample.time_grid = "uniform"  # uniform | warp (follow the learned time warping)
   return sample
+
+
+def autoencoder() -> ml_collections.ConfigDict:
+  """The `autoencoder` block of a config with model.encoder="latent": the text autoencoder's sizes,
+  augmentations and training stage (WORKDIR/autoencoder/, run before the diffusion model). Its k
+  is model.latent_ratio and its d model.embed_dim."""
+  ae = ml_collections.ConfigDict()
+  ae.width = 256
+  ae.num_heads = 4
+  ae.mlp_dim = 1024
+  ae.encoder_layers = 3
+  ae.resampler_layers = 2
+  ae.decoder_layers = 3
+  ae.mask_rate = 0.3           # half the batch: positions hidden from the encoder's attention
+  ae.noise_delta = 0.9         # other half: delta z + sqrt(1 - delta^2) eps (COSMOS: 0.7 on
+                               # 768-dim latents; at d = 16-64 that trains far slower: docs/latent.md)
+  ae.latent_dropout = 0.1      # element-wise on every example (COSMOS: 0.4, likewise)
+  ae.batch_size = 64
+  ae.num_steps = 1500
+  ae.learning_rate = 2e-3
+  ae.warmup_steps = 100
+  ae.weight_decay = 0.0
+  ae.checkpoint_every_steps = 250
+  ae.log_every_steps = 50
+  ae.eval_batches = 8          # held-out batches of the final reconstruction accuracy
+  ae.stats_batches = 16        # training batches the standardization statistics are measured on
+  ae.stop_at_step = 0          # > 0: checkpoint and stop the stage there; rerun resumes
+  return ae

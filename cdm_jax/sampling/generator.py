@@ -15,6 +15,7 @@ from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import builders
 from cdm_jax.runtime import checkpointing, distributed, parallel
 from cdm_jax.sampling import artifacts
+from cdm_jax.sampling import sample_fn as sample_fn_lib
 from cdm_jax.sampling.sample_fn import make_sample_fn
 
 
@@ -248,6 +249,8 @@ class Generator:
     return [texts[i:i + k] for i in range(0, len(texts), k)]
 
   def _require_conditioning(self):
+    if builders.is_latent(self.config):
+      raise ValueError(sample_fn_lib.LATENT_CONDITION_ERROR)
     if not self.config.model.conditioning:
       raise ValueError("This model was trained without model.conditioning, so it cannot take a "
                        "prefix, template or source; train one with the condition mixture "

@@ -8,7 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cdm_jax.core import conditioning, parameterization, samplers, schedules
+from cdm_jax.core import conditioning, parameterization, samplers, schedules, vocab_ops
 from cdm_jax.models import DiffusionLM
 from cdm_jax.runtime import parallel
 
@@ -88,19 +88,28 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   final estimate (with `decoder_params`); other decoders round it.
   """
   cfg = model.config
+  if cfg.is_latent:
+    _check_latent_options(config)
   contextual = config.decoder == samplers.CONTEXTUAL_DECODER
   final_decode = _final_decoder(config.decoder, decoder)
   clamp_decoder = "readout" if contextual else config.decoder  # rounding inside the loop
   num_devices = mesh.devices.size
   padded = -(-config.num_samples // num_devices) * num_devices
-  shape = (cfg.seq_len, cfg.embed_dim)
+  shape = (cfg.latent_length, cfg.embed_dim)
 
   def per_device(params, keys, condition, decoder_params):
-    table, bias = model.apply(params, method="readout_weights")
-    # The clamp's vocabulary matmul follows the model's matmul precision; the final decode is exact.
-    clamp_fn = samplers.make_clamp_fn(config.clamp, table, bias, decoder=clamp_decoder,
-                                      temperature=config.clamp_temperature,
-                                      operand_dtype=cfg.matmul_operand_dtype)
+    if cfg.is_latent:  # D's argmax; no table, so no clamp
+      table = bias = clamp_fn = None
+      final = lambda x0_hat, *unused: vocab_ops.first_argmax(
+          model.apply(params, x0_hat, method="decode_logits")).astype(jnp.int32)
+    else:
+      table, bias = model.apply(params, method="readout_weights")
+      # The clamp's vocabulary matmul follows the model's matmul precision; the final decode is
+      # exact.
+      clamp_fn = samplers.make_clamp_fn(config.clamp, table, bias, decoder=clamp_decoder,
+                                        temperature=config.clamp_temperature,
+                                        operand_dtype=cfg.matmul_operand_dtype)
+      final = final_decode
     denoise_fn = make_denoise_fn(model, params, schedule, condition,
                                  guidance_scale=config.guidance_scale,
                                  logit_temperature=config.logit_temperature)
@@ -115,7 +124,7 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                                   sampler=config.sampler, clamp_fn=clamp_fn, times=times,
                                   clamp_max_t=config.clamp_max_t,
                                   renoise_interval=config.renoise_interval)
-    tokens = final_decode(x0_hat, table, bias, decoder_params)
+    tokens = final(x0_hat, table, bias, decoder_params)
     return tokens if condition is None else jnp.where(condition[1], condition[0], tokens)
 
   def sharded(params, keys, condition, decoder_params):
@@ -125,6 +134,8 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
 
   @jax.jit
   def sample_fn(params, rng, known=None, known_mask=None, decoder_params=None, offset=0):
+    if cfg.is_latent and known is not None:
+      raise ValueError(LATENT_CONDITION_ERROR)
     if contextual and decoder_params is None:
       raise ValueError("decoder='contextual' needs decoder_params (the trained decoder's).")
     condition = _padded_condition(known, known_mask, (config.num_samples, cfg.seq_len), padded)
@@ -132,6 +143,22 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                    decoder_params)[:config.num_samples]
 
   return sample_fn
+
+
+LATENT_CONDITION_ERROR = (
+    "This model diffuses the text autoencoder's latents (model.encoder='latent', m = n / k), which "
+    "are not tied to token positions: token-level conditions (prefix, suffix, infilling templates, "
+    "lengths, seq2seq sources) cannot apply; sample unconditionally.")
+
+
+def _check_latent_options(config: samplers.SampleConfig):
+  """A latent model decodes with its autoencoder's D and has no table to clamp to."""
+  if config.clamp != "none":
+    raise ValueError(f"clamp={config.clamp!r} rounds to an embedding table, which a latent model "
+                     "(model.encoder='latent') has none of: use clamp='none'.")
+  if config.decoder != "readout":
+    raise ValueError(f"decoder={config.decoder!r}: a latent model decodes with its autoencoder's "
+                     "decoder; leave decoder='readout' (the default).")
 
 
 def _padded_condition(known, known_mask, shape: tuple[int, int], padded: int):

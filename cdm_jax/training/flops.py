@@ -1,6 +1,8 @@
 """Analytic matmul FLOPs of a training step, for the diffusion model and the AR model of the same
 transformer sizes: budgets counted this way do not move with the machine's noise."""
 
+from cdm_jax.models import builders
+
 
 def _per_token_layer(width: int, mlp_dim: int, length: int) -> int:
   """One transformer block's matmul FLOPs per token: QKV + output projections, the MLP, and the two
@@ -8,19 +10,48 @@ def _per_token_layer(width: int, mlp_dim: int, length: int) -> int:
   return 2 * (4 * width * width + 2 * width * mlp_dim) + 2 * 2 * length * width
 
 
+def autoencoder_forward_flops(ae) -> dict:
+  """One example's forward FLOPs through `models.autoencoder.TextAutoencoder` (an
+  `AutoencoderConfig`): "encode" (embedding-free encoder, resampler, projection) and "decode"."""
+  n, m, w, d = ae.seq_len, ae.num_latents, ae.width, ae.latent_dim
+  resampler = (m * 2 * 2 * w * w + n * 2 * 2 * w * 2 * w + 2 * 2 * m * n * w
+               + m * 2 * 2 * w * ae.mlp_dim)
+  encode = (n * ae.encoder_layers * _per_token_layer(w, ae.mlp_dim, n)
+            + n * 2 * w * w  # each query's projection of its k tokens' states
+            + ae.resampler_layers * resampler + m * 2 * w * d)
+  decode = (n * 2 * d * w + n * ae.decoder_layers * _per_token_layer(w, ae.mlp_dim, n)
+            + n * 2 * w * ae.vocab_size)
+  return {"encode": encode, "decode": decode}
+
+
+def autoencoder_train_flops(ae, batch_size: int) -> float:
+  """Per optimizer step of the autoencoder stage: forward x3."""
+  forward = autoencoder_forward_flops(ae)
+  return 3 * batch_size * (forward["encode"] + forward["decode"])
+
+
 def diffusion_train_flops(config) -> dict:
   """Per optimizer step of the diffusion config: "train" (forward x3 for forward + backward, plus
-  the read-out terms and self-conditioning's extra forward on its share of batches),
-  "metric_readout" (the accuracy metric's read-out) and "denoiser_forward"."""
+  the read-out terms and self-conditioning's extra forward on its share of batches; with a latent
+  encoder its forward on the batch, and its decoder for the anchor term), "metric_readout" (the
+  accuracy metric's read-out) and "denoiser_forward". A latent encoder's own training is counted
+  apart (`training.autoencoder.autoencoder_flops`)."""
   m, d = config.model, config.data
-  tokens = config.train.batch_size * d.seq_len
+  batch = config.train.batch_size
+  latent = m.get("encoder", "embedding") == "latent"
+  length = d.seq_len // m.latent_ratio if latent else d.seq_len
+  tokens = batch * length
   width = m.width
   in_dim = 2 * m.embed_dim if m.self_conditioning else m.embed_dim
-  denoiser = tokens * (m.num_layers * _per_token_layer(width, m.mlp_dim, d.seq_len)
+  denoiser = tokens * (m.num_layers * _per_token_layer(width, m.mlp_dim, length)
                        + 2 * in_dim * width + 2 * width * m.embed_dim + 2 * 2 * width * width)
-  readout = 2 * tokens * m.embed_dim * d.vocab_size
+  readout = 2 * batch * d.seq_len * m.embed_dim * d.vocab_size
+  encoder = 0
+  if latent:
+    ae = autoencoder_forward_flops(builders.autoencoder_config(config))
+    readout, encoder = batch * ae["decode"], batch * ae["encode"]
   forward = denoiser + (readout if m.output.startswith("logits") else 0)
-  train = 3 * forward
+  train = 3 * forward + encoder
   if config.diffusion.rounding_weight:
     train += 3 * readout
   if config.diffusion.anchor_weight:

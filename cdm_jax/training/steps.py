@@ -56,9 +56,10 @@ def summarize_metrics(sums: dict) -> dict:
 
 
 def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossConfig,
-                 global_batch: int, embed_dim: int) -> diffusion.LossInputs:
-  """This device's share of the step's randomness, drawn per *global* example index."""
-  local_batch, length = tokens.shape
+                 global_batch: int, latent_shape: tuple[int, int]) -> diffusion.LossInputs:
+  """This device's share of the step's randomness, drawn per *global* example index; the noise
+  has the encoder's `latent_shape` (m, d)."""
+  local_batch = tokens.shape[0]
   step_key = jax.random.fold_in(state.rng, state.step)
   example_index = jax.lax.axis_index(BATCH) * local_batch + jnp.arange(local_batch)
   u0 = jax.random.uniform(jax.random.fold_in(step_key, 0))
@@ -66,7 +67,7 @@ def _loss_inputs(state: TrainState, tokens, mask, loss_config: diffusion.LossCon
   t, weight = diffusion.sample_times(u0, example_index, global_batch, warp, loss_config.warp_follow)
   noise_key = jax.random.fold_in(step_key, 1)
   noise = jax.vmap(lambda i: jax.random.normal(
-      jax.random.fold_in(noise_key, i), (2, length, embed_dim)))(example_index)
+      jax.random.fold_in(noise_key, i), (2,) + latent_shape))(example_index)
   self_cond = jax.random.uniform(jax.random.fold_in(step_key, 2)) < loss_config.self_cond_prob
   known = null_cond = None
   if loss_config.condition.active:
@@ -98,13 +99,14 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
   if global_batch % num_devices:
     raise ValueError(f"Global batch {global_batch} is not divisible by {num_devices} devices.")
   local_batch = global_batch // num_devices
+  latent_shape = (model.config.latent_length, model.config.embed_dim)
 
   def one_step(state: TrainState, batch, specs):
-    inputs = _loss_inputs(state, *batch, loss_config, global_batch, model.config.embed_dim)
+    inputs = _loss_inputs(state, *batch, loss_config, global_batch, latent_shape)
     step_key = jax.random.fold_in(state.rng, state.step)
     rngs = {"dropout": jax.random.fold_in(jax.random.fold_in(step_key, 3), jax.lax.axis_index(BATCH))}
     loss_fn = _loss_fn(model, schedule, loss_config, inputs, param_specs=specs.params, rngs=rngs,
-                       positions=local_batch * inputs.tokens.shape[1])
+                       positions=local_batch * latent_shape[0])
     grads, (metrics, per_example_loss) = jax.grad(loss_fn, has_aux=True)(state.params)
     grads, grad_norm = _mean_gradients(grads, specs.params, num_devices, grad_clip_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -197,7 +199,7 @@ def make_bound_fn(model, schedule: schedules_lib.Schedule, mesh, log_snr_max: fl
     batch = tokens.shape[0]
     keys = parallel.example_keys(rng, batch)
     t = schedules_lib.low_discrepancy_uniform(jax.random.uniform(rng), jnp.arange(batch), batch)
-    shape = (2,) + tokens.shape[1:] + (model.config.embed_dim,)
+    shape = (2, model.config.latent_length, model.config.embed_dim)
     noise = jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
     return diffusion.likelihood_bound(model, params, tokens, t=t, noise=jnp.swapaxes(noise, 0, 1),
                                       schedule=schedule, log_snr_max=log_snr_max)

@@ -48,7 +48,7 @@ def time_train_steps(config, num_steps: int):
   step over those dispatches)."""
   model = builders.make_model(config)
   schedule = builders.make_schedule(config)
-  tx = builders.make_optimizer(config.train)
+  tx = builders.make_model_optimizer(config)
   mesh = parallel.make_mesh()
   k = config.train.steps_per_call
   step_fn = steps.make_train_step(model, tx, schedule, builders.loss_config(config), mesh,

@@ -27,7 +27,7 @@ from cdm_jax.runtime import metric_writers
 from cdm_jax.runtime import parallel
 from cdm_jax.runtime import periodic
 from cdm_jax.runtime import config_record as record
-from cdm_jax.training import loop, steps
+from cdm_jax.training import autoencoder, loop, steps
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class _Run:
   writer: metric_writers.MetricWriter
   tx: object
   spec: loop.LoopSpec
+  encoder_params: dict | None = None  # a latent model's trained autoencoder (fresh starts use it)
   chrono: periodic.Chrono = dataclasses.field(default_factory=periodic.Chrono)
   sample_fn: object = None  # compiled on first use
   accumulated: dict | None = None  # the metric sums since the last log
@@ -81,13 +82,20 @@ class _Run:
     self.writer.close()
 
 
-def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> _Run:
+def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> _Run | None:
+  """The run; None when a latent model's autoencoder stage stopped before its end."""
   tcfg = config.train
   mesh = builders.make_mesh(config)
   data = pipeline.prepare_data(config.data, str(workdir))
   model = builders.make_model(config)
   schedule = builders.make_schedule(config)
-  tx = builders.make_optimizer(tcfg)
+  encoder_params = None
+  if model.config.is_latent:
+    trained = autoencoder.train(config, str(workdir), data, mesh)
+    if trained is None:
+      return None
+    encoder_params = trained[0]
+  tx = builders.make_model_optimizer(config)
   layout = builders.state_layout(config, model, tx, mesh)
   train_step = steps.make_train_step(model, tx, schedule, builders.loss_config(config), mesh,
                                      global_batch=tcfg.batch_size, ema_decay=tcfg.ema_decay,
@@ -105,6 +113,7 @@ def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> _Run:
                                             jax.process_index(), jax.process_count()),
              manager=checkpointing.make_manager(str(workdir), tcfg.keep_checkpoints),
              writer=metric_writers.MetricWriter(str(workdir)), tx=tx,
+             encoder_params=encoder_params,
              spec=loop.LoopSpec(total_steps=tcfg.num_train_steps,
                                 checkpoint_every_steps=tcfg.checkpoint_every_steps,
                                 steps_per_call=tcfg.steps_per_call,
@@ -121,7 +130,7 @@ def _restore_or_init(run: _Run, tx):
   if restored is None:
     log.info("Starting from scratch in %s (global batch %d on %d devices).", run.workdir,
              config.train.batch_size, run.mesh.devices.size)
-    state = builders.init_state(config, run.model, tx)
+    state = builders.init_state(config, run.model, tx, run.encoder_params)
     return jax.device_put(state, parallel.shardings(run.mesh, run.layout[1]))
   state, data_state, start = restored
   run.batches.set_state(data_state)
@@ -153,8 +162,9 @@ def _log(run: _Run, state, step: int, accumulated: dict) -> dict:
   metrics = steps.summarize_metrics(sums)
   metrics.update(tokens_per_second=tokens_per_step * window_steps / seconds,
                  seconds_per_step=seconds / window_steps)
-  table = run.model.apply(state.params, method="embeddings")
-  metrics.update({k: float(v) for k, v in run.stats_fn(table, jax.random.PRNGKey(step)).items()})
+  if not run.model.config.is_latent:
+    table = run.model.apply(state.params, method="embeddings")
+    metrics.update({k: float(v) for k, v in run.stats_fn(table, jax.random.PRNGKey(step)).items()})
   run.writer.write_scalars(step, metrics)
   return metrics
 
@@ -219,6 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     distributed.on_primary(lambda: record.write_config(workdir_path, config),
                            "checking config.json")
     run = _build(config, workdir_path)
+    if run is None:
+      return {"step": 0, "stopped_in": "autoencoder"}
     _, step = loop.run(run)
   if distributed.is_primary():
     (workdir_path / "last_metrics.json").write_text(

@@ -1,0 +1,29 @@
+"""Diffusion in a compressed, contextual latent space on the CPU demo's corpus: a text autoencoder
+(3 encoder layers, a 2-layer Perceiver resampler to m = 32 / 4 = 8 latents of 64 dims, 3 decoder
+layers, width 256) trained first in WORKDIR/autoencoder/ with COSMOS's augmentations, then the demo
+denoiser (6 layers x 256) on its frozen, standardized latents: x0-MSE, self-conditioning, DDPM.
+Every denoiser call reads 8 latents instead of 32 tokens.
+
+Cost on a 2-core x86 CPU: see docs/latent.md (the autoencoder's FLOPs count in the diffusion
+budget wherever budgets are compared). Variants: --config.model.latent_ratio=1|2|8.
+"""
+
+from cdm_jax.runtime import config_base
+
+
+def get_config():
+  config = config_base.get_config()
+  config.data.corpus = "wordnet"
+  config.data.vocab_size = 4000
+  config.data.seq_len = 32
+  config.model.update(encoder="latent", latent_ratio=4, embed_dim=64, width=256, num_layers=6,
+                      num_heads=4, mlp_dim=1024, output="x0", conditioning=False,
+                      pos_init_std=1.0)
+  config.autoencoder = config_base.autoencoder()
+  config.condition.update(prefix=0.0, suffix=0.0, spans=0.0, source=0.0)
+  config.diffusion.update(schedule="cosine", rounding_weight=0.0)
+  config.train.update(batch_size=64, num_train_steps=2000, learning_rate=1e-3, warmup_steps=200,
+                      log_every_steps=50, eval_every_steps=500, checkpoint_every_steps=250,
+                      sample_every_steps=1000)
+  config.sample.update(num_samples=16, num_steps=100, sampler="ddpm", clamp="none")
+  return config

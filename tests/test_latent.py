@@ -1,0 +1,267 @@
+"""The latent encoder (m != n): the text autoencoder's shapes, masks and augmentations, its training
+stage, and the diffusion LM, samplers and Python API over its latents."""
+
+import json
+import math
+import runpy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from cdm_jax.core import diffusion, samplers
+from cdm_jax.models import builders
+from cdm_jax.models.autoencoder import (AutoencoderConfig, TextAutoencoder, attention_keep,
+                                        augment_latents, augmentation_draws, layer_normalize)
+from cdm_jax.runtime import checkpointing
+from cdm_jax.training import autoencoder as ae_stage
+from cdm_jax.training import flops
+
+AE = AutoencoderConfig(vocab_size=40, seq_len=16, latent_dim=8, ratio=4, width=32, num_heads=2,
+                       mlp_dim=64, encoder_layers=1, resampler_layers=1, decoder_layers=1)
+
+
+def latent_config(corpus_path, **autoencoder):
+  config = runpy.run_path(str(ROOT / "configs/tiny_latent.py"))["get_config"]()
+  config.data.path = str(corpus_path)
+  config.autoencoder.update(autoencoder)
+  return config
+
+
+def test_shapes_for_m_not_n():
+  model = TextAutoencoder(AE)
+  tokens = jnp.arange(3 * 16).reshape(3, 16) % 40
+  params = model.init(jax.random.PRNGKey(0), tokens)
+  z = model.apply(params, tokens, method="encode")
+  assert z.shape == (3, 4, 8)
+  np.testing.assert_allclose(np.mean(z, -1), 0.0, atol=1e-5)  # normalized before any noise
+  np.testing.assert_allclose(np.var(z, -1), 1.0, rtol=1e-3)
+  assert model.apply(params, z, method="decode").shape == (3, 16, 40)
+  draws = augmentation_draws(jax.random.PRNGKey(1), 3, AE)
+  assert model.apply(params, tokens, draws).shape == (3, 16, 40)
+
+
+def test_hidden_positions_do_not_reach_the_latents():
+  """A position hidden from attention cannot move the latents; a visible one does."""
+  model = TextAutoencoder(AE)
+  tokens = jnp.arange(16)[None] % 40
+  params = model.init(jax.random.PRNGKey(0), tokens)
+  keep = jnp.ones((1, 16), bool).at[0, 5].set(False)
+  encode = lambda t: model.apply(params, t, keep, method="encode")
+  changed = tokens.at[0, 5].set(39)
+  np.testing.assert_allclose(encode(tokens), encode(changed), atol=1e-6)
+  other = tokens.at[0, 6].set(39)
+  assert float(jnp.max(jnp.abs(encode(tokens) - encode(other)))) > 1e-3
+
+
+def test_augmentations_match_numpy():
+  draws = augmentation_draws(jax.random.PRNGKey(3), 64, AE)
+  z = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (64, 4, 8)), np.float64)
+  got = np.asarray(augment_latents(jnp.asarray(z, jnp.float32), draws, AE), np.float64)
+  half = np.asarray(draws.noise_half)[:, None, None]
+  delta = AE.noise_delta
+  noisy = np.where(half, delta * z + np.sqrt(1 - delta**2) * np.asarray(draws.noise, np.float64), z)
+  keep = np.asarray(draws.dropout_u) >= AE.latent_dropout
+  np.testing.assert_allclose(got, np.where(keep, noisy / (1 - AE.latent_dropout), 0.0), atol=1e-5)
+  visible = np.asarray(attention_keep(draws, AE.mask_rate))
+  expected = (np.asarray(draws.position_u) >= AE.mask_rate) | np.asarray(draws.noise_half)[:, None]
+  np.testing.assert_array_equal(visible, expected)
+  assert 0.2 < np.asarray(draws.noise_half).mean() < 0.8
+  assert 0.2 < 1 - visible[~np.asarray(draws.noise_half)].mean() < 0.4  # ~30% hidden
+  # The VP noise keeps unit variance for unit-variance latents.
+  big = augmentation_draws(jax.random.PRNGKey(5), 4096, AE)
+  unit = jax.random.normal(jax.random.PRNGKey(6), (4096, 4, 8))
+  no_drop = AutoencoderConfig(**{**AE.__dict__, "latent_dropout": 0.0})
+  out = np.asarray(augment_latents(unit, big, no_drop))
+  assert abs(out[np.asarray(big.noise_half)].var() - 1.0) < 0.02
+
+
+def test_layer_normalize_matches_numpy():
+  z = np.random.default_rng(0).normal(3.0, 5.0, (5, 4, 8))
+  expected = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(layer_normalize(jnp.asarray(z, jnp.float32)), expected, atol=1e-5)
+
+
+def test_bad_ratio_is_a_clear_error():
+  with pytest.raises(ValueError, match="ratio k=3"):
+    AutoencoderConfig(seq_len=16, ratio=3)
+
+
+def _model_and_params(config):
+  model = builders.make_model(config)
+  return model, builders.init_params(config, model)
+
+
+def test_latent_diffusion_lm_runs_over_m_latents(corpus):
+  config = latent_config(corpus)
+  model, params = _model_and_params(config)
+  tokens = jnp.ones((2, 16), jnp.int32)
+  x0 = model.apply(params, tokens, method="embed")
+  assert x0.shape == (2, 8, 16)
+  out = model.apply(params, x0, jnp.zeros((2,)), method="denoise")
+  assert out.x0_hat.shape == (2, 8, 16)
+  assert model.apply(params, x0, method="decode_logits").shape == (2, 16, 32)
+  with pytest.raises(ValueError, match="model.encoder='embedding'"):
+    model.apply(params, method="readout_weights")
+  # The loss: diffusion over the 8 latents, the anchor term and the accuracy over the 16 tokens.
+  config.diffusion.anchor_weight = 0.5
+  loss_config = builders.loss_config(config)
+  inputs = diffusion.LossInputs(
+      tokens=tokens, mask=jnp.ones((2, 16), bool), t=jnp.array([0.3, 0.7]), weight=jnp.ones(2),
+      noise=jax.random.normal(jax.random.PRNGKey(0), (2, 2, 8, 16)), self_cond=jnp.array(True))
+  _, (metrics, per_example) = diffusion.training_losses(model, params, inputs,
+                                                        builders.make_schedule(config), loss_config)
+  assert float(metrics["tokens"]) == 16 and float(metrics["readout_tokens"]) == 32
+  assert float(metrics["accuracy_tokens"]) == 32 and per_example.shape == (2,)
+  assert float(metrics["anchor_loss"]) > 0
+
+
+def test_latent_config_refuses_token_level_settings(corpus):
+  config = latent_config(corpus)
+  config.diffusion.rounding_weight = 1.0
+  with pytest.raises(ValueError, match="rounding_weight"):
+    builders.loss_config(config)
+  config = latent_config(corpus)
+  config.model.conditioning = True
+  config.condition.prefix = 0.2
+  with pytest.raises(ValueError, match="no latent per token"):
+    builders.loss_config(config)
+  config = latent_config(corpus)
+  config.model.output = "logits"
+  with pytest.raises(ValueError, match="latent encoder has none"):
+    builders.make_model(config)
+
+
+def test_frozen_encoder_takes_no_update(corpus):
+  """A train step moves the denoiser and leaves every autoencoder parameter as it was (no weight
+  decay either), and keeps no optimizer state for it."""
+  from cdm_jax.runtime import parallel
+  from cdm_jax.training import steps
+  config = latent_config(corpus)
+  config.train.weight_decay = 0.1
+  config.diffusion.anchor_weight = 1.0
+  model = builders.make_model(config)
+  tx = builders.make_model_optimizer(config)
+  mesh = parallel.make_mesh(1)
+  state = builders.init_state(config, model, tx)
+  before = jax.device_get(state.params)
+  step = steps.make_train_step(model, tx, builders.make_schedule(config),
+                               builders.loss_config(config), mesh, global_batch=4,
+                               ema_decay=0.9)
+  tokens = jnp.tile(jnp.arange(16)[None] % 32, (4, 1))
+  for _ in range(2):  # the warm-up's learning rate is 0 at step 0
+    state, _ = step(state, tokens, tokens != 0)
+  after = jax.device_get(state.params)
+  encoder = lambda p: jax.tree.leaves(p["params"]["embedder"])
+  for a, b in zip(encoder(before), encoder(after)):
+    np.testing.assert_array_equal(a, b)
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["params"]["denoiser"]),
+                                                     jax.tree.leaves(after["params"]["denoiser"]))]
+  assert any(moved)
+  opt_leaves = sum(x.size for x in jax.tree.leaves(state.opt_state))
+  denoiser_size = sum(x.size for x in jax.tree.leaves(before["params"]["denoiser"]))
+  encoder_size = sum(x.size for x in encoder(before))
+  assert opt_leaves < 2 * denoiser_size + encoder_size  # Adam's two moments, the denoiser's only
+
+
+def test_flops_of_the_autoencoder_match_xla():
+  """The analytic forward FLOPs agree with XLA's count of the compiled encode and decode."""
+  model = TextAutoencoder(AE)
+  tokens = jnp.zeros((8, 16), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), tokens)
+  expected = flops.autoencoder_forward_flops(AE)
+
+  def counted(fn, *args):
+    return jax.jit(fn).lower(*args).compile().cost_analysis()["flops"]
+  encode = counted(lambda p, t: model.apply(p, t, method="encode"), params, tokens)
+  z = jnp.zeros((8, 4, 8))
+  decode = counted(lambda p, x: model.apply(p, x, method="decode"), params, z)
+  assert 0.9 < encode / (8 * expected["encode"]) < 1.1
+  assert 0.9 < decode / (8 * expected["decode"]) < 1.1
+
+
+@pytest.mark.slow
+def test_autoencoder_stage_reconstructs_and_resumes_bit_identically(corpus, tmp_path):
+  """1,000 steps reach >= 99% held-out token accuracy; a run stopped at step 100 and resumed ends
+  with the same parameters as an uninterrupted one; the statistics round-trip through the final
+  checkpoint."""
+  from cdm_jax.data import pipeline
+  from cdm_jax.runtime import parallel
+  config = latent_config(corpus)
+  mesh = parallel.make_mesh(None)
+  whole_dir, split_dir = tmp_path / "whole", tmp_path / "split"
+  data = pipeline.prepare_data(config.data, str(whole_dir))
+  params, report = ae_stage.train(config, str(whole_dir), data, mesh)
+  assert report["valid"]["token_accuracy"] >= 0.99, report
+  std = np.asarray(params["latent_std"])
+  assert std.shape == (16,) and np.all(std > 0) and not np.allclose(std, 1.0)
+
+  restored, again = ae_stage.load_final(config, str(whole_dir), mesh)
+  assert again == json.loads(json.dumps(report))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored["params"])):
+    np.testing.assert_array_equal(a, b)
+
+  data = pipeline.prepare_data(config.data, str(split_dir))
+  assert ae_stage.train(latent_config(corpus, stop_at_step=100), str(split_dir), data, mesh) is None
+  assert not (split_dir / "autoencoder/final").exists()
+  assert (split_dir / "autoencoder/checkpoints/100").is_dir()
+  resumed, _ = ae_stage.train(config, str(split_dir), data, mesh)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def latent_workdir(corpus, tmp_path_factory):
+  from cdm_jax.training import train
+  workdir = tmp_path_factory.mktemp("latent")
+  config = latent_config(corpus, num_steps=200)
+  metrics = train.train_and_evaluate(config, str(workdir))
+  return workdir, metrics
+
+
+@pytest.mark.slow
+def test_latent_workdir_trains_loads_and_samples_with_every_sampler(latent_workdir):
+  import cdm_jax
+  workdir, metrics = latent_workdir
+  assert metrics["step"] == 20 and math.isfinite(metrics["loss"])
+  assert (workdir / "autoencoder/final/autoencoder.json").is_file()
+  generator = cdm_jax.load(str(workdir))
+  for name in samplers.SAMPLERS.names():
+    texts = generator.sample(3, seed=0, sampler=name, num_steps=4)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+  assert generator.sample(3, seed=1) == generator.sample(3, seed=1)
+  tokens = generator.sample_tokens(5, seed=0, batch_size=2)
+  np.testing.assert_array_equal(tokens, generator.sample_tokens(5, seed=0, batch_size=8))
+  assert tokens.shape == (5, 16)
+
+
+@pytest.mark.slow
+def test_token_level_conditions_on_a_latent_model_are_one_line_errors(latent_workdir):
+  import cdm_jax
+  generator = cdm_jax.load(str(latent_workdir[0]))
+  calls = [lambda: generator.sample(2, prefix="the cat"), lambda: generator.sample(2, suffix="mat"),
+           lambda: generator.infill("the ___ sat", 2), lambda: generator.generate(["the cat"]),
+           lambda: generator.sample(2, lengths=[3, 4])]
+  for call in calls:
+    with pytest.raises(ValueError, match="cannot apply") as info:
+      call()
+    assert "\n" not in str(info.value)
+  with pytest.raises(ValueError, match="clamp='none'"):
+    generator.sample(2, clamp="soft")
+
+
+def test_diffusion_flops_count_the_frozen_encoder(corpus):
+  config = latent_config(corpus)
+  latent = flops.diffusion_train_flops(config)
+  ae = flops.autoencoder_forward_flops(builders.autoencoder_config(config))
+  batch = config.train.batch_size
+  config.diffusion.anchor_weight = 1.0
+  anchored = flops.diffusion_train_flops(config)
+  assert anchored["train"] - latent["train"] == pytest.approx(3 * batch * ae["decode"])
+  tokens = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
+  tokens.model.update(conditioning=False)
+  token_level = flops.diffusion_train_flops(tokens)
+  assert latent["denoiser_forward"] < 0.6 * token_level["denoiser_forward"]  # 8 latents, not 16
+  assert latent["train"] >= 3 * latent["denoiser_forward"] + batch * ae["encode"]
