@@ -26,7 +26,8 @@ distribution (BOS, N generated pieces, EOS and PAD known: `Generator.sample(leng
 fixed-length diffusion LMs do; the AR rungs choose their own lengths either way.
 
 `--set decoder=contextual` decodes with the workdir's trained read-out decoder (`cdm_jax.posttrain.readout`);
-its training FLOPs are added to the diffusion budget.
+its training FLOPs are added to the diffusion budget, and so are a latent model's autoencoder stage's
+(model.encoder="latent"; the frozen encoder's forward in every diffusion step is in the step's count).
 """
 
 import argparse
@@ -46,6 +47,7 @@ def run(args) -> dict:
   from cdm_jax.core import conditioning
   from cdm_jax.evaluation import evaluate
   from cdm_jax.training import flops
+  from cdm_jax.training import autoencoder as ae_stage
   from cdm_jax import sampling
   from cdm_jax.core import samplers
   from cdm_jax.evaluation import text_metrics
@@ -98,12 +100,15 @@ def run(args) -> dict:
   if generator.options(**overrides).decoder == samplers.CONTEXTUAL_DECODER:  # counts as training
     generator.make_sample_fn(**overrides)  # a clear error when the workdir has no such decoder
     decoder_flops = generator.readout_decoder.flops
+  # A latent model's autoencoder stage trained for it: its FLOPs count in the diffusion budget.
+  autoencoder_flops = (ae_stage.autoencoder_flops(config) if builders.is_latent(config) else 0.0)
   start = time.perf_counter()
   lengths = (conditioning.draw_lengths(data.train, n, args.seed) if args.lengths == "data"
              else None)
   texts = generator.sample(n, seed=args.seed, lengths=lengths, **overrides)
   diffusion = {"name": "diffusion", "steps": generator.step,
-               "flops": diffusion_flops + decoder_flops, "readout_decoder_flops": decoder_flops,
+               "flops": diffusion_flops + decoder_flops + autoencoder_flops,
+               "readout_decoder_flops": decoder_flops, "autoencoder_flops": autoencoder_flops,
                "sampling_seconds": time.perf_counter() - start, **scorer.score(texts),
                "examples": texts[:5], "texts": texts}
   rows = {}

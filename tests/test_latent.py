@@ -222,7 +222,7 @@ def latent_workdir(corpus, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_latent_workdir_trains_loads_and_samples_with_every_sampler(latent_workdir):
+def test_latent_workdir_trains_loads_and_samples_with_every_sampler(latent_workdir, corpus):
   import cdm_jax
   workdir, metrics = latent_workdir
   assert metrics["step"] == 20 and math.isfinite(metrics["loss"])
@@ -235,6 +235,15 @@ def test_latent_workdir_trains_loads_and_samples_with_every_sampler(latent_workd
   tokens = generator.sample_tokens(5, seed=0, batch_size=2)
   np.testing.assert_array_equal(tokens, generator.sample_tokens(5, seed=0, batch_size=8))
   assert tokens.shape == (5, 16)
+  # The context diagnostic reads a latent model: the decoder alone reads clean latents.
+  from cdm_jax.data import pipeline
+  lines = corpus.read_text().splitlines()[:32]
+  rows, _ = pipeline.encode(generator.tokenizer, lines, 16, "truncate", "test")
+  context_accuracy = runpy.run_path(str(ROOT / "experiments/context_use.py"))["context_accuracy"]
+  clean, noisy = context_accuracy(generator, jnp.asarray(rows), [0.01, 0.995])
+  assert clean["accuracy_decoder_on_noisy"] > 0.6 > noisy["accuracy_decoder_on_noisy"] + 0.3
+  assert math.isnan(clean["accuracy_no_network"])
+  assert 0.0 <= clean["accuracy_foreign_context"] <= 1.0
 
 
 @pytest.mark.slow

@@ -1,8 +1,11 @@
 """Left-to-right (position-skewed) schedules: per-position times, training inputs, bound, samplers."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import pytest
 
 from cdm_jax.core import diffusion
@@ -156,11 +159,16 @@ class NeighbourModel:
 
   def __init__(self, use_neighbour):
     self.use_neighbour = use_neighbour
+    self.config = types.SimpleNamespace(is_latent=False)
 
   def apply(self, params, *args, method, **kwargs):
     table = params["table"]
-    if method == "readout_weights":
-      return table, None
+    if method == "embeddings":
+      return table
+    if method == "embed":
+      return table[args[0]]
+    if method == "decode_logits":
+      return args[0] @ table.T
     x_t, log_snr = args
     gamma = jnp.sqrt(jax.nn.sigmoid(log_snr))[:, None, None]
     source = jnp.roll(x_t, 1, axis=1) if self.use_neighbour else x_t
@@ -171,7 +179,6 @@ class NeighbourModel:
 def test_context_use_diagnostic_separates_local_from_contextual_denoisers():
   import pathlib
   import runpy
-  import types
   script = pathlib.Path(__file__).resolve().parents[1] / "experiments/context_use.py"
   context_accuracy = runpy.run_path(str(script))["context_accuracy"]
   table = 4.0 * jnp.eye(8)  # well-separated embeddings

@@ -42,7 +42,7 @@ class ClassifierConfig:
 
 def classifier_model(diffusion_config: ModelConfig, num_labels: int,
                      config: ClassifierConfig) -> NoisyClassifier:
-  cfg = ModelConfig(vocab_size=diffusion_config.vocab_size, seq_len=diffusion_config.seq_len,
+  cfg = ModelConfig(vocab_size=diffusion_config.vocab_size, seq_len=diffusion_config.latent_length,
                     embed_dim=diffusion_config.embed_dim, width=config.width,
                     num_layers=config.num_layers, num_heads=config.num_heads,
                     mlp_dim=config.mlp_dim, self_conditioning=False)
@@ -59,7 +59,7 @@ def train_noisy_classifier(model, params, schedule: schedules_lib.Schedule, toke
   estimates instead, read at t = 0 (a classifier of estimates, for guiding on x0_hat as
   `readout_guided` does, where it then sees what it was trained on)."""
   classifier = classifier_model(model.config, num_labels, config)
-  length, dim = tokens.shape[1], model.config.embed_dim
+  length, dim = model.config.latent_length, model.config.embed_dim  # the encoder's m latents
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
   cls_params = classifier.init(init_key, jnp.zeros((1, length, dim)), jnp.zeros((1,)))
   tx = builders.adamw_cosine(peak_learning_rate=config.learning_rate,

@@ -73,6 +73,10 @@ def train(workdir: str, config: ReadoutConfig) -> dict:
   """Trains the decoder for `workdir`'s newest checkpoint and writes it (see the module doc);
   returns what `decoder.json` records."""
   sampler = generator.load(workdir)
+  if builders.is_latent(sampler.config):
+    raise ValueError(f"{workdir} holds a latent model (model.encoder='latent'): it decodes with "
+                     "its autoencoder's contextual decoder already; the read-out decoder reads an "
+                     "embedding table's latents.")
   model_config = builders.model_config(sampler.config)
   dec_config = decoder_model_config(model_config, config)
   decoder = ContextualDecoder(dec_config)
