@@ -15,7 +15,6 @@ from cdm_jax.core import diffusion, samplers
 from cdm_jax.models import builders
 from cdm_jax.models.autoencoder import (AutoencoderConfig, TextAutoencoder, attention_keep,
                                         augment_latents, augmentation_draws, layer_normalize)
-from cdm_jax.runtime import checkpointing
 from cdm_jax.training import autoencoder as ae_stage
 from cdm_jax.training import flops
 

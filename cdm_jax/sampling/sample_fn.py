@@ -98,18 +98,7 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   shape = (cfg.latent_length, cfg.embed_dim)
 
   def per_device(params, keys, condition, decoder_params):
-    if cfg.is_latent:  # D's argmax; no table, so no clamp
-      table = bias = clamp_fn = None
-      final = lambda x0_hat, *unused: vocab_ops.first_argmax(
-          model.apply(params, x0_hat, method="decode_logits")).astype(jnp.int32)
-    else:
-      table, bias = model.apply(params, method="readout_weights")
-      # The clamp's vocabulary matmul follows the model's matmul precision; the final decode is
-      # exact.
-      clamp_fn = samplers.make_clamp_fn(config.clamp, table, bias, decoder=clamp_decoder,
-                                        temperature=config.clamp_temperature,
-                                        operand_dtype=cfg.matmul_operand_dtype)
-      final = final_decode
+    clamp_fn, final = _clamp_and_decoder(model, params, config, clamp_decoder, final_decode)
     denoise_fn = make_denoise_fn(model, params, schedule, condition,
                                  guidance_scale=config.guidance_scale,
                                  logit_temperature=config.logit_temperature)
@@ -124,7 +113,7 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                                   sampler=config.sampler, clamp_fn=clamp_fn, times=times,
                                   clamp_max_t=config.clamp_max_t,
                                   renoise_interval=config.renoise_interval)
-    tokens = final(x0_hat, table, bias, decoder_params)
+    tokens = final(x0_hat, decoder_params)
     return tokens if condition is None else jnp.where(condition[1], condition[0], tokens)
 
   def sharded(params, keys, condition, decoder_params):
@@ -159,6 +148,22 @@ def _check_latent_options(config: samplers.SampleConfig):
   if config.decoder != "readout":
     raise ValueError(f"decoder={config.decoder!r}: a latent model decodes with its autoencoder's "
                      "decoder; leave decoder='readout' (the default).")
+
+
+def _clamp_and_decoder(model: DiffusionLM, params, config: samplers.SampleConfig,
+                       clamp_decoder: str, final_decode):
+  """(the clamp or None, `(x0_hat, decoder_params) -> tokens`): a latent model's D argmax (no
+  table, so no clamp), or the table's clamp and `final_decode`."""
+  cfg = model.config
+  if cfg.is_latent:
+    return None, lambda x0_hat, unused: vocab_ops.first_argmax(
+        model.apply(params, x0_hat, method="decode_logits")).astype(jnp.int32)
+  table, bias = model.apply(params, method="readout_weights")
+  # The clamp's vocabulary matmul follows the model's matmul precision; the final decode is exact.
+  clamp_fn = samplers.make_clamp_fn(config.clamp, table, bias, decoder=clamp_decoder,
+                                    temperature=config.clamp_temperature,
+                                    operand_dtype=cfg.matmul_operand_dtype)
+  return clamp_fn, lambda x0_hat, decoder_params: final_decode(x0_hat, table, bias, decoder_params)
 
 
 def _padded_condition(known, known_mask, shape: tuple[int, int], padded: int):
