@@ -273,3 +273,25 @@ def test_diffusion_flops_count_the_frozen_encoder(corpus):
   token_level = flops.diffusion_train_flops(tokens)
   assert latent["denoiser_forward"] < 0.6 * token_level["denoiser_forward"]  # 8 latents, not 16
   assert latent["train"] >= 3 * latent["denoiser_forward"] + batch * ae["encode"]
+
+
+@pytest.mark.slow
+def test_a_latent_model_distils_and_its_student_samples(latent_workdir, tmp_path):
+  """Progressive distillation runs over the m latents; the student keeps the frozen autoencoder
+  and samples through `cdm_jax.load(..., student=N)`."""
+  import shutil
+  import cdm_jax
+  from cdm_jax.posttrain import distill
+  workdir = tmp_path / "run"
+  shutil.copytree(latent_workdir[0], workdir)
+  config = distill.DistillConfig(target_steps=2, teacher_steps=4, steps_per_round=10,
+                                 learning_rate=3e-4, checkpoint_every_steps=10,
+                                 log_every_steps=5)
+  record = distill.distill(str(workdir), config)
+  assert record["step"] == 10 and math.isfinite(record["loss"])
+  teacher = cdm_jax.load(str(workdir))
+  student = cdm_jax.load(str(workdir), student=2)
+  for a, b in zip(jax.tree.leaves(teacher.params["params"]["embedder"]),
+                  jax.tree.leaves(student.params["params"]["embedder"])):
+    np.testing.assert_array_equal(a, b)
+  assert len(student.sample(3, seed=0)) == 3

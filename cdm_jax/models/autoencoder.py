@@ -169,7 +169,8 @@ class TextAutoencoder(nn.Module):
     self.decoder_pos = self.param("decoder_pos", logical(nn.initializers.normal(1.0), "length",
                                                          "embed"), (n, width))
     self.decoder = Stack(cfg.block_config(cfg.decoder_layers), name="decoder")
-    self.out = dense(blocks, cfg.vocab_size, "out", ("embed", "vocab"))
+    self.out_bias = self.param("out_bias", logical(nn.initializers.zeros, "vocab"),
+                               (cfg.vocab_size,))
     self.latent_mean = self.param("latent_mean", logical(nn.initializers.zeros, "latent"),
                                   (cfg.latent_dim,))
     self.latent_std = self.param("latent_std", logical(nn.initializers.ones, "latent"),
@@ -202,8 +203,11 @@ class TextAutoencoder(nn.Module):
     # encoder's chunk projection), then the positions attend to each other.
     h = rows(self.from_latent, z.astype(cfg.block_config(0).compute_dtype))
     h = h.reshape(z.shape[0], cfg.seq_len, cfg.width) + self.decoder_pos[None].astype(h.dtype)
-    h = self.decoder(h, None, None, True)
-    return rows(self.out, h).astype(jnp.float32)
+    h = self.decoder(h, None, None, True).astype(jnp.float32)
+    # Logits tied to the input embedding (scaled by 1/sqrt(width), as its rows have std 1): a
+    # rare piece's vector learns from both ends.
+    flat = h.reshape(-1, cfg.width) @ self.token_embed.T / math.sqrt(cfg.width) + self.out_bias
+    return flat.reshape(h.shape[:-1] + (cfg.vocab_size,))
 
   def standardize(self, z: Array) -> Array:
     return (z - self.latent_mean) / self.latent_std
