@@ -1,5 +1,5 @@
 """configs/tiny.py with the latent encoder: a one-layer text autoencoder to m = 16 / 2 = 8 latents
-of 16 dims, trained for 1,000 steps of milliseconds, then the tiny denoiser on its latents. For tests
+of 16 dims, trained for 600 steps of milliseconds, then the tiny denoiser on its latents. For tests
 and quick checks."""
 
 from cdm_jax.runtime import config_base
@@ -15,7 +15,7 @@ def get_config():
                       num_heads=2, mlp_dim=64, conditioning=False)
   config.autoencoder = config_base.autoencoder()
   config.autoencoder.update(width=32, num_heads=2, mlp_dim=64, encoder_layers=1,
-                            resampler_layers=1, decoder_layers=1, batch_size=16, num_steps=1000,
+                            resampler_layers=1, decoder_layers=1, batch_size=16, num_steps=600,
                             learning_rate=3e-3, warmup_steps=20, checkpoint_every_steps=200,
                             log_every_steps=50, eval_batches=0, stats_batches=4)
   config.condition.update(prefix=0.0, suffix=0.0, spans=0.0, source=0.0)

@@ -48,9 +48,11 @@ class AutoencoderConfig:
   encoder_layers: int = 3
   resampler_layers: int = 2
   decoder_layers: int = 3
-  mask_rate: float = 0.3        # attention-masking half: share of positions hidden
+  # COSMOS's values are mask 0.3, delta 0.7, dropout 0.4 (768-dim latents); config_base says why
+  # these defaults keep only the noise.
+  mask_rate: float = 0.0        # attention-masking half: share of positions hidden
   noise_delta: float = 0.9      # noise half: z' = delta z + sqrt(1 - delta^2) eps
-  latent_dropout: float = 0.1   # element-wise dropout rate on the latents (every example)
+  latent_dropout: float = 0.0   # element-wise dropout rate on the latents (every example)
   dtype: str = "float32"
   matmul_dtype: str = "float32"
 
