@@ -196,6 +196,8 @@ class _Cfg:
   seq_len: int = 6
   embed_dim: int = 2
   matmul_operand_dtype: object = None
+  is_latent: bool = False
+  latent_length: int = 6
 
 
 class _ExactModel:

@@ -182,42 +182,65 @@ def test_flops_of_the_autoencoder_match_xla():
   assert 0.9 < decode / (8 * expected["decode"]) < 1.1
 
 
-@pytest.mark.slow
-def test_autoencoder_stage_reconstructs_and_resumes_bit_identically(corpus, tmp_path):
-  """600 steps reach >= 99% held-out token accuracy; a run stopped at step 100 and resumed ends
-  with the same parameters as an uninterrupted one; the statistics round-trip through the final
-  checkpoint."""
+@pytest.fixture(scope="module")
+def autoencoder_dir(corpus, tmp_path_factory):
+  """A workdir whose autoencoder stage ran to its end (tiny_latent.py: 600 steps), with what
+  `train` returned."""
   from cdm_jax.data import pipeline
   from cdm_jax.runtime import parallel
   config = latent_config(corpus)
-  mesh = parallel.make_mesh(None)
-  whole_dir, split_dir = tmp_path / "whole", tmp_path / "split"
-  data = pipeline.prepare_data(config.data, str(whole_dir))
-  params, report = ae_stage.train(config, str(whole_dir), data, mesh)
+  workdir = tmp_path_factory.mktemp("autoencoder")
+  data = pipeline.prepare_data(config.data, str(workdir))
+  params, report = ae_stage.train(config, str(workdir), data, parallel.make_mesh(None))
+  return workdir, params, report
+
+
+@pytest.mark.slow
+def test_autoencoder_stage_reconstructs_and_keeps_its_statistics(autoencoder_dir, corpus):
+  """600 steps reach >= 99% held-out token accuracy; the standardization statistics and the
+  report round-trip through the final checkpoint."""
+  from cdm_jax.runtime import parallel
+  workdir, params, report = autoencoder_dir
   assert report["valid"]["token_accuracy"] >= 0.99, report
   std = np.asarray(params["latent_std"])
   assert std.shape == (16,) and np.all(std > 0) and not np.allclose(std, 1.0)
-
-  restored, again = ae_stage.load_final(config, str(whole_dir), mesh)
+  restored, again = ae_stage.load_final(latent_config(corpus), str(workdir),
+                                        parallel.make_mesh(None))
   assert again == json.loads(json.dumps(report))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored["params"])):
     np.testing.assert_array_equal(a, b)
 
+
+@pytest.mark.slow
+def test_an_interrupted_autoencoder_stage_resumes_bit_identically(corpus, tmp_path):
+  """A stage stopped at step 20 and resumed ends with the same parameters as an uninterrupted
+  one; the stopped stage leaves its checkpoint and no final export."""
+  from cdm_jax.data import pipeline
+  from cdm_jax.runtime import parallel
+  short = dict(num_steps=40, checkpoint_every_steps=20, stats_batches=1)
+  config = latent_config(corpus, **short)
+  mesh = parallel.make_mesh(None)
+  whole_dir, split_dir = tmp_path / "whole", tmp_path / "split"
+  data = pipeline.prepare_data(config.data, str(whole_dir))
+  params, _ = ae_stage.train(config, str(whole_dir), data, mesh)
   data = pipeline.prepare_data(config.data, str(split_dir))
-  assert ae_stage.train(latent_config(corpus, stop_at_step=100), str(split_dir), data, mesh) is None
+  stopped = latent_config(corpus, stop_at_step=20, **short)
+  assert ae_stage.train(stopped, str(split_dir), data, mesh) is None
   assert not (split_dir / "autoencoder/final").exists()
-  assert (split_dir / "autoencoder/checkpoints/100").is_dir()
+  assert (split_dir / "autoencoder/checkpoints/20").is_dir()
   resumed, _ = ae_stage.train(config, str(split_dir), data, mesh)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
 
 
 @pytest.fixture(scope="module")
-def latent_workdir(corpus, tmp_path_factory):
+def latent_workdir(autoencoder_dir, corpus, tmp_path_factory):
+  """A latent workdir trained for 20 steps on the finished autoencoder of `autoencoder_dir`."""
+  import shutil
   from cdm_jax.training import train
   workdir = tmp_path_factory.mktemp("latent")
-  config = latent_config(corpus, num_steps=200)
-  metrics = train.train_and_evaluate(config, str(workdir))
+  shutil.copytree(autoencoder_dir[0] / "autoencoder", workdir / "autoencoder")
+  metrics = train.train_and_evaluate(latent_config(corpus), str(workdir))
   return workdir, metrics
 
 
