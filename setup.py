@@ -30,6 +30,7 @@ setup(
         "cdm-evaluate=cdm_jax.cli.evaluate:main",
         "cdm-distill=cdm_jax.cli.distill:main",
         "cdm-readout=cdm_jax.cli.readout:main",
+        "cdm-prepare=cdm_jax.cli.prepare:main",
     ]},
     extras_require={
         # MAUVE (scored as null without it) and the experiment plots.

@@ -283,13 +283,14 @@ def test_the_hf_reader_reads_one_field_of_a_split_and_names_its_extra(monkeypatc
   calls = []
   fake = types.ModuleType("datasets")
 
-  def load_dataset(path, split):
-    calls.append((path, split))
-    return [{"body": " a  b ", "id": 1}, {"body": "", "id": 2}, {"body": "c", "id": 3}]
+  def load_dataset(path, split, streaming=False):
+    calls.append((path, split, streaming))
+    return iter([{"body": " a  b ", "id": 1}, {"body": "", "id": 2}, {"body": "c", "id": 3}])
   fake.load_dataset = load_dataset
   monkeypatch.setitem(sys.modules, "datasets", fake)
   assert corpora.read_corpus("hf", "ag_news", "body", "test") == ["a b", "c"]
-  assert calls == [("ag_news", "test")]
+  assert list(corpora.iter_corpus("hf", "ag_news", "body", "test")) == ["a b", "c"]
+  assert calls == [("ag_news", "test", False), ("ag_news", "test", True)]
   monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: the import fails
   with pytest.raises(errors.MissingExtraError, match=r"pip install 'cdm_jax\[hf\]'"):
     corpora.read_corpus("hf", "ag_news")

@@ -51,6 +51,31 @@ def read_corpus(name: str, path: str = "", field: str = "text", hf_split: str = 
   return examples
 
 
+def iter_corpus(name: str, path: str = "", field: str = "text", hf_split: str = "train",
+                max_examples: int = 0):
+  """The examples of `read_corpus`, one at a time and normalized the same way, without holding the
+  corpus: text and JSONL files are read line by line, `hf` in streaming mode; the built-in corpora
+  are small and come from their readers. For one-pass preparation (`cdm_jax.data.prepare`)."""
+  if name in ("text", "jsonl"):
+    lines = _iter_lines(path)
+    if name == "jsonl":
+      lines = (values[0] for _, values in _json_values(lines, path, (field,), "data.field"))
+    raw = lines
+  elif name == "hf":
+    raw = (row[field] for row in _hf_dataset(path, hf_split, streaming=True))
+  else:
+    raw = READERS.get(name)(path=path, field=field, hf_split=hf_split)
+  count = 0
+  for example in map(_normalize, raw):
+    if example:
+      yield example
+      count += 1
+      if count == max_examples:
+        return
+  if not count:
+    raise ValueError(f"Corpus {name!r} ({path or 'built-in'}) holds no non-empty examples.")
+
+
 def _normalize(example: Example) -> Example | None:
   if isinstance(example, tuple):
     pair = tuple(" ".join(x.split()) for x in example)
@@ -62,9 +87,7 @@ def is_pair(example: Example) -> bool:
   return isinstance(example, tuple)
 
 
-def _read_lines(path: str) -> list[str]:
-  """The file's lines: UTF-8 (a leading BOM dropped), split on \\n only (a trailing \\r removed),
-  so U+2028, U+0085, \\x0b and \\x0c stay inside their line; NUL bytes are refused."""
+def _check_file(path: str):
   if not path:
     raise FileNotFoundError("No corpus file given: set data.path to a text or JSONL file.")
   file = fs.path(path)
@@ -73,21 +96,41 @@ def _read_lines(path: str) -> list[str]:
                             "or JSONL file in it.")
   if not file.is_file():
     raise FileNotFoundError(f"Corpus file {str(file)!r} does not exist (set data.path).")
-  raw = file.read_bytes()
-  if raw.startswith(codecs.BOM_UTF8):
-    raw = raw[len(codecs.BOM_UTF8):]
+  return file
+
+
+def _decode_line(raw: bytes, file, number: int, offset: int) -> str:
+  """One line's text; `number` and `offset` (of the line's first byte) name a bad byte."""
   nul = raw.find(b"\x00")
   if nul >= 0:
-    line = raw[:nul].count(b"\n") + 1
-    raise ValueError(f"{file}: line {line} holds a NUL byte (byte {nul}): not a text file, or "
-                     f"UTF-16; re-encode it as UTF-8.")
+    raise ValueError(f"{file}: line {number} holds a NUL byte (byte {offset + nul}): not a text "
+                     f"file, or UTF-16; re-encode it as UTF-8.")
   try:
-    text = raw.decode("utf-8")
+    return raw.decode("utf-8")
   except UnicodeDecodeError as err:
-    line = raw[:err.start].count(b"\n") + 1
-    raise ValueError(f"{file}: line {line} is not valid UTF-8 (byte {err.start}: "
+    raise ValueError(f"{file}: line {number} is not valid UTF-8 (byte {offset + err.start}: "
                      f"{raw[err.start:err.start + 1]!r}). Re-encode the file as UTF-8.") from None
-  return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+def _read_lines(path: str) -> list[str]:
+  """The file's lines: UTF-8 (a leading BOM dropped), split on \\n only (a trailing \\r removed),
+  so U+2028, U+0085, \\x0b and \\x0c stay inside their line; NUL bytes and bytes that are not
+  UTF-8 are refused with their line."""
+  return list(_iter_lines(path))
+
+
+def _iter_lines(path: str):
+  """`_read_lines`, one line in memory at a time (byte offsets in errors count after a BOM)."""
+  file = _check_file(path)
+  offset = 0
+  with file.open("rb") as f:
+    for number, raw in enumerate(f, 1):
+      if number == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+      line = _decode_line(raw, file, number, offset)
+      offset += len(raw)
+      line = line[:-1] if line.endswith("\n") else line
+      yield line[:-1] if line.endswith("\r") else line
 
 
 @register("text")
@@ -98,7 +141,11 @@ def read_text(path: str, **unused) -> list[str]:
 
 def _jsonl_records(path: str, fields: tuple[str, ...], flag: str):
   """(line number, [string of each field]) for every non-empty JSON line."""
-  for number, line in enumerate(_read_lines(path), 1):
+  return _json_values(_read_lines(path), path, fields, flag)
+
+
+def _json_values(lines, path: str, fields: tuple[str, ...], flag: str):
+  for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
     try:
@@ -130,13 +177,18 @@ def read_jsonl_pairs(path: str, source_field: str, target_field: str) -> list[tu
 @register("hf")
 def read_hf(path: str, field: str = "text", hf_split: str = "train", **unused) -> list[str]:
   """A Hugging Face dataset by name (optional extra: `pip install cdm_jax[hf]`, needs internet)."""
+  return [row[field] for row in _hf_dataset(path, hf_split)]
+
+
+def _hf_dataset(path: str, hf_split: str, streaming: bool = False):
   try:
     import datasets  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise errors.MissingExtraError("data.corpus='hf' needs the `datasets` package: "
                                    "pip install 'cdm_jax[hf]'.") from None
-  dataset = datasets.load_dataset(path, split=hf_split)
-  return [row[field] for row in dataset]
+  if streaming:  # rows arrive as they are read: nothing is downloaded whole
+    return datasets.load_dataset(path, split=hf_split, streaming=True)
+  return datasets.load_dataset(path, split=hf_split)
 
 
 def find_wordnet() -> pathlib.Path | None:

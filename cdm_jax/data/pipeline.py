@@ -11,6 +11,7 @@ import numpy as np
 from cdm_jax.runtime import distributed
 from cdm_jax.runtime import config_record, fs
 from cdm_jax.data import corpora
+from cdm_jax.data import shards
 from cdm_jax.data import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -21,12 +22,34 @@ def split_examples(examples: list, valid_percent: float) -> tuple[list, list]:
   depends on the others, and the same source never sits on both sides."""
   train, valid = [], []
   for example in examples:
-    key = example[0] if corpora.is_pair(example) else example
-    bucket = zlib.crc32(key.encode("utf-8")) % 10_000
-    (valid if bucket < valid_percent * 100 else train).append(example)
+    (valid if is_held_out(example, valid_percent) else train).append(example)
   if not train:
     raise ValueError(f"data.valid_percent={valid_percent} leaves no training examples.")
   return train, valid
+
+
+def is_held_out(example, valid_percent: float) -> bool:
+  """The side of `split_examples`, decided by the example alone."""
+  key = example[0] if corpora.is_pair(example) else example
+  return zlib.crc32(key.encode("utf-8")) % 10_000 < valid_percent * 100
+
+
+def fit_pieces(pieces: list[int], seq_len: int, long_lines: str) -> list[int] | None:
+  """The pieces that fit a row of `seq_len` between BOS and EOS: all of them, the first
+  seq_len - 2 (`truncate`), or None (`drop`); `error` raises ValueError."""
+  limit = seq_len - 2
+  if len(pieces) <= limit:
+    return pieces
+  if long_lines == "error":
+    raise ValueError(f"has {len(pieces)} tokens > {limit} (data.seq_len - 2)")
+  return None if long_lines == "drop" else pieces[:limit]
+
+
+def check_framing(seq_len: int, long_lines: str):
+  if long_lines not in ("truncate", "drop", "error"):
+    raise ValueError(f"data.long_lines must be truncate, drop or error, got {long_lines!r}.")
+  if seq_len < 3:
+    raise ValueError(f"data.seq_len must be at least 3 (BOS, a token, EOS), got {seq_len}.")
 
 
 @dataclasses.dataclass
@@ -58,24 +81,22 @@ def encode(tokenizer, examples: list, seq_len: int, long_lines: str = "truncate"
   Lines longer than seq_len - 2 pieces are truncated (keeping the EOS), dropped, or raise, per
   `long_lines`; the count is logged.
   """
-  if long_lines not in ("truncate", "drop", "error"):
-    raise ValueError(f"data.long_lines must be truncate, drop or error, got {long_lines!r}.")
-  if seq_len < 3:
-    raise ValueError(f"data.seq_len must be at least 3 (BOS, a token, EOS), got {seq_len}.")
+  check_framing(seq_len, long_lines)
   ids = _pieces(tokenizer, examples)
   stats = EncodeStats()
   rows = []
   limit = seq_len - 2
   for number, pieces in enumerate(ids):
-    if len(pieces) > limit:
-      if long_lines == "error":
-        raise ValueError(f"{name}: example {number} has {len(pieces)} tokens > {limit} "
-                         f"(data.seq_len - 2): {examples[number][:80]!r}...")
-      if long_lines == "drop":
-        stats.dropped += 1
-        continue
+    try:
+      fitted = fit_pieces(pieces, seq_len, long_lines)
+    except ValueError as err:
+      raise ValueError(f"{name}: example {number} {err}: {examples[number][:80]!r}...") from None
+    if fitted is None:
+      stats.dropped += 1
+      continue
+    if len(fitted) < len(pieces):
       stats.truncated += 1
-      pieces = pieces[:limit]
+    pieces = fitted
     row = np.full((seq_len,), tokenizer_lib.PAD_ID, np.int32)
     row[0] = tokenizer_lib.BOS_ID
     row[1:len(pieces) + 1] = pieces
@@ -101,21 +122,31 @@ def pack(rows: np.ndarray) -> np.ndarray:
   """
   seq_len = rows.shape[1]
   lengths = np.sum(rows != tokenizer_lib.PAD_ID, axis=1)
-  windows = []
-  first = 0
-  while first < len(rows):
-    window = np.full((seq_len,), tokenizer_lib.PAD_ID, np.int32)
+  flat = rows[rows != tokenizer_lib.PAD_ID]  # the examples end to end (PAD only trails a row)
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  starts = window_starts(lengths, seq_len)
+  windows = np.full((len(starts), seq_len), tokenizer_lib.PAD_ID, np.int32)
+  for window, first in zip(windows, starts):
+    piece = flat[offsets[first]:offsets[first] + seq_len]
+    window[:len(piece)] = piece
+  return windows
+
+
+def window_starts(lengths, seq_len: int) -> np.ndarray:
+  """The example each packed window of `pack` starts at, from the examples' lengths (BOS to EOS):
+  a window takes `seq_len` tokens of the examples end to end from there."""
+  starts, first = [], 0
+  while first < len(lengths):
+    starts.append(first)
     filled, index = 0, first
-    while index < len(rows) and filled < seq_len:
+    while index < len(lengths) and filled < seq_len:
       take = min(int(lengths[index]), seq_len - filled)
-      window[filled:filled + take] = rows[index, :take]
       filled += take
       if take < lengths[index]:
         break  # cut: this example starts the next window
       index += 1
-    windows.append(window)
     first = index
-  return np.stack(windows)
+  return np.asarray(starts, np.int64)
 
 
 def _pack_split(tokens: np.ndarray, name: str) -> np.ndarray:
@@ -128,11 +159,13 @@ def _pack_split(tokens: np.ndarray, name: str) -> np.ndarray:
 class BatchIterator:
   """Endless shuffled global batches; yields this process's slice. Resumable via get/set_state.
 
-  Epoch e uses the permutation of `default_rng(seed + e)`, so (epoch, index) fixes the stream.
+  Epoch e uses the permutation of `default_rng(seed + e)`, or with `shuffle_window` the
+  `shards.WindowedOrder` of (seed, e) (no N-long permutation: prepared corpora), so (epoch, index)
+  fixes the stream. Each process reads only its own rows of each global batch.
   """
 
-  def __init__(self, tokens: np.ndarray, global_batch: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
+  def __init__(self, tokens, global_batch: int, seed: int, process_index: int = 0,
+               process_count: int = 1, *, shuffle_window: int = 0):
     if global_batch % process_count:
       raise ValueError(f"Batch {global_batch} does not split over {process_count} processes.")
     if len(tokens) < global_batch:
@@ -143,9 +176,13 @@ class BatchIterator:
     self.local = slice(process_index * global_batch // process_count,
                        (process_index + 1) * global_batch // process_count)
     self.epoch, self.index = 0, 0
+    self._windowed = (shards.WindowedOrder(len(tokens), seed, shuffle_window)
+                      if shuffle_window else None)
     self._order = self._permutation()
 
   def _permutation(self):
+    if self._windowed is not None:
+      return None
     return np.random.default_rng(self.seed + self.epoch).permutation(len(self.tokens))
 
   def get_state(self) -> dict:
@@ -158,13 +195,20 @@ class BatchIterator:
   def __iter__(self):
     return self
 
-  def __next__(self) -> np.ndarray:
+  def next_rows(self) -> np.ndarray:
+    """The row numbers of this process's slice of the next global batch."""
     if self.index + self.global_batch > len(self.tokens):
       self.epoch, self.index = self.epoch + 1, 0
       self._order = self._permutation()
-    rows = self._order[self.index:self.index + self.global_batch][self.local]
+    if self._windowed is not None:
+      rows = self._windowed.rows(self.epoch, self.index, self.global_batch)[self.local]
+    else:
+      rows = self._order[self.index:self.index + self.global_batch][self.local]
     self.index += self.global_batch
-    return self.tokens[rows]
+    return rows
+
+  def __next__(self) -> np.ndarray:
+    return self.tokens[self.next_rows()]
 
 
 @dataclasses.dataclass
@@ -172,8 +216,9 @@ class Dataset:
   tokenizer: object        # sentencepiece.SentencePieceProcessor
   train: np.ndarray        # [num_train, seq_len] int32
   valid: np.ndarray        # [num_valid, seq_len] int32
-  train_text: list         # the examples: strings, or (source, target) pairs
-  valid_text: list
+  train_text: list         # the examples: strings, or (source, target) pairs (of a prepared
+  valid_text: list         # corpus: its first PREPARED_TEXTS examples of each split, decoded)
+  shuffle_window: int = 0  # > 0: train is a shards.PreparedSplit, shuffled in windows
 
   @property
   def is_seq2seq(self) -> bool:
@@ -183,11 +228,12 @@ class Dataset:
 FINGERPRINT_FILE = "data_fingerprint.json"
 
 
-def check_fingerprint(examples: list, workdir: str):
+def check_fingerprint(examples: list, workdir: str, digest: str = ""):
   """Records a hash of the corpus in the workdir on first use; afterwards, a different corpus under
   the same workdir (edited file, other path, other max_examples) is an error, since its tokenizer,
-  split and data position were made for the first one."""
-  digest = hashlib.sha256(json.dumps(examples, ensure_ascii=False).encode("utf-8")).hexdigest()
+  split and data position were made for the first one. `digest`: a prepared corpus's own."""
+  digest = digest or hashlib.sha256(
+      json.dumps(examples, ensure_ascii=False).encode("utf-8")).hexdigest()
   path = fs.path(workdir) / FINGERPRINT_FILE
   record = {"sha256": digest, "examples": len(examples)}
   if path.is_file():
@@ -212,11 +258,58 @@ def check_fingerprint(examples: list, workdir: str):
     log.warning("Could not record the corpus fingerprint in %s: %s", workdir, err)
 
 
+PREPARED_TEXTS = 50_000
+
+
+def _decoded(tokenizer, split: shards.PreparedSplit) -> list[str]:
+  rows = split[np.arange(min(len(split), PREPARED_TEXTS))]
+  return tokenizer.decode([[int(t) for t in row[1:list(row).index(tokenizer_lib.EOS_ID)]]
+                           for row in rows])
+
+
+def open_prepared(data_config, workdir: str) -> Dataset:
+  """The Dataset of a prepared folder (`data.prepared`): its splits stay on disk; the held-out
+  rows, and the first examples of each split as text (for the evaluation's references and
+  novelty), are read into memory. The folder's tokenizer is copied into the workdir."""
+  folder = data_config.prepared
+  manifest = shards.read_manifest(folder)
+  for key in ("seq_len", "vocab_size"):
+    if manifest["settings"][key] != data_config[key]:
+      raise ValueError(f"data.{key}={data_config[key]}, but {folder} was prepared with "
+                       f"{key}={manifest['settings'][key]}: set it to match, or prepare again.")
+
+  def record_corpus_and_tokenizer():
+    check_fingerprint([None] * manifest["read"], workdir,
+                      digest=manifest["corpus_sha256"] + manifest["tokenizer_sha256"])
+    target = fs.path(workdir) / tokenizer_lib.MODEL_FILE
+    if not target.is_file():
+      fs.write_atomic(target, (shards.local_folder(folder) / shards.TOKENIZER).read_bytes())
+
+  distributed.on_primary(record_corpus_and_tokenizer, "recording the corpus and tokenizer")
+  tokenizer = tokenizer_lib.load_tokenizer(workdir)
+  if shards.sha256(tokenizer.serialized_model_proto()) != manifest["tokenizer_sha256"]:
+    raise ValueError(f"The tokenizer in {workdir} is not the one {folder} was prepared with; "
+                     "use a new workdir.")
+  packing = data_config.get("packing", False)
+  train = shards.PreparedSplit(folder, manifest, "train", packing)
+  valid_split = shards.PreparedSplit(folder, manifest, "valid", packing)
+  valid = valid_split[np.arange(min(len(valid_split), PREPARED_TEXTS))]
+  texts = {split: _decoded(tokenizer, shards.PreparedSplit(folder, manifest, split))
+           for split in ("train", "valid")}
+  log.info("Prepared corpus %s: %d train / %d valid rows, vocab %d.", folder, len(train),
+           len(valid_split), tokenizer.get_piece_size())
+  return Dataset(tokenizer, train, valid, texts["train"], texts["valid"],
+                 shuffle_window=data_config.get("shuffle_window", 1 << 18))
+
+
 def prepare_data(data_config, workdir: str) -> Dataset:
-  """Reads the corpus, splits it, trains (or reloads from `workdir`) the tokenizer and encodes.
+  """Reads the corpus, splits it, trains (or reloads from `workdir`) the tokenizer and encodes;
+  with `data.prepared`, opens that folder instead (`open_prepared`).
 
   The tokenizer is trained once per workdir and reused by resumed runs and by sampling.
   """
+  if data_config.get("prepared"):
+    return open_prepared(data_config, workdir)
   pair_fields = None
   if data_config.get("source_field") or data_config.get("target_field"):
     pair_fields = (data_config.source_field, data_config.target_field)

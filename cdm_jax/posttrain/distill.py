@@ -112,7 +112,8 @@ def _build(workdir: str, config: DistillConfig) -> _Run:
   data = pipeline.prepare_data(teacher_config.data, str(workdir))
   step_fn = make_distill_step(model, schedule, tx, mesh, builders.condition_config(teacher_config))
   batches = pipeline.BatchIterator(data.train, config.runs_per_step, config.seed,
-                                   jax.process_index(), jax.process_count())
+                                   jax.process_index(), jax.process_count(),
+                                   shuffle_window=data.shuffle_window)
   return _Run(workdir=fs.path(workdir), config=config, teacher_config=teacher_config, mesh=mesh,
               model=model, schedule=schedule, tx=tx, step_fn=step_fn, batches=batches,
               manager=checkpointing.make_manager(str(directory), max_to_keep=2), teacher_step=0,

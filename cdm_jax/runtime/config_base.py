@@ -33,6 +33,10 @@ def _data() -> ml_collections.ConfigDict:
   data.long_lines = "truncate"  # truncate | drop | error, for examples longer than seq_len - 2
   data.packing = False         # True: no PAD; each sequence starts at an example and continues with
                                # the next ones (sampling keeps the text up to the first EOS)
+  data.prepared = ""           # a folder of `cdm-prepare` (token shards): streamed from disk, not
+                               # read into memory; seq_len and vocab_size must match its own
+  data.shuffle_window = 1 << 18  # prepared corpora: examples shuffled together (blocks of 4096
+                                 # consecutive ones, permuted, mixed in windows of this many)
   return data
 
 

@@ -220,7 +220,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
                              warmup_steps=settings.warmup_steps, total_steps=settings.num_steps,
                              grad_clip_norm=1.0, weight_decay=settings.weight_decay)
   batches = pipeline.BatchIterator(data.train, settings.batch_size, config.seed + 1,
-                                   jax.process_index(), jax.process_count())
+                                   jax.process_index(), jax.process_count(),
+                                   shuffle_window=data.shuffle_window)
   run = _Run(directory=directory, settings=settings, model=model, mesh=mesh, tx=tx,
              step_fn=make_train_step(model, tx), batches=batches,
              manager=checkpointing.make_manager(str(directory), max_to_keep=2),
