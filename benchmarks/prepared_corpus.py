@@ -3,8 +3,8 @@
     python benchmarks/prepared_corpus.py [--tokens=1e6,1e7,1e8] [--steps=5] [--dir=/tmp/cdm_prep]
         [--in_memory_up_to=1e7]
 
-For each size, a synthetic corpus (lines of 4-16 words drawn from 3,000 made-up words, about one
-piece a word at vocab 4000) is written, prepared once (wall time), and a `cdm-train` subprocess
+For each size, a synthetic corpus (lines of 4-16 words drawn from 3,000 made-up words, vocabulary 1000
+pieces) is written, prepared once (wall time), and a `cdm-train` subprocess
 trains the wordnet config's model from the prepared folder for `--steps` steps: its peak RSS
 (`wait4`) and its time to the first finished step (from the process start to the first metrics
 line) are printed. Up to `--in_memory_up_to` tokens the same corpus is also trained from the text
@@ -73,7 +73,7 @@ def train_argv(workdir: pathlib.Path, steps: int, **data) -> list[str]:
           f"--workdir={workdir}", f"--config.train.num_train_steps={steps}",
           "--config.train.log_every_steps=1", "--config.train.eval_every_steps=0",
           "--config.train.sample_every_steps=0", f"--config.train.checkpoint_every_steps={steps}",
-          "--config.train.warmup_steps=1", *flags]
+          "--config.train.warmup_steps=1", "--config.data.vocab_size=1000", *flags]
 
 
 def loader_throughput(folder: pathlib.Path, batches: int = 300) -> float:
@@ -114,7 +114,8 @@ def main():
     folder = base / f"prepared_{tag}"
     prepared = run_measured([sys.executable, "-m", "cdm_jax.cli.prepare",
                              "--config=configs/wordnet.py", f"--output={folder}",
-                             "--config.data.corpus=text", f"--config.data.path={corpus}"])
+                             "--config.data.corpus=text", f"--config.data.path={corpus}",
+                             "--config.data.vocab_size=1000"])
     runs = [("prepared", dict(prepared=folder, corpus="text", path=corpus))]
     if size <= args.in_memory_up_to:
       runs.append(("in memory", dict(corpus="text", path=corpus)))
