@@ -51,12 +51,17 @@ def tiny_config(corpus_path, **train_overrides):
   return config
 
 
+def write_word_lines(path, lines: int, words: tuple[int, int], seed: int):
+  """A text corpus of `lines` lines of WORDS, each of words[0] .. words[1] - 1 words."""
+  rng = np.random.default_rng(seed)
+  path.write_text("\n".join(" ".join(rng.choice(WORDS, rng.integers(*words)))
+                            for _ in range(lines)))
+  return path
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-  path.write_text("\n".join(" ".join(rng.choice(WORDS, rng.integers(2, 7))) for _ in range(600)))
-  return path
+  return write_word_lines(tmp_path_factory.mktemp("corpus") / "corpus.txt", 600, (2, 7), seed=0)
 
 
 def trained_config(corpus_path, **train_overrides):

@@ -12,16 +12,13 @@ from cdm_jax.data import corpora, pipeline, prepare, shards
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.training import train
 
-from conftest import WORDS, tiny_config
+from conftest import WORDS, tiny_config, write_word_lines
 
 
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory):
   """1,500 lines of 1-14 words: some longer than seq_len 16 holds."""
-  rng = np.random.default_rng(3)
-  path = tmp_path_factory.mktemp("long") / "corpus.txt"
-  path.write_text("\n".join(" ".join(rng.choice(WORDS, rng.integers(1, 15))) for _ in range(1500)))
-  return path
+  return write_word_lines(tmp_path_factory.mktemp("long") / "corpus.txt", 1500, (1, 15), seed=3)
 
 
 def _prepared(corpus_path, folder, **kwargs):
@@ -92,6 +89,7 @@ def test_windowed_order_is_a_permutation_with_bounded_memory():
   np.testing.assert_array_equal(np.concatenate([order.rows(0, s, 1000) for s in range(0, 10_007,
                                                                                       1000)]), rows)
   assert not (rows[:1024] < 1024).all()  # the first window mixes blocks from all over
+  assert np.mean(np.diff(rows[:128]) == 1) < 0.1  # and shuffles inside it
   small = shards.WindowedOrder(100, seed=1)  # one window: a full permutation
   assert sorted(small.rows(0, 0, 100)) == list(range(100))
 
@@ -138,9 +136,12 @@ def test_an_interrupted_preparation_leaves_no_manifest_and_a_rerun_restarts(long
   with pytest.raises(ValueError, match="is not a prepared corpus"):
     shards.read_manifest(str(tmp_path / "p"))
   monkeypatch.setattr(corpora, "iter_corpus", real)
+  (tmp_path / "p/train-00099.tokens.npy").write_bytes(b"stale")
   manifest = prepare.prepare(config.data, str(tmp_path / "p"), shard_tokens=600)
   _, fresh = _prepared(long_corpus, tmp_path / "fresh")
   assert manifest == fresh
+  assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(
+      p.name for p in (tmp_path / "fresh").iterdir())
 
 
 def test_damaged_folders_give_one_line_errors_and_lose_nothing(long_corpus, tmp_path):
@@ -151,6 +152,7 @@ def test_damaged_folders_give_one_line_errors_and_lose_nothing(long_corpus, tmp_
   data = tokens.read_bytes()
   for damage, match in ((lambda: tokens.write_bytes(data[:-10]), "truncated"),
                         (lambda: tokens.write_bytes(data[:50]), "truncated or damaged"),
+                        (lambda: np.save(tokens, np.zeros(5, np.uint16)), "holds 5 entries"),
                         (lambda: tokens.rename(folder / "moved"), "is missing")):
     damage()
     with pytest.raises(ValueError, match=match) as err:

@@ -228,14 +228,16 @@ class Dataset:
 FINGERPRINT_FILE = "data_fingerprint.json"
 
 
-def check_fingerprint(examples: list, workdir: str, digest: str = ""):
+def check_fingerprint(examples: list, workdir: str, digest: str = "", count: int = 0):
   """Records a hash of the corpus in the workdir on first use; afterwards, a different corpus under
   the same workdir (edited file, other path, other max_examples) is an error, since its tokenizer,
-  split and data position were made for the first one. `digest`: a prepared corpus's own."""
+  split and data position were made for the first one. `digest` and `count`: a prepared corpus's
+  own (its examples are never held)."""
   digest = digest or hashlib.sha256(
       json.dumps(examples, ensure_ascii=False).encode("utf-8")).hexdigest()
   path = fs.path(workdir) / FINGERPRINT_FILE
-  record = {"sha256": digest, "examples": len(examples)}
+  count = count or len(examples)
+  record = {"sha256": digest, "examples": count}
   if path.is_file():
     saved = json.loads(path.read_text(encoding="utf-8"))
     if saved["sha256"] != digest and not config_record.has_checkpoint(workdir):
@@ -247,7 +249,7 @@ def check_fingerprint(examples: list, workdir: str, digest: str = ""):
     elif saved["sha256"] != digest:
       raise ValueError(
           f"The corpus differs from the one {workdir} was built on ({saved['examples']} examples "
-          f"then, {len(examples)} now; sha256 {saved['sha256'][:12]} -> {digest[:12]}). Restore "
+          f"then, {count} now; sha256 {saved['sha256'][:12]} -> {digest[:12]}). Restore "
           "it, or train in a new workdir.")
     else:
       return
@@ -279,8 +281,8 @@ def open_prepared(data_config, workdir: str) -> Dataset:
                        f"{key}={manifest['settings'][key]}: set it to match, or prepare again.")
 
   def record_corpus_and_tokenizer():
-    check_fingerprint([None] * manifest["read"], workdir,
-                      digest=manifest["corpus_sha256"] + manifest["tokenizer_sha256"])
+    check_fingerprint([], workdir, digest=manifest["corpus_sha256"] + manifest["tokenizer_sha256"],
+                      count=manifest["read"])
     target = fs.path(workdir) / tokenizer_lib.MODEL_FILE
     if not target.is_file():
       fs.write_atomic(target, (shards.local_folder(folder) / shards.TOKENIZER).read_bytes())
