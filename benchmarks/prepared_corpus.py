@@ -4,7 +4,8 @@
         [--in_memory_up_to=1e7]
 
 For each size, a synthetic corpus (lines of 4-16 words drawn from 3,000 made-up words, vocabulary 1000
-pieces) is written, prepared once (wall time), and a `cdm-train` subprocess
+pieces; lines longer than a row are split into several rows, so every token is kept) is written,
+prepared once (wall time; the table gives the tokens stored for training), and a `cdm-train` subprocess
 trains the wordnet config's model from the prepared folder for `--steps` steps: its peak RSS
 (`wait4`) and its time to the first finished step (from the process start to the first metrics
 line) are printed. Up to `--in_memory_up_to` tokens the same corpus is also trained from the text
@@ -29,7 +30,8 @@ STDERR = pathlib.Path(tempfile.gettempdir()) / "cdm_jax_prepared_corpus_stderr.l
 
 
 def write_corpus(path: pathlib.Path, tokens: int, seed: int = 0):
-  """About `tokens` pieces (+2 per line for BOS/EOS), in chunks so memory stays small."""
+  """About `tokens` words (+2 per line for BOS/EOS): the nominal size (the tokenizer cuts the
+  made-up words into several pieces). Written in chunks so memory stays small."""
   rng = np.random.default_rng(seed)
   letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
   vocab = np.array(["".join(rng.choice(letters, rng.integers(3, 9))) for _ in range(3000)])
@@ -73,7 +75,8 @@ def train_argv(workdir: pathlib.Path, steps: int, **data) -> list[str]:
           f"--workdir={workdir}", f"--config.train.num_train_steps={steps}",
           "--config.train.log_every_steps=1", "--config.train.eval_every_steps=0",
           "--config.train.sample_every_steps=0", f"--config.train.checkpoint_every_steps={steps}",
-          "--config.train.warmup_steps=1", "--config.data.vocab_size=1000", *flags]
+          "--config.train.warmup_steps=1", "--config.data.vocab_size=1000",
+          "--config.data.long_lines=split", *flags]
 
 
 def loader_throughput(folder: pathlib.Path, batches: int = 300) -> float:
@@ -103,8 +106,9 @@ def main():
   args = parser.parse_args()
   base = pathlib.Path(args.dir)
   base.mkdir(parents=True, exist_ok=True)
-  print("| corpus tokens | path | prepare (s) | train RSS peak (MiB) | time to 1st step (s) |")
-  print("|---|---|---|---|---|")
+  print("| corpus size | train tokens stored | path | prepare (s) | train RSS peak (MiB) | "
+        "time to 1st step (s) |")
+  print("|---|---|---|---|---|---|")
   workdir = None
   for size in (float(s) for s in args.tokens.split(",")):
     tag = f"{size:.0e}".replace("+0", "")
@@ -115,7 +119,8 @@ def main():
     prepared = run_measured([sys.executable, "-m", "cdm_jax.cli.prepare",
                              "--config=configs/wordnet.py", f"--output={folder}",
                              "--config.data.corpus=text", f"--config.data.path={corpus}",
-                             "--config.data.vocab_size=1000"])
+                             "--config.data.vocab_size=1000", "--config.data.long_lines=split"])
+    stored = json.loads((folder / "manifest.json").read_text())["splits"]["train"]["tokens"]
     runs = [("prepared", dict(prepared=folder, corpus="text", path=corpus))]
     if size <= args.in_memory_up_to:
       runs.append(("in memory", dict(corpus="text", path=corpus)))
@@ -123,10 +128,9 @@ def main():
       workdir = base / f"run_{tag}_{name.replace(' ', '_')}"
       subprocess.run(["rm", "-rf", str(workdir)], check=True)
       got = run_measured(train_argv(workdir, args.steps, **data), workdir / "metrics.jsonl")
-      print(f"| {size:.0e} | {name} | {prepared['wall_s']:.0f} | {got['peak_rss_mib']:.0f} | "
-            f"{got['first_step_s']:.1f} |" if name == "prepared" else
-            f"| {size:.0e} | {name} | - | {got['peak_rss_mib']:.0f} | {got['first_step_s']:.1f} |",
-            flush=True)
+      seconds = f"{prepared['wall_s']:.0f}" if name == "prepared" else "-"
+      print(f"| {size:.0e} | {stored:,} | {name} | {seconds} | {got['peak_rss_mib']:.0f} | "
+            f"{got['first_step_s']:.1f} |", flush=True)
       if name == "prepared":
         prepared_workdir, prepared_folder = workdir, folder
   loader = loader_throughput(prepared_folder)

@@ -5,11 +5,13 @@
 #     bash scripts/tpu_pod.sh ACTION
 #
 # ACTION: create (reuses a slice of that name if it exists) | copy (this checkout's committed tree
-# to every worker) | setup (venv with jax[tpu] and the gcs extra on every worker) | launch
+# to every worker) | setup (venv with jax[tpu] and the gcs extra on every worker) | mount (with
+# DATA=gs://BUCKET/FOLDER: that prepared corpus, read-only through gcsfuse, at MOUNT on every
+# worker, default /mnt/owt/prepared, the folder configs/owt_1b.py names) | launch
 # (training in the background on every worker, one log per worker) | tail (worker 0's log) |
 # logs (the last lines of every worker's log) | stop (SIGTERM: all processes agree on a step,
 # save one checkpoint and exit; rerun `launch` to resume) | delete | all (create, copy, setup,
-# launch).
+# launch; mount too when DATA is set).
 # Settings (environment): TPU_NAME, ZONE, ACCELERATOR (default v4-32), RUNTIME (default
 # tpu-ubuntu2204-base), CONFIG (default configs/tpu_pod.py), WORKDIR (a gs:// path: every host
 # must see the same checkpoints), EXTRA_FLAGS (more --config.x=y flags), SPOT=1 (a spot slice).
@@ -17,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ACTION="${1:?usage: bash scripts/tpu_pod.sh create|copy|setup|launch|tail|logs|stop|delete|all}"
+ACTION="${1:?usage: bash scripts/tpu_pod.sh create|copy|setup|mount|launch|tail|logs|stop|delete|all}"
 TPU_NAME="${TPU_NAME:?set TPU_NAME}"
 ZONE="${ZONE:?set ZONE}"
 ACCELERATOR="${ACCELERATOR:-v4-32}"
@@ -25,6 +27,8 @@ RUNTIME="${RUNTIME:-tpu-ubuntu2204-base}"
 CONFIG="${CONFIG:-configs/tpu_pod.py}"
 WORKDIR="${WORKDIR:-}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"
+DATA="${DATA:-}"
+MOUNT="${MOUNT:-/mnt/owt/prepared}"
 REMOTE_DIR="cdm_jax"
 LOG="train.log"
 
@@ -71,6 +75,18 @@ setup() {
 .venv/bin/python -m pip install --quiet 'jax[tpu]'"
 }
 
+mount() {
+  case "$DATA" in
+    gs://*/*) ;;
+    *) echo "DATA must name a prepared folder as gs://BUCKET/FOLDER, got '$DATA'." >&2; exit 2 ;;
+  esac
+  local bucket="${DATA#gs://}"
+  local folder="${bucket#*/}"
+  bucket="${bucket%%/*}"
+  on_workers all "sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT && \
+gcsfuse -o ro --implicit-dirs --only-dir $folder $bucket $MOUNT"
+}
+
 launch() {
   case "$WORKDIR" in
     gs://*) ;;
@@ -90,11 +106,12 @@ case "$ACTION" in
   create) create ;;
   copy) copy ;;
   setup) setup ;;
+  mount) mount ;;
   launch) launch ;;
   tail) on_workers 0 "tail -n 50 -f $REMOTE_DIR/$LOG" ;;
   logs) on_workers all "echo == \$(hostname); tail -n 5 $REMOTE_DIR/$LOG" ;;
   stop) on_workers all "pkill -TERM -f cdm-train || true" ;;
   delete) run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet ;;
-  all) create; copy; setup; launch ;;
+  all) create; copy; setup; if [ -n "$DATA" ]; then mount; fi; launch ;;
   *) echo "Unknown action '$ACTION'." >&2; exit 2 ;;
 esac

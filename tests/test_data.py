@@ -79,6 +79,24 @@ def test_encode_layout_and_long_lines(tokenizer):
     pipeline.encode(tokenizer, ["the cat sat", "the dog " * 20], 10, "error")
 
 
+def test_split_long_lines_keep_every_piece_in_framed_rows(tokenizer):
+  long = "the dog " * 20
+  rows, stats = pipeline.encode(tokenizer, ["the cat sat", long], 10, "split")
+  pieces = tokenizer.encode(long)
+  assert stats.split == 1 and stats.truncated == 0 and len(rows) == 1 + -(-len(pieces) // 8)
+  assert (rows[:, 0] == tokenizer_lib.BOS_ID).all()
+  body = []
+  for row in rows[1:]:
+    end = int(np.where(row == tokenizer_lib.EOS_ID)[0][0])
+    assert (row[end + 1:] == tokenizer_lib.PAD_ID).all() and 0 < end <= 9
+    body += row[1:end].tolist()
+  assert body == pieces  # consecutive chunks, nothing lost or repeated
+  with pytest.raises(ValueError, match="split is for plain-text"):
+    pipeline.encode(tokenizer, [("the cat", "sat on the mat")], 10, "split")
+  with pytest.raises(ValueError, match="must be one of"):
+    pipeline.encode(tokenizer, ["the cat"], 10, "wrap")
+
+
 def test_vocab_too_large_or_too_small_is_a_clear_error():
   with pytest.raises(ValueError, match="too large for this corpus"):
     tokenizer_lib.train_tokenizer(["a b c", "b c d"], 500)

@@ -181,3 +181,14 @@ def test_pod_launcher_dry_run_starts_every_worker_on_a_bucket_workdir():
   subprocess.run(["bash", str(root / "scripts/tpu_pod.sh"), "copy"], env=env, check=True,
                  capture_output=True)
   assert set(pathlib.Path(tempfile.gettempdir()).iterdir()) <= before
+  # `all` with DATA mounts the prepared corpus on every worker before launching the owt config.
+  pod = subprocess.run(["bash", str(root / "scripts/tpu_pod.sh"), "all"],
+                       env={**env, "DATA": "gs://data/owt/prepared", "CONFIG": "configs/owt_1b.py",
+                            "ACCELERATOR": "v5litepod-256"},
+                       capture_output=True, text=True, check=True).stdout.splitlines()
+  mount = next(i for i, line in enumerate(pod) if "gcsfuse" in line)
+  assert "--only-dir\\ owt/prepared\\ data\\ /mnt/owt/prepared" in pod[mount], pod[mount]
+  assert "--worker=all" in pod[mount] and "configs/owt_1b.py" in pod[-1] and mount < len(pod) - 1
+  bad = subprocess.run(["bash", str(root / "scripts/tpu_pod.sh"), "mount"],
+                       env={**env, "DATA": "/local/folder"}, capture_output=True, text=True)
+  assert bad.returncode == 2 and "gs://BUCKET/FOLDER" in bad.stderr

@@ -2,6 +2,8 @@
 and process arithmetic, resumption, refusals of damaged folders, and training from a folder."""
 
 import json
+import pathlib
+import runpy
 
 import numpy as np
 import pytest
@@ -44,6 +46,14 @@ def test_prepared_rows_are_the_in_memory_rows_in_shards(long_corpus, tmp_path):
   rows, _ = pipeline.encode(tokenizer, train_text, config.data.seq_len)
   packed = shards.PreparedSplit(str(tmp_path / "one"), one_shard, "train", packing=True)
   np.testing.assert_array_equal(packed[:], pipeline.pack(rows))
+  # Long lines split into several rows: the same rows as the in-memory path's.
+  config.data.long_lines = "split"
+  split = prepare.prepare(config.data, str(tmp_path / "split"), shard_tokens=600)
+  assert split["split"] == manifest["truncated"] > 0 and split["truncated"] == 0
+  rows, _ = pipeline.encode(tokenizer_lib.load_tokenizer(str(tmp_path / "split")), train_text,
+                            config.data.seq_len, "split")
+  np.testing.assert_array_equal(shards.PreparedSplit(str(tmp_path / "split"), split, "train")[:],
+                                rows)
 
 
 def test_packing_never_splits_an_example_wrongly_across_an_eos(long_corpus, tmp_path):
@@ -219,3 +229,16 @@ def test_training_from_a_prepared_folder_resumes_bit_identically(long_corpus, tm
 def jax_leaves(tree):
   import jax  # pylint: disable=g-import-not-at-top
   return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+def test_pod_config_streams_the_folder_the_launcher_mounts(tmp_path):
+  root = pathlib.Path(__file__).resolve().parents[1]
+  config = runpy.run_path(str(root / "configs/owt_1b.py"))["get_config"]()
+  launcher = (root / "scripts/tpu_pod.sh").read_text()
+  assert f'MOUNT="${{MOUNT:-{config.data.prepared}}}"' in launcher
+  assert config.data.long_lines == "split" and config.data.packing
+  # A v5e-256's chips: FSDP groups of fsdp_axis_size, replicated over the rest; whole rows each.
+  assert 256 % config.train.fsdp_axis_size == 0 and config.train.batch_size % 256 == 0
+  with pytest.raises(ValueError, match=r"not a prepared corpus .*cdm-prepare") as err:
+    pipeline.prepare_data(config.data, str(tmp_path / "run"))
+  assert "\n" not in str(err.value)

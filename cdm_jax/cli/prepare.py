@@ -36,7 +36,7 @@ def _run(argv):
     raise ValueError(f"--config could not be loaded: {str(err).splitlines()[-1].strip()}") from None
   manifest = prepare.prepare(config.data, values.output, tokenizer_sample=values.tokenizer_sample,
                              shard_tokens=values.shard_tokens)
-  print(json.dumps({key: manifest[key] for key in ("read", "truncated", "dropped")} | {
+  print(json.dumps({key: manifest.get(key, 0) for key in ("read", "truncated", "dropped", "split")} | {
       split: {k: v for k, v in part.items() if k != "shards"}
       for split, part in manifest["splits"].items()}))
 

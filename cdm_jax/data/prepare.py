@@ -7,7 +7,7 @@ The corpus (`data.corpus`, `data.path`, ...) is read as a stream, twice: first a
 `tokenizer_sample` training examples, on which the SentencePiece tokenizer is trained (so the
 sample, not the corpus, bounds that step's memory and time), then every example once: split by the
 same hash as the in-memory path, tokenized in batches on every core, framed BOS ... EOS (long lines
-per `data.long_lines`) and appended to the current shard, written whenever it reaches
+truncated, dropped or split into several rows per `data.long_lines`) and appended to the current shard, written whenever it reaches
 `shard_tokens`. `manifest.json` is written last, atomically: a folder with one is complete, a
 folder without one is an interrupted run, which a rerun clears and restarts. Rerunning a finished
 folder with the same settings does nothing; with other settings it is an error.
@@ -146,7 +146,7 @@ def prepare(data_config, output: str, *, tokenizer_sample: int = 200_000,
   typecode = "H" if data_config.vocab_size <= 1 << 16 else "I"
   writers = {split: _ShardWriter(root, split, data_config.seq_len, shard_tokens, typecode)
              for split in ("train", "valid")}
-  digest, counts = hashlib.sha256(), {"read": 0, "truncated": 0, "dropped": 0}
+  digest, counts = hashlib.sha256(), {"read": 0, "truncated": 0, "dropped": 0, "split": 0}
   stream = _stream(data_config)
   while chunk := list(itertools.islice(stream, batch_examples)):
     for example, pieces in zip(chunk, tokenizer.encode(chunk, num_threads=os.cpu_count())):
@@ -156,11 +156,11 @@ def prepare(data_config, output: str, *, tokenizer_sample: int = 200_000,
       except ValueError as err:
         raise ValueError(f"example {counts['read']} {err}: {example[:80]!r}...") from None
       counts["read"] += 1
-      if fitted is None or len(fitted) < len(pieces):
-        counts["dropped" if fitted is None else "truncated"] += 1
-      if fitted is not None:
-        split = "valid" if pipeline.is_held_out(example, data_config.valid_percent) else "train"
-        writers[split].add([BOS_ID, *fitted, EOS_ID])
+      if outcome := pipeline.fit_outcome(pieces, fitted):
+        counts[outcome] += 1
+      split = "valid" if pipeline.is_held_out(example, data_config.valid_percent) else "train"
+      for chunk in fitted:
+        writers[split].add([BOS_ID, *chunk, EOS_ID])
     log.info("%d examples read.", counts["read"])
   for writer in writers.values():
     writer.flush()

@@ -30,7 +30,8 @@ def _data() -> ml_collections.ConfigDict:
   data.vocab_size = 4000       # SentencePiece pieces, including PAD/UNK/BOS/EOS (ids 0-3)
   data.tokenizer_type = "unigram"  # unigram | bpe
   data.seq_len = 32            # tokens per sequence: BOS + pieces + EOS, then PAD
-  data.long_lines = "truncate"  # truncate | drop | error, for examples longer than seq_len - 2
+  data.long_lines = "truncate"  # truncate | drop | error | split (into several rows, plain text),
+                                # for examples longer than seq_len - 2
   data.packing = False         # True: no PAD; each sequence starts at an example and continues with
                                # the next ones (sampling keeps the text up to the first EOS)
   data.prepared = ""           # a folder of `cdm-prepare` (token shards): streamed from disk, not
