@@ -116,6 +116,10 @@ def test_latent_diffusion_lm_runs_over_m_latents(corpus):
   assert float(metrics["tokens"]) == 16 and float(metrics["readout_tokens"]) == 32
   assert float(metrics["accuracy_tokens"]) == 32 and per_example.shape == (2,)
   assert float(metrics["anchor_loss"]) > 0
+  # k = 8 over 16 tokens: m = 2 latents, although 8 does not divide m.
+  config.model.latent_ratio = 8
+  model, params = _model_and_params(config)
+  assert model.apply(params, tokens, method="embed").shape == (2, 2, 16)
 
 
 def test_latent_config_refuses_token_level_settings(corpus):

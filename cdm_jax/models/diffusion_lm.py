@@ -90,7 +90,8 @@ class DiffusionLM(nn.Module):
     else:
       self.embedder = Embedder(cfg)
     # The denoiser runs over m latents (its position table has m rows).
-    self.denoiser = TransformerDenoiser(dataclasses.replace(cfg, seq_len=cfg.latent_length),
+    self.denoiser = TransformerDenoiser(dataclasses.replace(cfg, seq_len=cfg.latent_length,
+                                                            latent_ratio=1),
                                         out_dim=cfg.embed_dim)
 
   def embed(self, tokens):
