@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 import cdm_jax
 from cdm_jax.core import diffusion
-from cdm_jax.data import corpora, pipeline, tokenizer as tokenizer_lib
+from cdm_jax.data import corpora, packing, pipeline, tokenizer as tokenizer_lib
 
 
 def context_accuracy(generator, tokens, times, seed: int = 0) -> list[dict]:
@@ -99,7 +99,7 @@ def main():
   tokens, _ = pipeline.encode(generator.tokenizer, valid[:4 * args.num_examples], data.seq_len,
                               data.long_lines, name="valid")
   if data.get("packing", False):  # as the model was trained: windows of whole examples, no PAD
-    tokens = pipeline.pack(tokens)
+    tokens = packing.pack(tokens)
   if len(tokens) < 2:
     raise SystemExit("Need at least two held-out sequences.")
   rows = context_accuracy(generator, jnp.asarray(tokens[:args.num_examples]),

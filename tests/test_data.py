@@ -5,7 +5,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from cdm_jax.data import corpora, pipeline, tokenizer as tokenizer_lib
+from cdm_jax.data import corpora, packing, pipeline, tokenizer as tokenizer_lib
 
 WORDNET_LINE = ('00217593 04 n 01 kill 1 002 @ 00217014 n 0000 + 00355365 v 0101 | the destruction '
                 'of an enemy plane or ship or tank or missile; "the pilot reported two kills during '
@@ -236,7 +236,7 @@ def test_packing_keeps_every_example_whole_once_and_in_order():
   rows = np.full((len(examples), seq_len), tokenizer_lib.PAD_ID, np.int32)
   for row, example in zip(rows, examples):
     row[:len(example)] = example
-  packed = pipeline.pack(rows)
+  packed = packing.pack(rows)
   assert packed.shape[1] == seq_len and len(packed) < len(rows)
   assert np.all(packed[:, 0] == tokenizer_lib.BOS_ID)  # windows start at an example
   assert np.all(packed[:-1] != tokenizer_lib.PAD_ID)  # only the last window may hold PAD

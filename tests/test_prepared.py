@@ -10,7 +10,7 @@ import pytest
 
 import cdm_jax
 from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
-from cdm_jax.data import corpora, pipeline, prepare, shards
+from cdm_jax.data import corpora, packing, pipeline, prepare, shards
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.training import train
 
@@ -41,11 +41,11 @@ def test_prepared_rows_are_the_in_memory_rows_in_shards(long_corpus, tmp_path):
     assert prepared.shape == rows.shape
     np.testing.assert_array_equal(prepared[:], rows)
     np.testing.assert_array_equal(prepared[np.array([5, 0, len(rows) - 1])], rows[[5, 0, -1]])
-  # Packed windows, shard by shard, are `pipeline.pack`'s windows of that shard's examples.
+  # Packed windows, shard by shard, are `packing.pack`'s windows of that shard's examples.
   _, one_shard = _prepared(long_corpus, tmp_path / "one", shard_tokens=1 << 20)
   rows, _ = pipeline.encode(tokenizer, train_text, config.data.seq_len)
   packed = shards.PreparedSplit(str(tmp_path / "one"), one_shard, "train", packing=True)
-  np.testing.assert_array_equal(packed[:], pipeline.pack(rows))
+  np.testing.assert_array_equal(packed[:], packing.pack(rows))
   # Long lines split into several rows: the same rows as the in-memory path's.
   config.data.long_lines = "split"
   split = prepare.prepare(config.data, str(tmp_path / "split"), shard_tokens=600)

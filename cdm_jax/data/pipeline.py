@@ -11,6 +11,7 @@ import numpy as np
 from cdm_jax.runtime import distributed
 from cdm_jax.runtime import config_record, fs
 from cdm_jax.data import corpora
+from cdm_jax.data import packing
 from cdm_jax.data import shards
 from cdm_jax.data import tokenizer as tokenizer_lib
 
@@ -129,45 +130,8 @@ def encode(tokenizer, examples: list, seq_len: int, long_lines: str = "truncate"
   return np.stack(rows), stats
 
 
-def pack(rows: np.ndarray) -> np.ndarray:
-  """Encoded examples ([num_examples, seq_len], BOS ... EOS then PAD) packed into windows with no
-  PAD: each window starts at an example's BOS and takes the following examples whole, in order,
-  while they fit; the first that does not fit fills the window's end with its head and starts the
-  next window whole. So every example appears once complete, a window's first segment is always a
-  complete example (what sampling decodes: the text up to the first EOS), and only the last window
-  may end in PAD. Neighbours stay neighbours (in WordNet, glosses and examples of related senses).
-  """
-  seq_len = rows.shape[1]
-  lengths = np.sum(rows != tokenizer_lib.PAD_ID, axis=1)
-  flat = rows[rows != tokenizer_lib.PAD_ID]  # the examples end to end (PAD only trails a row)
-  offsets = np.concatenate([[0], np.cumsum(lengths)])
-  starts = window_starts(lengths, seq_len)
-  windows = np.full((len(starts), seq_len), tokenizer_lib.PAD_ID, np.int32)
-  for window, first in zip(windows, starts):
-    piece = flat[offsets[first]:offsets[first] + seq_len]
-    window[:len(piece)] = piece
-  return windows
-
-
-def window_starts(lengths, seq_len: int) -> np.ndarray:
-  """The example each packed window of `pack` starts at, from the examples' lengths (BOS to EOS):
-  a window takes `seq_len` tokens of the examples end to end from there."""
-  starts, first = [], 0
-  while first < len(lengths):
-    starts.append(first)
-    filled, index = 0, first
-    while index < len(lengths) and filled < seq_len:
-      take = min(int(lengths[index]), seq_len - filled)
-      filled += take
-      if take < lengths[index]:
-        break  # cut: this example starts the next window
-      index += 1
-    first = index
-  return np.asarray(starts, np.int64)
-
-
 def _pack_split(tokens: np.ndarray, name: str) -> np.ndarray:
-  packed = pack(tokens)
+  packed = packing.pack(tokens)
   log.info("%s: %d examples packed into %d windows (%.0f%% of positions were PAD).", name,
            len(tokens), len(packed), 100.0 * np.mean(tokens == tokenizer_lib.PAD_ID))
   return packed

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from cdm_jax.core.tokens import BOS_ID, EOS_ID
-from cdm_jax.data import corpora, pipeline, shards
+from cdm_jax.data import corpora, packing, pipeline, shards
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.runtime import fs
 
@@ -67,7 +67,7 @@ class _ShardWriter:
     lengths = np.frombuffer(self.lengths, np.uint32)
     parts = {"tokens": np.frombuffer(self.tokens, np.dtype(self.typecode)),
              "index": np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]),
-             "windows": pipeline.window_starts(lengths, self.seq_len)}
+             "windows": packing.window_starts(lengths, self.seq_len)}
     for part, values in parts.items():
       target = shards.shard_file(self.root, name, part)
       temporary = target.with_name(target.name + ".tmp")

@@ -7,7 +7,7 @@ A prepared folder (written once by `cdm_jax.data.prepare`) holds
   tokenizer.model         SentencePiece, trained on a bounded sample of the training side
   {split}-{i:05d}.tokens.npy   the split's examples end to end, BOS ... EOS each (uint16/uint32)
   {split}-{i:05d}.index.npy    int64 offsets of the examples in the tokens (examples + 1)
-  {split}-{i:05d}.windows.npy  int64 first example of each packed window (`pipeline.pack`)
+  {split}-{i:05d}.windows.npy  int64 first example of each packed window (`packing.pack`)
 
 Shards are memory-mapped: a process reads the rows it draws and nothing else, so start-up and
 host memory do not grow with the corpus. `PreparedSplit` looks like the in-memory [N, seq_len]
@@ -88,7 +88,7 @@ def _open_shard(root: pathlib.Path, shard: dict) -> tuple[np.ndarray, ...]:
 
 class PreparedSplit:
   """One split of a prepared folder as rows of `seq_len` tokens: one example per row (BOS ... EOS,
-  then PAD), or packed windows (`packing`, as `pipeline.pack` makes them, within each shard)."""
+  then PAD), or packed windows (`packing`, as `packing.pack` makes them, within each shard)."""
 
   def __init__(self, folder: str, manifest: dict, split: str, packing: bool = False):
     root = local_folder(folder)
