@@ -4,6 +4,8 @@ tokens' states), a projection to d dims normalized
 before any noise, and a transformer decoder back to n token logits (EOS and PAD included).
 
 E(w) = standardize(normalize(resample(encoder(w))))   [batch, m, d]
+  (features="ar": encoder(project(h_LM(w))), h_LM the frozen final hidden states of the library's
+  causal LM, LDLM's way; the decoder then also regresses h_LM, CE + align_weight x MSE)
 D(x) = decoder(unstandardize(x))                       [batch, n, vocab]
 
 `normalize` is a LayerNorm without scale or bias over the d dims (zero mean, unit variance per
@@ -30,10 +32,14 @@ import jax.numpy as jnp
 
 from cdm_jax.models.config import ModelConfig
 from cdm_jax.models.partitioning import logical
-from cdm_jax.models.transformer import Stack, attention_bias, dense, layer_norm, rows
+from cdm_jax.models.transformer import (Stack, TransformerLM, attention_bias, dense, layer_norm,
+                                        rows)
 from cdm_jax.runtime import registry
 
 Array = jax.Array
+
+FEATURES = ("scratch", "ar")
+FEATURE_MODEL = "features"  # the frozen causal LM's subtree (features="ar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +59,15 @@ class AutoencoderConfig:
   mask_rate: float = 0.0        # attention-masking half: share of positions hidden
   noise_delta: float = 0.9      # noise half: z' = delta z + sqrt(1 - delta^2) eps
   latent_dropout: float = 0.0   # element-wise dropout rate on the latents (every example)
+  # What the encoder reads: "scratch", token embeddings; "ar", the frozen final hidden states of
+  # the library's causal LM (`TransformerLM`, feature_* sizes; LDLM's way), which the decoder also
+  # regresses (MSE to their layer-normalized values, weight `align_weight`).
+  features: str = "scratch"
+  feature_width: int = 256
+  feature_layers: int = 6
+  feature_heads: int = 4
+  feature_mlp_dim: int = 1024
+  align_weight: float = 1.0
   dtype: str = "float32"
   matmul_dtype: str = "float32"
 
@@ -62,6 +77,9 @@ class AutoencoderConfig:
                        f"{self.seq_len}.")
     if not 0.0 <= self.mask_rate < 1.0 or not 0.0 <= self.latent_dropout < 1.0:
       raise ValueError("autoencoder mask_rate and latent_dropout must lie in [0, 1).")
+    if self.features not in FEATURES:
+      raise ValueError(f"autoencoder features must be one of {', '.join(FEATURES)}, got "
+                       f"{self.features!r}.")
     if not 0.0 < self.noise_delta <= 1.0:
       raise ValueError(f"autoencoder noise_delta must lie in (0, 1], got {self.noise_delta}.")
 
@@ -74,6 +92,13 @@ class AutoencoderConfig:
     return ModelConfig(vocab_size=self.vocab_size, seq_len=self.seq_len, embed_dim=self.latent_dim,
                        width=self.width, num_layers=num_layers, num_heads=self.num_heads,
                        mlp_dim=self.mlp_dim, dtype=self.dtype, matmul_dtype=self.matmul_dtype)
+
+  def feature_config(self) -> ModelConfig:
+    """The causal LM whose hidden states the encoder reads (features="ar")."""
+    return ModelConfig(vocab_size=self.vocab_size, seq_len=self.seq_len, width=self.feature_width,
+                       num_layers=self.feature_layers, num_heads=self.feature_heads,
+                       mlp_dim=self.feature_mlp_dim, dtype=self.dtype,
+                       matmul_dtype=self.matmul_dtype)
 
   @classmethod
   def from_dict(cls, values: dict):
@@ -158,6 +183,10 @@ class TextAutoencoder(nn.Module):
     # token's identity, and the autoencoder learns to copy several times slower.
     self.token_embed = self.param("token_embed", unit("vocab", "embed"), (cfg.vocab_size, width))
     self.encoder_pos = self.param("encoder_pos", unit("length", "embed"), (n, width))
+    if cfg.features == "ar":
+      self.feature_lm = TransformerLM(cfg.feature_config(), name=FEATURE_MODEL)
+      self.feature_in = dense(blocks, width, "feature_in", ("mlp", "embed"))
+      self.feature_out = dense(blocks, cfg.feature_width, "feature_out", ("embed", "mlp"))
     self.encoder = Stack(cfg.block_config(cfg.encoder_layers), name="encoder")
     self.queries = self.param("queries", small("length", "embed"), (m, width))
     self.chunk_proj = dense(blocks, width, "chunk_proj", ("mlp", "embed"))
@@ -178,12 +207,24 @@ class TextAutoencoder(nn.Module):
     self.latent_std = self.param("latent_std", logical(nn.initializers.ones, "latent"),
                                  (cfg.latent_dim,))
 
-  def encode(self, tokens: Array, keep: Array | None = None) -> Array:
+  def features(self, tokens: Array) -> Array:
+    """[batch, n, feature_width] float32: the frozen LM's final hidden states, layer-normalized
+    (no gradient reaches the LM)."""
+    _, hidden = self.feature_lm(tokens, return_hidden=True)
+    return jax.lax.stop_gradient(layer_normalize(hidden))
+
+  def encode(self, tokens: Array, keep: Array | None = None, features: Array | None = None) -> Array:
     """tokens [batch, n] -> normalized latents [batch, m, d]; `keep` [batch, n] bool hides the
-    other positions from attention (the augmentation)."""
+    other positions from attention (the augmentation); `features`: `self.features(tokens)` when
+    already computed."""
     cfg = self.config
     dtype = cfg.block_config(0).compute_dtype
-    h = (jnp.take(self.token_embed, tokens, axis=0) + self.encoder_pos[None]).astype(dtype)
+    if cfg.features == "ar":
+      features = self.features(tokens) if features is None else features
+      inputs = rows(self.feature_in, features.astype(dtype))
+    else:
+      inputs = jnp.take(self.token_embed, tokens, axis=0)
+    h = (inputs + self.encoder_pos[None]).astype(dtype)
     bias = attention_bias(keep, tokens.shape[1], False)
     h = self.encoder(h, None, bias, True)
     # Each query starts from a projection of its k tokens' states side by side (a mean would lose
@@ -200,12 +241,18 @@ class TextAutoencoder(nn.Module):
 
   def decode(self, z: Array) -> Array:
     """Normalized latents [batch, m, d] -> logits [batch, n, vocab] (float32)."""
+    return self._logits(self._decode_states(z))
+
+  def _decode_states(self, z: Array) -> Array:
     cfg = self.config
     # Each latent is projected to its k positions' inputs side by side (the inverse of the
     # encoder's chunk projection), then the positions attend to each other.
     h = rows(self.from_latent, z.astype(cfg.block_config(0).compute_dtype))
     h = h.reshape(z.shape[0], cfg.seq_len, cfg.width) + self.decoder_pos[None].astype(h.dtype)
-    h = self.decoder(h, None, None, True).astype(jnp.float32)
+    return self.decoder(h, None, None, True).astype(jnp.float32)
+
+  def _logits(self, h: Array) -> Array:
+    cfg = self.config
     # Logits tied to the input embedding (scaled by 1/sqrt(width), as its rows have std 1): a
     # rare piece's vector learns from both ends.
     flat = h.reshape(-1, cfg.width) @ self.token_embed.T / math.sqrt(cfg.width) + self.out_bias
@@ -218,8 +265,19 @@ class TextAutoencoder(nn.Module):
     return x * self.latent_std + self.latent_mean
 
   def __call__(self, tokens: Array, draws: AugmentationDraws | None = None) -> Array:
-    """Training pass: logits of D(augment(E(w))); without `draws`, D(E(w))."""
-    if draws is None:
-      return self.decode(self.encode(tokens))
-    z = self.encode(tokens, attention_keep(draws, self.config.mask_rate))
-    return self.decode(augment_latents(z, draws, self.config))
+    """Logits of D(augment(E(w))); without `draws`, D(E(w))."""
+    return self.train_outputs(tokens, draws)[0]
+
+  def train_outputs(self, tokens: Array, draws: AugmentationDraws | None = None):
+    """(logits [batch, n, vocab], alignment MSE): the MSE of the decoder's regression of the
+    frozen LM's features (features="ar"; 0 otherwise), per element."""
+    cfg = self.config
+    keep = None if draws is None else attention_keep(draws, cfg.mask_rate)
+    features = self.features(tokens) if cfg.features == "ar" else None
+    z = self.encode(tokens, keep, features)
+    h = self._decode_states(z if draws is None else augment_latents(z, draws, cfg))
+    if features is None:
+      return self._logits(h), jnp.zeros((), jnp.float32)
+    predicted = rows(self.feature_out, h.astype(cfg.block_config(0).compute_dtype))
+    align = jnp.mean(jnp.square(predicted.astype(jnp.float32) - features))
+    return self._logits(h), align

@@ -42,7 +42,7 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
 # Keys of the `autoencoder` block that configure its training stage, not the module.
 AUTOENCODER_STAGE_KEYS = ("batch_size", "num_steps", "learning_rate", "warmup_steps",
                           "weight_decay", "checkpoint_every_steps", "log_every_steps",
-                          "eval_batches", "stats_batches", "stop_at_step")
+                          "eval_batches", "stats_batches", "stop_at_step", "feature_model")
 
 
 def autoencoder_config(config: ml_collections.ConfigDict) -> AutoencoderConfig:
@@ -131,10 +131,10 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
 FROZEN_ENCODER = "embedder"  # the subtree of a latent model's parameters that never trains
 
 
-def frozen_labels(params):
-  """"frozen" for the latent encoder's leaves, "train" for the rest."""
+def frozen_labels(params, subtree: str = FROZEN_ENCODER):
+  """"frozen" for the leaves under `subtree` (default: the latent encoder), "train" for the rest."""
   def label(path, _):
-    return "frozen" if any(getattr(k, "key", None) == FROZEN_ENCODER for k in path) else "train"
+    return "frozen" if any(getattr(k, "key", None) == subtree for k in path) else "train"
   return jax.tree_util.tree_map_with_path(label, params)
 
 

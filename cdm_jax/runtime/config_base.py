@@ -170,6 +170,17 @@ def autoencoder() -> ml_collections.ConfigDict:
   ae.mask_rate = 0.0           # half the batch: positions hidden from the encoder's attention
   ae.noise_delta = 0.9         # other half: delta z + sqrt(1 - delta^2) eps
   ae.latent_dropout = 0.0      # element-wise on every example
+  # What the encoder reads: "scratch" (token embeddings) or "ar": the frozen hidden states of the
+  # library's causal LM in `feature_model` (a folder experiments/ar_features.py prints), of the
+  # feature_* sizes; the decoder then also regresses them (CE + align_weight x MSE). Its training
+  # FLOPs count in the autoencoder's.
+  ae.features = "scratch"
+  ae.feature_model = ""
+  ae.feature_width = 256
+  ae.feature_layers = 6
+  ae.feature_heads = 4
+  ae.feature_mlp_dim = 1024
+  ae.align_weight = 1.0
   ae.batch_size = 64
   ae.num_steps = 1500
   ae.learning_rate = 2e-3

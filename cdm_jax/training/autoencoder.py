@@ -26,7 +26,8 @@ from cdm_jax.core import vocab_ops
 from cdm_jax.data import pipeline
 from cdm_jax.data.tokenizer import PAD_ID
 from cdm_jax.models import builders
-from cdm_jax.models.autoencoder import TextAutoencoder, augmentation_draws
+from cdm_jax.models.autoencoder import FEATURE_MODEL, TextAutoencoder, augmentation_draws
+from cdm_jax.models.transformer import TransformerLM
 from cdm_jax.runtime import checkpointing, distributed, fs, parallel, periodic
 from cdm_jax.training import flops, loop
 
@@ -45,10 +46,13 @@ class AEState:
   rng: jax.Array      # step keys are fold_in(rng, step)
 
 
-def init_state(model: TextAutoencoder, tx, seed: int) -> AEState:
+def init_state(model: TextAutoencoder, tx, seed: int, feature_params=None) -> AEState:
+  """Step 0; `feature_params`: the frozen LM's "params" collection (features="ar")."""
   init_key, state_key = jax.random.split(jax.random.PRNGKey(seed + 1))
   cfg = model.config
   params = model.init(init_key, jnp.zeros((1, cfg.seq_len), jnp.int32))
+  if feature_params is not None:
+    params = {**params, "params": {**params["params"], FEATURE_MODEL: feature_params}}
   return AEState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                  rng=state_key)
 
@@ -69,17 +73,20 @@ def make_train_step(model: TextAutoencoder, tx):
   """jit((state, tokens [batch, n]) -> (state, metrics)): one AdamW step on the augmented CE."""
   def loss_fn(params, tokens, key):
     draws = augmentation_draws(key, tokens.shape[0], model.config)
-    logits = model.apply(params, tokens, draws)
-    loss = jnp.mean(vocab_ops.token_cross_entropy(logits, tokens))
-    return loss, reconstruction_counts(logits, tokens)
+    logits, align = model.apply(params, tokens, draws, method="train_outputs")
+    ce = jnp.mean(vocab_ops.token_cross_entropy(logits, tokens))
+    return ce + model.config.align_weight * align, (reconstruction_counts(logits, tokens), align)
 
   def step(state: AEState, tokens):
     key = jax.random.fold_in(state.rng, state.step)
-    (loss, counts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, tokens, key)
+    (loss, (counts, align)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, tokens, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "train_accuracy": counts["correct"] / counts["content"],
                "grad_norm": optax.tree.norm(grads)}
+    if model.config.features == "ar":
+      metrics["align_mse"] = align
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
   return jax.jit(step, donate_argnums=(0,))
 
@@ -138,6 +145,7 @@ class _Run:
   manager: object
   spec: loop.LoopSpec
   seed: int
+  feature_params: dict | None = None
   pending: list = dataclasses.field(default_factory=list)
 
   # The stage interface of `training.loop`.
@@ -147,7 +155,7 @@ class _Run:
         self.manager, checkpointing.abstract_like(shapes, parallel.replicated(self.mesh)))
     if latest is None:
       log.info("Training the text autoencoder in %s.", self.directory)
-      return jax.device_put(init_state(self.model, self.tx, self.seed),
+      return jax.device_put(init_state(self.model, self.tx, self.seed, self.feature_params),
                             parallel.replicated(self.mesh))
     state, data_state, step = latest
     self.batches.set_state(data_state)
@@ -182,10 +190,50 @@ class _Run:
 
 
 def autoencoder_flops(config: ml_collections.ConfigDict) -> float:
-  """The stage's training FLOPs: steps x (forward x3) at its batch."""
+  """The stage's training FLOPs: steps x (forward x3, + the frozen LM's forward) at its batch,
+  plus the frozen LM's own training (features="ar": its steps x `flops.ar_train_flops`, from
+  `feature_model`'s info.json)."""
   ae = config.autoencoder
-  return ae.num_steps * flops.autoencoder_train_flops(builders.autoencoder_config(config),
-                                                      ae.batch_size)
+  total = ae.num_steps * flops.autoencoder_train_flops(builders.autoencoder_config(config),
+                                                       ae.batch_size)
+  if ae.get("features", "scratch") == "ar":
+    total += feature_model_flops(config)
+  return total
+
+
+FEATURE_INFO = "info.json"
+
+
+def feature_model_flops(config: ml_collections.ConfigDict) -> float:
+  """The training FLOPs of the frozen LM in `autoencoder.feature_model`."""
+  info = json.loads((fs.path(config.autoencoder.feature_model) / FEATURE_INFO).read_text())
+  trained = info["config"]
+  return info["steps"] * flops.ar_train_flops(
+      width=trained["width"], num_layers=trained["num_layers"], mlp_dim=trained["mlp_dim"],
+      seq_len=config.data.seq_len, vocab_size=config.data.vocab_size,
+      batch_size=trained["batch_size"])
+
+
+def load_feature_model(config: ml_collections.ConfigDict) -> dict:
+  """The "params" collection of the causal LM in `autoencoder.feature_model` (a folder with
+  `params/` and info.json, as `evaluation.ar_model.get_judge` caches the library's AR models);
+  its sizes must be the autoencoder's feature_* sizes."""
+  folder = config.autoencoder.get("feature_model", "")
+  if not folder or not (fs.path(folder) / FEATURE_INFO).is_file():
+    raise ValueError("autoencoder.features='ar' needs autoencoder.feature_model: a folder with the "
+                     f"library's AR model (params/ and {FEATURE_INFO}); got {folder!r}. "
+                     "experiments/ar_features.py trains one and prints its folder.")
+  ae = builders.autoencoder_config(config)
+  trained = json.loads((fs.path(folder) / FEATURE_INFO).read_text())["config"]
+  wanted = {"width": ae.feature_width, "num_layers": ae.feature_layers,
+            "num_heads": ae.feature_heads, "mlp_dim": ae.feature_mlp_dim}
+  if {k: trained[k] for k in wanted} != wanted:
+    raise ValueError(f"The AR model in {folder} has sizes { {k: trained[k] for k in wanted} }, "
+                     f"but the autoencoder's feature_* settings say {wanted}.")
+  model = TransformerLM(ae.feature_config())
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, ae.seq_len), jnp.int32)))
+  return checkpointing.restore_tree(fs.path(folder) / "params", shapes)["params"]
 
 
 def _final_paths(workdir):
@@ -219,6 +267,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
   tx = builders.adamw_cosine(peak_learning_rate=settings.learning_rate,
                              warmup_steps=settings.warmup_steps, total_steps=settings.num_steps,
                              grad_clip_norm=1.0, weight_decay=settings.weight_decay)
+  feature_params = None
+  if model.config.features == "ar":  # the LM takes no update (no weight decay either)
+    feature_params = load_feature_model(config)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda p: builders.frozen_labels(p, FEATURE_MODEL))
   batches = pipeline.BatchIterator(data.train, settings.batch_size, config.seed + 1,
                                    jax.process_index(), jax.process_count(),
                                    shuffle_window=data.shuffle_window)
@@ -229,7 +282,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
                                 checkpoint_every_steps=settings.checkpoint_every_steps,
                                 time_limit_minutes=config.train.time_limit_minutes,
                                 stop_at_step=settings.get("stop_at_step", 0), desc="autoencoder"),
-             seed=config.seed)
+             seed=config.seed, feature_params=feature_params)
   state, step = loop.run(run)
   if step < settings.num_steps:
     log.warning("The autoencoder stopped at step %d of %d; rerun the same command to resume it.",

@@ -12,22 +12,30 @@ def _per_token_layer(width: int, mlp_dim: int, length: int) -> int:
 
 def autoencoder_forward_flops(ae) -> dict:
   """One example's forward FLOPs through `models.autoencoder.TextAutoencoder` (an
-  `AutoencoderConfig`): "encode" (embedding-free encoder, resampler, projection) and "decode"."""
+  `AutoencoderConfig`): "encode" (embedding-free encoder, resampler, projection; with features="ar"
+  the projection of the LM's states in), "decode", and "features": the frozen LM's forward
+  (features="ar", no read-out; no backward ever runs through it) and "align", the decoder's
+  regression head (training only)."""
   n, m, w, d = ae.seq_len, ae.num_latents, ae.width, ae.latent_dim
+  features = feature_in = align = 0
+  if ae.features == "ar":
+    fw = ae.feature_width
+    features = n * ae.feature_layers * _per_token_layer(fw, ae.feature_mlp_dim, n)
+    feature_in = align = n * 2 * fw * w  # the projections of the LM's states in and back out
   resampler = (m * 2 * 2 * w * w + n * 2 * 2 * w * 2 * w + 2 * 2 * m * n * w
                + m * 2 * 2 * w * ae.mlp_dim)
   encode = (n * ae.encoder_layers * _per_token_layer(w, ae.mlp_dim, n)
             + n * 2 * w * w  # each query's projection of its k tokens' states
-            + ae.resampler_layers * resampler + m * 2 * w * d)
+            + ae.resampler_layers * resampler + m * 2 * w * d + feature_in)
   decode = (n * 2 * d * w + n * ae.decoder_layers * _per_token_layer(w, ae.mlp_dim, n)
             + n * 2 * w * ae.vocab_size)
-  return {"encode": encode, "decode": decode}
+  return {"encode": encode, "decode": decode, "features": features, "align": align}
 
 
 def autoencoder_train_flops(ae, batch_size: int) -> float:
-  """Per optimizer step of the autoencoder stage: forward x3."""
-  forward = autoencoder_forward_flops(ae)
-  return 3 * batch_size * (forward["encode"] + forward["decode"])
+  """Per optimizer step of the autoencoder stage: forward x3, and the frozen LM's forward once."""
+  f = autoencoder_forward_flops(ae)
+  return batch_size * (3 * (f["encode"] + f["decode"] + f["align"]) + f["features"])
 
 
 def diffusion_train_flops(config) -> dict:
@@ -49,7 +57,7 @@ def diffusion_train_flops(config) -> dict:
   encoder = 0
   if latent:
     ae = autoencoder_forward_flops(builders.autoencoder_config(config))
-    readout, encoder = batch * ae["decode"], batch * ae["encode"]
+    readout, encoder = batch * ae["decode"], batch * (ae["encode"] + ae["features"])
   forward = denoiser + (readout if m.output.startswith("logits") else 0)
   train = 3 * forward + encoder
   if config.diffusion.rounding_weight:
