@@ -19,22 +19,15 @@ of state per chip) and the groups replicate over axis `data` (4 on 256 chips); t
 512 x 256 tokens is 2 rows per chip.
 """
 
-from cdm_jax.runtime import config_base
+import pathlib
+import runpy
 
 PREPARED = "/mnt/owt/prepared"
 
 
 def get_config():
-  config = config_base.get_config()
-  config.data.update(prepared=PREPARED, vocab_size=32000, seq_len=256, long_lines="split",
-                     packing=True, valid_percent=0.5, shuffle_window=1 << 20)
-  config.model.update(embed_dim=128, width=2048, num_layers=24, num_heads=16, mlp_dim=8192,
-                      dtype="bfloat16", scan_layers=True, remat=True)
-  config.diffusion.update(schedule="cosine", time_warp=True)
-  config.train.update(batch_size=512, num_train_steps=200_000, learning_rate=3e-4,
-                      warmup_steps=5000, weight_decay=0.01, steps_per_call=1,
-                      log_every_steps=200, eval_every_steps=5000, checkpoint_every_steps=1000,
-                      sample_every_steps=5000, fsdp=True, fsdp_min_size=4096,
-                      fsdp_axis_size=64)
-  config.sample.update(num_samples=64, num_steps=200)
+  config = runpy.run_path(str(pathlib.Path(__file__).with_name("tpu_pod_1b.py")))["get_config"]()
+  config.data.update(prepared=PREPARED, long_lines="split", packing=True, valid_percent=0.5,
+                     shuffle_window=1 << 20)
+  config.train.fsdp_axis_size = 64
   return config

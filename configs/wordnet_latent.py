@@ -1,8 +1,9 @@
 """Diffusion in a compressed, contextual latent space on the CPU demo's corpus: a text autoencoder
-(3 encoder layers, a 2-layer Perceiver resampler to m = 32 / 4 = 8 latents of 64 dims, 3 decoder
-layers, width 256) trained first in WORKDIR/autoencoder/ with COSMOS's augmentations, then the demo
-denoiser (6 layers x 256) on its frozen, standardized latents: x0-MSE, self-conditioning, DDPM.
-Every denoiser call reads 8 latents instead of 32 tokens.
+(2 encoder layers, a 1-layer Perceiver resampler to m = 32 / 4 = 8 latents of 64 dims, 2 decoder
+layers, width 128; 2,000 steps, 3.6e13 FLOPs) trained first in WORKDIR/autoencoder/ with VP-noise
+augmentation, then the demo denoiser (6 layers x 256) on its frozen, standardized latents: x0-MSE,
+self-conditioning, DDPM. Every denoiser call reads 8 latents instead of 32 tokens. (The base's
+width-256 3/2/3 autoencoder reconstructs no better for 4.6x the FLOPs: docs/latent.md.)
 
 Cost on a 2-core x86 CPU: see docs/latent.md (the autoencoder's FLOPs count in the diffusion
 budget wherever budgets are compared). Variants: --config.model.latent_ratio=1|2|8.
@@ -20,6 +21,8 @@ def get_config():
                       num_heads=4, mlp_dim=1024, output="x0", conditioning=False,
                       pos_init_std=1.0)
   config.autoencoder = config_base.autoencoder()
+  config.autoencoder.update(width=128, mlp_dim=512, encoder_layers=2, resampler_layers=1,
+                            decoder_layers=2, num_steps=2000)
   config.condition.update(prefix=0.0, suffix=0.0, spans=0.0, source=0.0)
   config.diffusion.update(schedule="cosine", rounding_weight=0.0)
   config.train.update(batch_size=64, num_train_steps=2000, learning_rate=1e-3, warmup_steps=200,
