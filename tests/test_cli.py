@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -20,11 +21,19 @@ from conftest import ROOT  # tests/ is on sys.path (pytest's default import mode
 pytestmark = pytest.mark.slow  # trains, runs CLIs or several processes
 
 
-def run_module(module, *args, env=None, timeout=600):
-  result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})})
-  assert result.returncode == 0, result.stderr[-4000:]
-  return result.stdout
+def run_module(module, *args, env=None, timeout=300):
+  """stdout of `python -m module args`; a run past `timeout` fails with every thread's stack."""
+  process = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})})
+  try:
+    stdout, stderr = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.send_signal(signal.SIGABRT)  # the fault handler prints each thread's Python stack
+    stdout, stderr = process.communicate()
+    pytest.fail(f"{module} ran past {timeout} s; its stacks:\n{stderr[-8000:]}")
+  assert process.returncode == 0, stderr[-4000:]
+  return stdout
 
 
 def test_sample_cli_prints_and_writes_the_generators_samples(trained, tmp_path):

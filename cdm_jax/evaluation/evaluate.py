@@ -8,6 +8,7 @@ self-BLEU, novelty and copying against the training set, length, empties and MAU
 features; beside them the diffusion model's likelihood bound and the judge's NLL on the valid split.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -39,10 +40,21 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 0) -
     return None
   if min(len(p_features), len(q_features)) < 10:
     return None
-  result = mauve.compute_mauve(p_features=p_features, q_features=q_features, seed=seed,
-                               num_buckets=max(2, min(len(p_features), len(q_features)) // 10),
-                               verbose=False)
+  # One OpenMP/BLAS thread for faiss's k-means and the PCA: the sets are small, and spinning OpenMP
+  # workers beside XLA's thread pool on a busy machine can stall for minutes.
+  with _one_native_thread():
+    result = mauve.compute_mauve(p_features=p_features, q_features=q_features, seed=seed,
+                                 num_buckets=max(2, min(len(p_features), len(q_features)) // 10),
+                                 verbose=False)
   return float(result.mauve)
+
+
+def _one_native_thread():
+  try:
+    import threadpoolctl  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return contextlib.nullcontext()
+  return threadpoolctl.threadpool_limits(limits=1)
 
 
 class Scorer:
