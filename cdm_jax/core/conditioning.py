@@ -225,6 +225,43 @@ def source_layout(tokenizer, source: str, seq_len: int) -> tuple[np.ndarray, np.
   return known, mask
 
 
+def _first_eos(tokens: Array) -> Array:
+  """[..., 1] index of each row's first EOS (the row's length when there is none)."""
+  is_eos = tokens == EOS_ID
+  return jnp.where(jnp.any(is_eos, -1, keepdims=True), jnp.argmax(is_eos, -1)[..., None],
+                   tokens.shape[-1])
+
+
+def split_pairs(tokens: Array) -> tuple[Array, Array]:
+  """Seq2seq rows `BOS source EOS target EOS PAD...` [..., n] -> (source rows `BOS source EOS PAD...`,
+  target rows `BOS target EOS PAD...`), each laid out as a plain row of n, so that a latent model
+  encodes them apart (its source goes in context). A row without EOS is all source."""
+  tokens = jnp.asarray(tokens)
+  n = tokens.shape[-1]
+  positions = jnp.arange(n)
+  first = _first_eos(tokens)
+  source = jnp.where(positions <= first, tokens, PAD_ID)
+  index = first + positions  # target position j >= 1 is the row's position first + j
+  target = jnp.where(index < n, jnp.take_along_axis(tokens, jnp.minimum(index, n - 1), -1), PAD_ID)
+  return source, jnp.where(positions == 0, BOS_ID, target)
+
+
+def join_pairs(source: Array, target: Array) -> Array:
+  """The inverse of `split_pairs`: `BOS source EOS` then the target's pieces after its BOS,
+  cut at n."""
+  n = source.shape[-1]
+  positions = jnp.arange(n)
+  first = _first_eos(source)
+  from_target = jnp.take_along_axis(target, jnp.clip(positions - first, 0, n - 1), -1)
+  return jnp.where(positions <= first, source, from_target)
+
+
+def is_source_layout(known: np.ndarray, mask: np.ndarray) -> bool:
+  """Whether every (known, mask) row is a `source_layout`: exactly BOS .. the first EOS known."""
+  known, mask = np.asarray(known), np.asarray(mask)
+  return bool(np.array_equal(mask, np.arange(known.shape[-1]) <= np.asarray(_first_eos(known))))
+
+
 def target_tokens(tokens: np.ndarray) -> np.ndarray:
   """The part of a seq2seq sequence after its first EOS (the whole row when there is none)."""
   eos = np.flatnonzero(tokens == EOS_ID)

@@ -18,6 +18,7 @@ from cdm_jax.runtime import registry
 from cdm_jax.core import schedules as schedules_lib
 from cdm_jax.core import vocab_ops
 from cdm_jax.core.parameterization import expand_like
+from cdm_jax.core.tokens import PAD_ID
 
 Array = jax.Array
 
@@ -90,12 +91,14 @@ def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.S
   """
   cfg = model.config
   apply = lambda method, *args, **kw: model.apply(params, *args, method=method, rngs=rngs, **kw)
+  cond = {}
+  if cfg.source_context:  # from here on, the rows are the targets
+    inputs, cond = source_in_context(apply, inputs)
   x0 = apply("embed", inputs.tokens)  # [batch, m, dim]
   t_pos = schedule.position_times(inputs.t, x0.shape[1])  # [batch] or [batch, m]
   x_t = q_sample(x0, t_pos, inputs.noise[0], schedule)
   token_mask = inputs.mask if config.mask_padding else jnp.ones_like(inputs.mask)
   loss_mask = jnp.ones(x0.shape[:2], bool) if cfg.is_latent else token_mask
-  cond = {}
   if inputs.known is not None:  # known positions carry their clean latents and no loss
     loss_mask = token_mask = loss_mask & ~inputs.known
     cond = {"cond": jnp.where(inputs.null_cond[:, None, None], 0.0, x0), "cond_mask": inputs.known}
@@ -119,6 +122,21 @@ def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.S
   # Per-latent normalisation (by positions) keeps the warp independent of the padding share.
   per_example_loss = per_example / jnp.maximum(jnp.sum(loss_mask, axis=-1), 1.0)
   return loss_sum, (metrics, per_example_loss)
+
+
+def source_in_context(apply, inputs: LossInputs) -> tuple[LossInputs, dict]:
+  """A `source_context` model's batch of `BOS source EOS target EOS` rows: (the inputs with the
+  target rows as tokens, {"context": the source rows' latents}). An example drawn with nothing
+  known, or with the null condition, has the null source (zeros), as classifier-free guidance
+  contrasts with; every target latent carries loss."""
+  source, target = conditioning.split_pairs(inputs.tokens)
+  context = apply("embed", source)
+  null = ~jnp.any(inputs.known, axis=-1)
+  if inputs.null_cond is not None:
+    null = null | inputs.null_cond
+  inputs = inputs.replace(tokens=target, mask=target != PAD_ID, known=None,
+                          null_cond=None)
+  return inputs, {"context": jnp.where(null[:, None, None], 0.0, context)}
 
 
 def _denoise(apply, x_t, log_snr, self_cond, self_conditioning: bool, train: bool, cond: dict):
@@ -218,6 +236,10 @@ def likelihood_bound(model, params, tokens: Array, *, t: Array, noise: Array,
     schedule = dataclasses.replace(schedule, t_min=max(schedule.t_min, t_low))
   cfg = model.config
   apply = lambda method, *args, **kw: model.apply(params, *args, method=method, **kw)
+  context = None
+  if cfg.source_context:  # the bound on -log p(target | source)
+    source, tokens = conditioning.split_pairs(tokens)
+    context = apply("embed", source)
   x0 = apply("embed", tokens)
   t_max = jnp.full_like(t, schedule.t_max)
   t_min = jnp.full_like(t, schedule.t_min)
@@ -239,9 +261,9 @@ def likelihood_bound(model, params, tokens: Array, *, t: Array, noise: Array,
   t, dt_dtau = bound_times(schedule, t, x0.shape[1])
   x_t = q_sample(x0, t, noise[0], schedule)
   log_snr = schedule.log_snr(t)
-  x0_hat = apply("denoise", x_t, log_snr).x0_hat
+  x0_hat = apply("denoise", x_t, log_snr, context=context).x0_hat
   if cfg.self_conditioning:  # a deterministic function of x_t, so the bound still holds
-    x0_hat = apply("denoise", x_t, log_snr, x0_hat).x0_hat
+    x0_hat = apply("denoise", x_t, log_snr, x0_hat, context=context).x0_hat
   sq_err = jnp.sum(jnp.square(x0 - x0_hat), axis=-1)  # [batch, length]
   snr_rate = -schedule.dlog_snr_dt(t) * jnp.exp(log_snr) * dt_dtau  # -d SNR / d tau
   diffusion = 0.5 * jnp.sum(expand_like(snr_rate, sq_err) * sq_err)

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from cdm_jax.core import conditioning
-from cdm_jax.training import flops
+from cdm_jax.models import builders
+from cdm_jax.training import autoencoder, flops
 from cdm_jax import sampling
 from cdm_jax.evaluation import ar_model as judge_lib
 from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
@@ -101,12 +102,16 @@ def seq2seq_scores(candidates: list[list[str]], references: list[str],
 
 def matched_ar_budget(config, diffusion_steps: int) -> judge_lib.JudgeConfig:
   """The AR baseline of the diffusion model's transformer sizes, trained for the steps whose
-  analytic FLOPs equal `diffusion_steps` of the diffusion config (same batch and rows)."""
+  analytic FLOPs equal `diffusion_steps` of the diffusion config (same batch and rows), plus a
+  latent model's autoencoder stage."""
   m, d = config.model, config.data
   ar_step = flops.ar_train_flops(width=m.width, num_layers=m.num_layers, mlp_dim=m.mlp_dim,
                                  seq_len=d.seq_len, vocab_size=d.vocab_size,
                                  batch_size=config.train.batch_size)
-  steps = max(1, round(diffusion_steps * flops.diffusion_train_flops(config)["train"] / ar_step))
+  total = diffusion_steps * flops.diffusion_train_flops(config)["train"]
+  if builders.is_latent(config):
+    total += autoencoder.autoencoder_flops(config)
+  steps = max(1, round(total / ar_step))
   return dataclasses.replace(judge_lib.JudgeConfig(max_steps=steps, time_limit_minutes=0.0),
                              width=m.width, num_layers=m.num_layers, num_heads=m.num_heads,
                              mlp_dim=m.mlp_dim, batch_size=config.train.batch_size,

@@ -35,8 +35,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The `model` block with n and the vocabulary from `data`; a latent model trained with seq2seq
+  sources (condition.source > 0) reads them in context (`source_context`)."""
+  source = "condition" in config and config.condition.get("source", 0.0) > 0
   return ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": config.data.vocab_size,
-                                "seq_len": config.data.seq_len})
+                                "seq_len": config.data.seq_len,
+                                "source_context": is_latent(config) and source})
 
 
 # Keys of the `autoencoder` block that configure its training stage, not the module.
@@ -76,18 +80,20 @@ def condition_config(config: ml_collections.ConfigDict) -> conditioning.Conditio
   """The `condition` block (absent in workdirs from before it existed: nothing known)."""
   values = config.condition.to_dict() if "condition" in config else {}
   condition = conditioning.ConditionConfig.from_dict(values)
-  if condition.active and not config.model.conditioning:
+  if is_latent(config):
+    if condition.prefix or condition.suffix or condition.spans:
+      raise ValueError(LATENT_CONDITION_ERROR)
+  elif condition.active and not config.model.conditioning:
     raise ValueError("The condition mixture trains with known positions: set "
                      "model.conditioning=True (or all condition shares to 0).")
-  if condition.active and is_latent(config):
-    raise ValueError(LATENT_CONDITION_ERROR)
   return condition
 
 
 LATENT_CONDITION_ERROR = (
-    "Token-level conditioning (prefix, suffix, infilling spans, lengths, seq2seq sources) fixes "
-    "tokens at positions, and a latent model (model.encoder='latent') has no latent per token: "
-    "set the condition shares to 0 and sample unconditionally, or use model.encoder='embedding'.")
+    "condition.prefix / suffix / spans fix tokens at positions, and a latent model "
+    "(model.encoder='latent') has no latent per token: set them to 0. A latent model conditions "
+    "on a seq2seq source only (condition.source > 0: the source's latents in context), or use "
+    "model.encoder='embedding'.")
 
 
 def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:

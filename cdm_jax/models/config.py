@@ -28,6 +28,9 @@ class ModelConfig:
   time_conditioning: str = "adaln"   # "adaln" (adaptive LayerNorm) or "add"
   self_conditioning: bool = True
   conditioning: bool = False    # accept known latents + mask (prefix / infilling) in denoise()
+  source_context: bool = False  # latent seq2seq: the denoiser reads a source row's clean latents
+                                # in context, beside x_t (set from condition.source; m more
+                                # positions)
   normalize_embeddings: bool = False  # L2-normalize rows of E before every use (CDCD)
   embed_scale: float = 1.0      # rows have norm ~ embed_scale * sqrt(embed_dim)
   output: str = "x0"            # what the denoiser predicts: x0 | eps | v | logits | logits_prior
@@ -47,6 +50,9 @@ class ModelConfig:
     if self.latent_ratio < 1 or self.seq_len % self.latent_ratio:
       raise ValueError(f"model.latent_ratio={self.latent_ratio} must be >= 1 and divide "
                        f"data.seq_len={self.seq_len}.")
+    if self.source_context and self.encoder != "latent":
+      raise ValueError("model.source_context is the latent encoder's seq2seq conditioning; an "
+                       "embedding model conditions on known positions (model.conditioning).")
     if self.encoder == "latent" and parameterization.get(self.output).predicts_logits:
       raise ValueError(f"model.output={self.output!r} predicts logits over an embedding table; a "
                        "latent encoder has none: use x0, eps or v.")

@@ -122,12 +122,13 @@ class DiffusionLM(nn.Module):
                        "the text autoencoder's latents (decode them with decode_logits).")
 
   def denoise(self, x_t, log_snr, x0_selfcond=None, *, cond=None, cond_mask=None, mask=None,
-              train: bool = False) -> DenoiserOutput:
+              context=None, train: bool = False) -> DenoiserOutput:
     """x0_hat (and the network's raw output) for x_t [batch, length, dim] at log-SNR [batch] or
-    [batch, length]; the output's meaning is `parameterization.get(config.output)`."""
+    [batch, length]; the output's meaning is `parameterization.get(config.output)`. `context`:
+    a `source_context` model's source latents (`embed` of source rows; None: the null source)."""
     cfg = self.config
     raw = self.denoiser(x_t, log_snr, x0_selfcond, cond=cond, cond_mask=cond_mask, mask=mask,
-                        train=train)
+                        context=context, train=train)
     param = parameterization.get(cfg.output)
     logits = None
     if param.predicts_logits:  # CDCD score interpolation: the expected embedding under the logits

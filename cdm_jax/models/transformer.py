@@ -196,7 +196,10 @@ class TransformerDenoiser(nn.Module):
 
   @nn.compact
   def __call__(self, x_t, log_snr, x0_selfcond=None, *, cond=None, cond_mask=None, mask=None,
-               train: bool = False):
+               context=None, train: bool = False):
+    """`context` [batch, m_c, dim] (models with `source_context`): clean latents the blocks
+    attend to beside x_t's, with their own projection and positions; None is the null context
+    (zeros). The output covers x_t's positions only."""
     cfg = self.config
     dtype = cfg.compute_dtype
     batch, length, _ = x_t.shape
@@ -224,10 +227,29 @@ class TransformerDenoiser(nn.Module):
     elif cfg.time_conditioning == "add":
       h = h + t_emb[:, None, :]
     block_cond = None if cfg.time_conditioning == "add" else nn.silu(t_emb)  # [batch, width]
+    if cfg.source_context:
+      h, mask = self._with_context(h, mask, x_t if context is None else context, context is None)
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
-    h = Stack(cfg, name="stack")(h, block_cond, attention_bias(mask, length, False), not train)
+    h = Stack(cfg, name="stack")(h, block_cond, attention_bias(mask, h.shape[1], False), not train)
+    h = h[:, h.shape[1] - length:]
     out = rows(dense(cfg, self.out_dim, "out_proj", ("embed", "latent")), h)
     return out.astype(jnp.float32)
+
+
+  def _with_context(self, h, mask, context, null: bool):
+    """[context positions; h] and the mask over both; `null`: the context is zeros shaped like
+    `context`."""
+    cfg = self.config
+    if null:
+      context = jnp.zeros_like(context)
+    c = rows(dense(cfg, cfg.width, "context_proj", ("latent", "embed")),
+             context.astype(cfg.compute_dtype))
+    pos_init = logical(nn.initializers.normal(cfg.pos_init_std), "length", "embed")
+    pos = self.param("context_pos_embedding", pos_init, (cfg.seq_len, cfg.width))
+    c = c + pos[None, :c.shape[1]].astype(c.dtype)
+    if mask is not None:
+      mask = jnp.concatenate([jnp.ones(c.shape[:2], bool), mask], axis=1)
+    return jnp.concatenate([c, h], axis=1), mask
 
 
 class TransformerLM(nn.Module):

@@ -154,12 +154,12 @@ def snr_weight(schedule, t: Array) -> Array:
   return jnp.clip(gamma**2 / sigma**2, 1.0, SNR_CAP)
 
 
-def _denoiser(model, params, schedule, cond, known):
-  """(x, t, x0_selfcond) -> x0_hat of `params`; known positions carry `cond` (when given)."""
+def _denoiser(model, params, schedule, condition: dict):
+  """(x, t, x0_selfcond) -> x0_hat of `params` under `condition`, the denoiser's keywords (known
+  positions' `cond` and `cond_mask`, or a source's `context`)."""
   def fn(x_t, t, x0_selfcond):
-    kwargs = {} if cond is None else {"cond": cond, "cond_mask": known}
     return model.apply(params, x_t, schedule.log_snr(t), x0_selfcond, method="denoise",
-                       **kwargs).x0_hat
+                       **condition).x0_hat
   return fn
 
 
@@ -169,22 +169,29 @@ def distillation_losses(model, params, teacher, tokens: Array, grid: Array, *, k
   batch: one teacher run over `grid` (the teacher's decreasing times [2N + 1]) per row of `tokens`
   from noise `fold_in(key, row index)`, with known positions drawn from the row by the condition
   mixture; the student is trained at all N + 1 of its grid points of every run."""
-  batch, length = tokens.shape
+  batch = tokens.shape[0]
   keys = parallel.example_keys(key, batch)
-  x0 = model.apply(teacher, tokens, method="embed")
-  cond = known = None
+  known, kwargs = None, {}
   if condition.active:
     known, _ = jax.vmap(lambda k, row: conditioning.draw_condition(
         jax.random.fold_in(k, 2), row, condition))(keys, tokens)
-    cond = x0
+  if model.config.source_context:  # the targets diffuse, their sources (or the null one) in context
+    source, tokens = conditioning.split_pairs(tokens)
+    context = model.apply(teacher, source, method="embed")
+    kwargs = {"context": jnp.where(jnp.any(known, axis=-1)[:, None, None], context, 0.0)}
+    known = None
+  x0 = model.apply(teacher, tokens, method="embed")
+  if known is not None:
+    kwargs = {"cond": x0, "cond_mask": known}
   x_init = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), x0.shape[1:]))(keys)
-  teacher_fn = _denoiser(model, jax.lax.stop_gradient(teacher), schedule, cond, known)
+  teacher_fn = _denoiser(model, jax.lax.stop_gradient(teacher), schedule, kwargs)
   points = jax.lax.stop_gradient(trajectory_targets(teacher_fn, x_init, grid, schedule))
   flat = lambda a: a.reshape((-1,) + a.shape[2:])  # [N + 1, batch, ...] -> [(N + 1) batch, ...]
   x_t, selfcond, t, target = (flat(a) for a in points)
   copies = points[0].shape[0]
   repeat = lambda a: None if a is None else jnp.tile(a, (copies,) + (1,) * (a.ndim - 1))
-  x0_student = _denoiser(model, params, schedule, repeat(cond), repeat(known))(x_t, t, selfcond)
+  x0_student = _denoiser(model, params, schedule, {k: repeat(v) for k, v in kwargs.items()})(
+      x_t, t, selfcond)
   per_position = (jnp.mean(jnp.square(x0_student - target), axis=-1)
                   * _per_position(snr_weight(schedule, t), x_t))
   loss_mask = (jnp.ones_like(per_position) if known is None

@@ -142,8 +142,8 @@ class Generator:
     options = self.options(**overrides)
     decoder_params = self._decoder_params(options)
     if condition is not None:
-      self._require_conditioning()
       condition = tuple(np.asarray(a) for a in condition)
+      self._require_conditioning(condition)
     key, rows = jax.random.PRNGKey(seed), []
     for start in range(0, num_samples, batch_size):
       size = min(batch_size, num_samples - start)
@@ -248,9 +248,11 @@ class Generator:
     texts = self.decode(tokens)
     return [texts[i:i + k] for i in range(0, len(texts), k)]
 
-  def _require_conditioning(self):
+  def _require_conditioning(self, condition):
     if builders.is_latent(self.config):
-      raise ValueError(sample_fn_lib.LATENT_CONDITION_ERROR)
+      if not (self.model.config.source_context and conditioning.is_source_layout(*condition)):
+        raise ValueError(sample_fn_lib.LATENT_CONDITION_ERROR)
+      return
     if not self.config.model.conditioning:
       raise ValueError("This model was trained without model.conditioning, so it cannot take a "
                        "prefix, template or source; train one with the condition mixture "

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from cdm_jax.core import conditioning, parameterization, samplers, schedules, vocab_ops
 from cdm_jax.models import DiffusionLM
 from cdm_jax.runtime import parallel
+from cdm_jax.core.tokens import PAD_ID
 
 P = jax.sharding.PartitionSpec
 
@@ -53,6 +54,9 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
       raise ValueError("guidance_scale needs a condition (a prefix, template or source).")
     return plain
   known, known_mask = condition
+  if model.config.source_context:
+    return _source_context_denoise_fn(model, params, schedule, known, known_mask, x0_of,
+                                      guidance_scale)
   cond = model.apply(params, known, method="embed")
 
   def denoise_fn(x_t, t, x0_selfcond):
@@ -69,6 +73,25 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
     return jnp.where(known_mask[..., None], cond,
                      conditioning.guide(x0_cond, x0_null, guidance_scale))
 
+  return denoise_fn
+
+
+def _source_context_denoise_fn(model, params, schedule, known, known_mask, x0_of,
+                               guidance_scale: float):
+  """A `source_context` model's denoiser: the known rows (`BOS source EOS`, PAD elsewhere) encoded
+  once and read in context; guidance contrasts them with the null source (zeros)."""
+  context = model.apply(params, jnp.where(known_mask, known, PAD_ID), method="embed")
+
+  def denoise_fn(x_t, t, x0_selfcond):
+    log_snr = schedule.log_snr(t)
+    if not guidance_scale:
+      return x0_of(model.apply(params, x_t, log_snr, x0_selfcond, context=context,
+                               method="denoise"))
+    twice = lambda a: jnp.concatenate([a, a])
+    both = model.apply(params, twice(x_t), twice(log_snr), twice(x0_selfcond),
+                       context=jnp.concatenate([context, jnp.zeros_like(context)]),
+                       method="denoise")
+    return conditioning.guide(*jnp.split(x0_of(both), 2), guidance_scale)
   return denoise_fn
 
 
@@ -114,7 +137,11 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                                   clamp_max_t=config.clamp_max_t,
                                   renoise_interval=config.renoise_interval)
     tokens = final(x0_hat, decoder_params)
-    return tokens if condition is None else jnp.where(condition[1], condition[0], tokens)
+    if condition is None:
+      return tokens
+    if cfg.source_context:  # the sampled target rows after their sources: seq2seq rows
+      tokens = conditioning.join_pairs(jnp.where(condition[1], condition[0], PAD_ID), tokens)
+    return jnp.where(condition[1], condition[0], tokens)
 
   def sharded(params, keys, condition, decoder_params):
     spec = P(parallel.BATCH)
@@ -123,7 +150,7 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
 
   @jax.jit
   def sample_fn(params, rng, known=None, known_mask=None, decoder_params=None, offset=0):
-    if cfg.is_latent and known is not None:
+    if cfg.is_latent and not cfg.source_context and known is not None:
       raise ValueError(LATENT_CONDITION_ERROR)
     if contextual and decoder_params is None:
       raise ValueError("decoder='contextual' needs decoder_params (the trained decoder's).")
@@ -137,7 +164,8 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
 LATENT_CONDITION_ERROR = (
     "This model diffuses the text autoencoder's latents (model.encoder='latent', m = n / k), which "
     "are not tied to token positions: token-level conditions (prefix, suffix, infilling templates, "
-    "lengths, seq2seq sources) cannot apply; sample unconditionally.")
+    "lengths) cannot apply. A latent model trained on a seq2seq corpus with condition.source > 0 "
+    "takes sources (generate(sources)); otherwise sample unconditionally.")
 
 
 def _check_latent_options(config: samplers.SampleConfig):

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cdm_jax.core import vocab_ops
+from cdm_jax.core import conditioning, vocab_ops
 from cdm_jax.data import pipeline
 from cdm_jax.data.tokenizer import PAD_ID
 from cdm_jax.models import builders
@@ -261,6 +261,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
   done = load_final(config, workdir, mesh)
   if done is not None:
     return done[0]["params"], done[1]
+  data = autoencoder_data(config, data)
   settings = config.autoencoder
   model = TextAutoencoder(builders.autoencoder_config(config))
   directory = fs.path(workdir) / AUTOENCODER_DIR
@@ -289,6 +290,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
                 step, settings.num_steps)
     return None
   return _finish(run, config, workdir, data, state.params)
+
+
+def autoencoder_data(config: ml_collections.ConfigDict, data: pipeline.Dataset) -> pipeline.Dataset:
+  """The rows the autoencoder learns: for a latent seq2seq model (`source_context`) each
+  `BOS source EOS target EOS` row split into its source row and its target row (the diffusion
+  encodes them apart), else the rows as they are."""
+  if not builders.model_config(config).source_context:
+    return data
+  split = lambda rows: np.concatenate([np.asarray(half) for half in conditioning.split_pairs(rows)])
+  return dataclasses.replace(data, train=split(data.train), valid=split(data.valid))
 
 
 def _finish(run: _Run, config, workdir, data: pipeline.Dataset, params):

@@ -51,13 +51,18 @@ def diffusion_train_flops(config) -> dict:
   tokens = batch * length
   width = m.width
   in_dim = 2 * m.embed_dim if m.self_conditioning else m.embed_dim
-  denoiser = tokens * (m.num_layers * _per_token_layer(width, m.mlp_dim, length)
-                       + 2 * in_dim * width + 2 * width * m.embed_dim + 2 * 2 * width * width)
+  # a latent seq2seq model's source: as many latents again in the blocks, projected in, encoded
+  context = length if builders.model_config(config).source_context else 0
+  denoiser = (batch * (length + context) * m.num_layers
+              * _per_token_layer(width, m.mlp_dim, length + context)
+              + tokens * (2 * in_dim * width + 2 * width * m.embed_dim + 2 * 2 * width * width)
+              + batch * context * 2 * m.embed_dim * width)
   readout = 2 * batch * d.seq_len * m.embed_dim * d.vocab_size
   encoder = 0
   if latent:
     ae = autoencoder_forward_flops(builders.autoencoder_config(config))
-    readout, encoder = batch * ae["decode"], batch * (ae["encode"] + ae["features"])
+    encodes = 2 if context else 1
+    readout, encoder = batch * ae["decode"], encodes * batch * (ae["encode"] + ae["features"])
   forward = denoiser + (readout if m.output.startswith("logits") else 0)
   train = 3 * forward + encoder
   if config.diffusion.rounding_weight:
