@@ -197,6 +197,7 @@ class _Cfg:
   embed_dim: int = 2
   matmul_operand_dtype: object = None
   is_latent: bool = False
+  source_context: bool = False
   latent_length: int = 6
 
 

@@ -136,12 +136,7 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
                                   sampler=config.sampler, clamp_fn=clamp_fn, times=times,
                                   clamp_max_t=config.clamp_max_t,
                                   renoise_interval=config.renoise_interval)
-    tokens = final(x0_hat, decoder_params)
-    if condition is None:
-      return tokens
-    if cfg.source_context:  # the sampled target rows after their sources: seq2seq rows
-      tokens = conditioning.join_pairs(jnp.where(condition[1], condition[0], PAD_ID), tokens)
-    return jnp.where(condition[1], condition[0], tokens)
+    return _with_condition(cfg, final(x0_hat, decoder_params), condition)
 
   def sharded(params, keys, condition, decoder_params):
     spec = P(parallel.BATCH)
@@ -166,6 +161,17 @@ LATENT_CONDITION_ERROR = (
     "are not tied to token positions: token-level conditions (prefix, suffix, infilling templates, "
     "lengths) cannot apply. A latent model trained on a seq2seq corpus with condition.source > 0 "
     "takes sources (generate(sources)); otherwise sample unconditionally.")
+
+
+def _with_condition(cfg, tokens, condition):
+  """The sampled rows with the condition's known tokens in place; a `source_context` model's
+  sampled target rows after their sources (seq2seq rows)."""
+  if condition is None:
+    return tokens
+  known, known_mask = condition
+  if cfg.source_context:
+    tokens = conditioning.join_pairs(jnp.where(known_mask, known, PAD_ID), tokens)
+  return jnp.where(known_mask, known, tokens)
 
 
 def _check_latent_options(config: samplers.SampleConfig):
