@@ -54,44 +54,26 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
       raise ValueError("guidance_scale needs a condition (a prefix, template or source).")
     return plain
   known, known_mask = condition
-  if model.config.source_context:
-    return _source_context_denoise_fn(model, params, schedule, known, known_mask, x0_of,
-                                      guidance_scale)
-  cond = model.apply(params, known, method="embed")
+  if model.config.source_context:  # the source row (`BOS source EOS`) read in context
+    context = model.apply(params, jnp.where(known_mask, known, PAD_ID), method="embed")
+    given, null = {"context": context}, {"context": jnp.zeros_like(context)}
+    keep_known = lambda x0_hat: x0_hat
+  else:  # known positions carry their clean latents
+    cond = model.apply(params, known, method="embed")
+    given = {"cond": cond, "cond_mask": known_mask}
+    null = {"cond": jnp.zeros_like(cond), "cond_mask": known_mask}
+    keep_known = lambda x0_hat: jnp.where(known_mask[..., None], cond, x0_hat)
 
   def denoise_fn(x_t, t, x0_selfcond):
     log_snr = schedule.log_snr(t)
     if not guidance_scale:
-      out = model.apply(params, x_t, log_snr, x0_selfcond, cond=cond, cond_mask=known_mask,
-                        method="denoise")
-      return jnp.where(known_mask[..., None], cond, x0_of(out))
+      return keep_known(x0_of(model.apply(params, x_t, log_snr, x0_selfcond, method="denoise",
+                                          **given)))
     twice = lambda a: jnp.concatenate([a, a])
-    both = model.apply(params, twice(x_t), twice(log_snr), twice(x0_selfcond),
-                       cond=jnp.concatenate([cond, jnp.zeros_like(cond)]),
-                       cond_mask=twice(known_mask), method="denoise")
-    x0_cond, x0_null = jnp.split(x0_of(both), 2)
-    return jnp.where(known_mask[..., None], cond,
-                     conditioning.guide(x0_cond, x0_null, guidance_scale))
+    both = model.apply(params, twice(x_t), twice(log_snr), twice(x0_selfcond), method="denoise",
+                       **{k: jnp.concatenate([given[k], null[k]]) for k in given})
+    return keep_known(conditioning.guide(*jnp.split(x0_of(both), 2), guidance_scale))
 
-  return denoise_fn
-
-
-def _source_context_denoise_fn(model, params, schedule, known, known_mask, x0_of,
-                               guidance_scale: float):
-  """A `source_context` model's denoiser: the known rows (`BOS source EOS`, PAD elsewhere) encoded
-  once and read in context; guidance contrasts them with the null source (zeros)."""
-  context = model.apply(params, jnp.where(known_mask, known, PAD_ID), method="embed")
-
-  def denoise_fn(x_t, t, x0_selfcond):
-    log_snr = schedule.log_snr(t)
-    if not guidance_scale:
-      return x0_of(model.apply(params, x_t, log_snr, x0_selfcond, context=context,
-                               method="denoise"))
-    twice = lambda a: jnp.concatenate([a, a])
-    both = model.apply(params, twice(x_t), twice(log_snr), twice(x0_selfcond),
-                       context=jnp.concatenate([context, jnp.zeros_like(context)]),
-                       method="denoise")
-    return conditioning.guide(*jnp.split(x0_of(both), 2), guidance_scale)
   return denoise_fn
 
 
