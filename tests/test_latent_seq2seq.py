@@ -259,3 +259,31 @@ def test_a_source_context_model_distils(workdir, tmp_path):
   assert record["step"] == 6 and math.isfinite(record["loss"])
   student = cdm_jax.load(str(path), student=2)
   assert len(student.generate(["cat dog"], seed=0)) == 1
+  # The teacher's runs and the student read each row's source: other sources, other losses.
+  from cdm_jax.core.conditioning import ConditionConfig
+  from cdm_jax.data import pipeline
+  from cdm_jax.posttrain import distill_step
+  teacher = cdm_jax.load(str(workdir[0]))
+  rows = pipeline.prepare_data(teacher.config.data, str(workdir[0])).train[:16]
+  source, target = conditioning.split_pairs(rows)
+  swapped = conditioning.join_pairs(jnp.roll(source, 1, axis=0), target)
+  loss = lambda tokens: float(distill_step.distillation_losses(
+      teacher.model, student.params, teacher.params, tokens, jnp.array([0.9, 0.6, 0.3]),
+      key=jax.random.PRNGKey(0), schedule=teacher.schedule,
+      condition=ConditionConfig(source=1.0))[0])
+  assert abs(loss(rows) - loss(swapped)) > 1e-4 * loss(rows)
+
+
+def test_sampled_targets_come_out_after_their_sources():
+  """What the sampler returns: a source_context model's target rows joined after the known
+  `BOS source EOS`; known positions of other models kept in place."""
+  from cdm_jax.sampling import sample_fn
+  known = jnp.array([[BOS_ID, 5, 6, EOS_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
+  mask = jnp.arange(8)[None] <= 3
+  targets = jnp.array([[BOS_ID, 9, 10, EOS_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
+  latent = sample_fn._with_condition(ModelConfig(encoder="latent", source_context=True),
+                                     targets, (known, mask))
+  np.testing.assert_array_equal(latent, [[BOS_ID, 5, 6, EOS_ID, 9, 10, EOS_ID, PAD_ID]])
+  tokens = jnp.array([[7, 8, 9, 10, 11, 12, 13, 14]])
+  plain = sample_fn._with_condition(ModelConfig(), tokens, (known, mask))
+  np.testing.assert_array_equal(plain, [[BOS_ID, 5, 6, EOS_ID, 11, 12, 13, 14]])
