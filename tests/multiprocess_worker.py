@@ -24,6 +24,11 @@ from conftest import trained_config  # pylint: disable=g-import-not-at-top,wrong
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 os.environ.pop("XLA_FLAGS")  # conftest's four fake devices: this process has SPEC["devices"]
+# A collective that waits far longer than a step takes says so in the log, then ends the process
+# (tests/test_multiprocess.py then reruns once: a hang in the runtime, not in the library).
+os.environ["XLA_FLAGS"] = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=30 "
+                           "--xla_cpu_collective_call_terminate_timeout_seconds=150 "
+                           "--xla_cpu_collective_timeout_seconds=150")
 
 jax.config.update("jax_num_cpu_devices", SPEC["devices"])
 
