@@ -99,3 +99,22 @@ def test_a_missing_or_mismatched_lm_is_one_clear_error(feature_run, tmp_path):
     ae_stage.train(wider, str(tmp_path / "b"), data, mesh)
   with pytest.raises(ValueError, match="features must be one of"):
     dataclasses.replace(builders.autoencoder_config(config), features="bert")
+
+
+def test_the_copy_path_adds_each_tokens_embedding_to_the_lm_states():
+  """feature_copy: the encoder reads projected LM states plus the token embeddings; with a zero
+  embedding table it is exactly the encoder without the copy path, and only "ar" may use it."""
+  ae = AutoencoderConfig(vocab_size=40, seq_len=16, latent_dim=8, ratio=4, width=32, num_heads=2,
+                         mlp_dim=64, encoder_layers=1, resampler_layers=1, decoder_layers=1,
+                         features="ar", **LM_SIZES)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 16), 0, 40)
+  plain, copying = TextAutoencoder(ae), TextAutoencoder(dataclasses.replace(ae, feature_copy=True))
+  params = copying.init(jax.random.PRNGKey(0), tokens)
+  encode = lambda model, p: model.apply(p, tokens, method="encode")
+  zeroed = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if "token_embed" in jax.tree_util.keystr(path) else x,
+      params)
+  np.testing.assert_allclose(encode(copying, zeroed), encode(plain, params), atol=1e-6)
+  assert float(jnp.max(jnp.abs(encode(copying, params) - encode(plain, params)))) > 1e-2
+  with pytest.raises(ValueError, match="feature_copy .* needs features='ar'"):
+    dataclasses.replace(ae, features="scratch", feature_copy=True)

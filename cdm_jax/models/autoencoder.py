@@ -68,6 +68,9 @@ class AutoencoderConfig:
   feature_heads: int = 4
   feature_mlp_dim: int = 1024
   align_weight: float = 1.0
+  # features="ar": also add each position's token embedding to its projected LM state (a copy
+  # path: the LM's final states are shaped to predict the next token, not to keep this one).
+  feature_copy: bool = False
   dtype: str = "float32"
   matmul_dtype: str = "float32"
 
@@ -80,6 +83,9 @@ class AutoencoderConfig:
     if self.features not in FEATURES:
       raise ValueError(f"autoencoder features must be one of {', '.join(FEATURES)}, got "
                        f"{self.features!r}.")
+    if self.feature_copy and self.features != "ar":
+      raise ValueError("autoencoder feature_copy adds token embeddings to the LM's states: it needs "
+                       f"features='ar', got {self.features!r}.")
     if not 0.0 < self.noise_delta <= 1.0:
       raise ValueError(f"autoencoder noise_delta must lie in (0, 1], got {self.noise_delta}.")
 
@@ -222,6 +228,8 @@ class TextAutoencoder(nn.Module):
     if cfg.features == "ar":
       features = self.features(tokens) if features is None else features
       inputs = rows(self.feature_in, features.astype(dtype))
+      if cfg.feature_copy:
+        inputs = inputs + jnp.take(self.token_embed, tokens, axis=0).astype(dtype)
     else:
       inputs = jnp.take(self.token_embed, tokens, axis=0)
     h = (inputs + self.encoder_pos[None]).astype(dtype)

@@ -181,6 +181,7 @@ def autoencoder() -> ml_collections.ConfigDict:
   ae.feature_heads = 4
   ae.feature_mlp_dim = 1024
   ae.align_weight = 1.0
+  ae.feature_copy = False      # features="ar": add the token embeddings to the LM's states
   ae.batch_size = 64
   ae.num_steps = 1500
   ae.learning_rate = 2e-3
