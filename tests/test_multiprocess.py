@@ -142,11 +142,11 @@ def one_process(trained):
 def test_two_processes_train_evaluate_sample_and_resume_like_one(corpus, one_process, tmp_path):
   ref_params, ref_samples, ref_metrics = one_process
 
-  def run(folder, timeout=240):
+  def run(folder):
     folder.mkdir()
     workdir = folder / "workdir"
     out, procs = _start(folder, "first", 2, 2, workdir, corpus, {"stop_at_step": 10})
-    first = _finish(out, procs, timeout)
+    first = _finish(out, procs)
     out, procs = _start(folder, "resumed", 2, 2, workdir, corpus, {}, sample=True)
     return workdir, out, first, _finish(out, procs)
 
@@ -176,14 +176,14 @@ def test_two_processes_train_evaluate_sample_and_resume_like_one(corpus, one_pro
 
 def test_sigterm_to_one_process_stops_both_with_one_checkpoint(corpus, tmp_path):
 
-  def run(folder, timeout=240):
+  def run(folder):
     folder.mkdir()
     workdir = folder / "workdir"
     out, procs = _start(folder, "run", 2, 1, workdir, corpus,
                         dict(num_train_steps=100_000, eval_every_steps=0, sample_every_steps=0,
                              checkpoint_every_steps=100_000, log_every_steps=10))
     metrics = workdir / "metrics.jsonl"
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 240
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
       if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
         _finish(out, procs, timeout=0)  # raises: Hang, or the failure with both logs
