@@ -296,3 +296,43 @@ def test_renoise_interval_q_samples_inside_and_runs_the_sampler_outside():
   assert samplers.SampleConfig(renoise_min_t=0.5, renoise_max_t=0.7).renoise_interval == (0.5, 0.7)
   with pytest.raises(ValueError, match="renoise_min_t"):
     samplers.SampleConfig(renoise_max_t=1.5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_eta_update_matches_numpy_and_has_ddpms_posterior_at_one(eta):
+  rng = np.random.default_rng(1)
+  x_t, x0, noise = rng.normal(size=(3, 3, 4, 5))
+  (g_t, s_t), (g_s, s_s) = ((np.cos(np.pi * u / 2), np.sin(np.pi * u / 2)) for u in (0.8, 0.55))
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  as_b = lambda v: jnp.full((3,), v, jnp.float32)
+  out = np.asarray(samplers.ddim_update(f32(x_t), f32(x0), (as_b(g_s), as_b(s_s)),
+                                        (as_b(g_t), as_b(s_t)), eta, f32(noise)), np.float64)
+  ref_mean, ref_var = np_posterior(x_t, x0, g_s, s_s, g_t, s_t)
+  eps = (x_t - g_t * x0) / s_t
+  fresh = eta**2 * ref_var
+  np.testing.assert_allclose(out, g_s * x0 + np.sqrt(s_s**2 - fresh) * eps + np.sqrt(fresh) * noise,
+                             rtol=1e-4, atol=1e-5)
+  if eta == 1.0:  # DDPM: the posterior mean plus its standard deviation times the noise
+    np.testing.assert_allclose(out, ref_mean + np.sqrt(ref_var) * noise, rtol=1e-4, atol=1e-5)
+
+
+def test_ddim_eta_runs_between_the_flow_and_ancestral_sampling():
+  sched, optimal, x_init, expected, _ = gaussian_setup(num=64)
+  key = jax.random.PRNGKey(4)
+  run = lambda sampler, eta=0.0: np.asarray(samplers.sample_loop(
+      optimal, x_init, key, sched, 40, sampler=sampler, ddim_eta=eta), np.float64)
+  np.testing.assert_array_equal(run("ddim", 0.0), run("ddim"))
+  np.testing.assert_allclose(run("ddim", 1.0), run("ddpm"), atol=2e-3)  # same keys, same draws
+  half = run("ddim", 0.5)
+  assert np.abs(half - expected).max() > 0.05  # it leaves the flow's deterministic endpoint
+  assert np.abs(half - run("ddpm")).max() > 0.05
+  out = samplers.sample_loop(two_point_denoiser(sched, calls := []),
+                             jax.random.normal(jax.random.PRNGKey(1), (256, 4, 3)),
+                             jax.random.PRNGKey(2), sched, 50, sampler="ddim", ddim_eta=0.5)
+  check_two_point_samples(out, calls, sched)
+  with pytest.raises(ValueError, match="sampler='ddim' only"):
+    samplers.SampleConfig(sampler="ddpm", ddim_eta=0.5)
+  with pytest.raises(ValueError, match=r"ddim_eta must lie in \[0, 1\]"):
+    samplers.SampleConfig(ddim_eta=1.5)
+  with pytest.raises(ValueError, match="sampler='ddim' only"):
+    samplers.sample_loop(optimal, x_init, key, sched, 4, sampler="euler", ddim_eta=0.3)

@@ -8,6 +8,7 @@ example's noise independent of how the batch is split over devices.
 """
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -51,11 +52,20 @@ def ddpm_posterior(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t):
   return mean, var
 
 
-def ddim_update(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t):
-  """Deterministic DDIM (eta = 0): keep the implied noise, move the signal to level s."""
+def ddim_update(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t, eta: float = 0.0, noise=None):
+  """DDIM (Song et al. 2021): move the signal to level s and keep the implied noise eps_hat, of
+  which a share is redrawn: x_s = gamma_s x0_hat + sqrt(sigma_s^2 - v) eps_hat + sqrt(v) noise with
+  v = eta^2 x the DDPM posterior variance. eta = 0 is deterministic (the default; `noise` unused),
+  eta = 1 has DDPM's posterior mean and variance."""
   (gamma_s, sigma_s), (gamma_t, sigma_t) = alpha_sigma_s, alpha_sigma_t
   eps_hat = eps_from_x0(x_t, x0_hat, gamma_t, sigma_t)
-  return _b(gamma_s, x_t) * x0_hat + _b(sigma_s, x_t) * eps_hat
+  if not eta:
+    return _b(gamma_s, x_t) * x0_hat + _b(sigma_s, x_t) * eps_hat
+  _, var = ddpm_posterior(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t)
+  fresh = eta**2 * jnp.maximum(var, 0.0)
+  kept = jnp.sqrt(jnp.maximum(sigma_s**2 - fresh, 0.0))
+  return (_b(gamma_s, x_t) * x0_hat + _b(kept, x_t) * eps_hat
+          + _b(jnp.sqrt(fresh), x_t) * noise)
 
 
 @register("ddpm")
@@ -77,9 +87,11 @@ def renoise_step(denoise, inp: StepInput, schedule):
 
 
 @register("ddim")
-def ddim_step(denoise, inp: StepInput, schedule):
+def ddim_step(denoise, inp: StepInput, schedule, eta: float = 0.0):
   x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
-  return ddim_update(inp.x_t, x0_hat, schedule.alpha_sigma(inp.s), schedule.alpha_sigma(inp.t)), x0_hat
+  noise = _normal(inp.key, x0_hat) if eta else None
+  return ddim_update(inp.x_t, x0_hat, schedule.alpha_sigma(inp.s), schedule.alpha_sigma(inp.t),
+                     eta, noise), x0_hat
 
 
 def _ode_velocity(schedule, x_t, x0_hat, t):
@@ -126,6 +138,13 @@ def evaluations_per_step(sampler: str) -> int:
   return 2 if sampler == "heun" else 1
 
 
+def _check_ddim_eta(sampler: str, eta: float):
+  if not 0.0 <= eta <= 1.0:
+    raise ValueError(f"ddim_eta must lie in [0, 1], got {eta}.")
+  if eta and sampler != "ddim":
+    raise ValueError(f"ddim_eta applies to sampler='ddim' only, got sampler={sampler!r}.")
+
+
 def _renoise_within(x_s, x0_hat, inp: StepInput, schedule, interval):
   """x_s where t lies outside [lo, hi]; a fresh q-sample gamma_s x0_hat + sigma_s eps inside."""
   lo, hi = interval
@@ -140,7 +159,8 @@ def _renoise_within(x_s, x0_hat, inp: StepInput, schedule, interval):
 def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: schedules_lib.Schedule,
                 num_steps: int, *, sampler: str = "ddim",
                 clamp_fn: Callable[[Array], Array] | None = None, times: Array | None = None,
-                clamp_max_t: float = 1.0, renoise_interval: tuple[float, float] | None = None) -> Array:
+                clamp_max_t: float = 1.0, renoise_interval: tuple[float, float] | None = None,
+                ddim_eta: float = 0.0) -> Array:
   """Runs the reverse process from `x_init` (x at t_max) and returns x0_hat [batch, m, d].
 
   Args:
@@ -155,10 +175,15 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
       skewed schedule) replace the sampler's x_s by q-sampling from x0_hat, x_s ~ N(gamma_s x0_hat,
       sigma_s^2 I), as Shabalin et al. (2026) re-noise only in the narrow interval where DDPM
       leaves the data manifold; elsewhere the sampler's own update runs.
+    ddim_eta: sampler "ddim" only: the share of each step's noise drawn afresh (0: deterministic,
+      1: DDPM's posterior), between the probability-flow ODE and ancestral sampling.
   """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+  _check_ddim_eta(sampler, ddim_eta)
   step_fn = SAMPLERS.get(sampler)
+  if ddim_eta:
+    step_fn = functools.partial(step_fn, eta=float(ddim_eta))
   batch, length = x_init.shape[:2]
   if times is None:
     times = schedules_lib.time_grid(schedule, num_steps)
@@ -275,6 +300,7 @@ class SampleConfig:
                                  #   (the workdir's trained `readout.ContextualDecoder`)
   time_grid: str = "uniform"     # uniform | warp (the learned time warping's quantiles)
   guidance_scale: float = 0.0    # classifier-free guidance weight w on conditional samples (0: off)
+  ddim_eta: float = 0.0          # sampler "ddim": share of each step's noise redrawn (1: DDPM's)
 
   def __post_init__(self):
     for field in ("num_samples", "num_steps"):
@@ -296,6 +322,7 @@ class SampleConfig:
                        f"{self.renoise_min_t} and {self.renoise_max_t}.")
     if not abs(self.guidance_scale) < float("inf"):
       raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}.")
+    _check_ddim_eta(self.sampler, self.ddim_eta)
 
   @property
   def renoise_interval(self) -> tuple[float, float] | None:

@@ -148,6 +148,7 @@ def _sample() -> ml_collections.ConfigDict:
   sample.logit_temperature = 1.0  # x0_hat = softmax(logits / this) E for logits outputs; < 1 sharpens
   sample.renoise_min_t = 0.0   # re-noise x0_hat (q-sampling) at steps from t in [min, max]
   sample.renoise_max_t = 0.0   #   (Shabalin et al. 2026's narrow interval); min >= max: off
+  sample.ddim_eta = 0.0        # sampler "ddim": share of each step's noise redrawn (1: DDPM's)
   sample.decoder = "readout"   # readout (tied argmax) | l2 | cosine (nearest embedding)
   sample.time_grid = "uniform"  # uniform | warp (follow the learned time warping)
   return sample

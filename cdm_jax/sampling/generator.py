@@ -297,7 +297,7 @@ def _load_student(workdir: str, config, mesh, steps: int) -> Generator:
         workdir, {"warp": builders.abstract_warp(config, mesh)}, meta["teacher_checkpoint_step"])
     warp = distributed.to_host(restored["warp"])
   config.sample.update(num_steps=steps, sampler="ddim", clamp="none", time_grid=time_grid,
-                       logit_temperature=1.0, renoise_min_t=0.0, renoise_max_t=0.0)
+                       logit_temperature=1.0, renoise_min_t=0.0, renoise_max_t=0.0, ddim_eta=0.0)
   return Generator(config, params, tokenizer_lib.load_tokenizer(workdir),
                    step=meta["teacher_checkpoint_step"], mesh=mesh, warp=warp)
 

@@ -117,7 +117,8 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
     x0_hat = samplers.sample_loop(denoise_fn, x_init, loop_keys, schedule, config.num_steps,
                                   sampler=config.sampler, clamp_fn=clamp_fn, times=times,
                                   clamp_max_t=config.clamp_max_t,
-                                  renoise_interval=config.renoise_interval)
+                                  renoise_interval=config.renoise_interval,
+                                  ddim_eta=config.ddim_eta)
     return _with_condition(cfg, final(x0_hat, decoder_params), condition)
 
   def sharded(params, keys, condition, decoder_params):
