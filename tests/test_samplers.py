@@ -306,7 +306,8 @@ def test_ddim_eta_update_matches_numpy_and_has_ddpms_posterior_at_one(eta):
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   as_b = lambda v: jnp.full((3,), v, jnp.float32)
   out = np.asarray(samplers.ddim_update(f32(x_t), f32(x0), (as_b(g_s), as_b(s_s)),
-                                        (as_b(g_t), as_b(s_t)), eta, f32(noise)), np.float64)
+                                        (as_b(g_t), as_b(s_t)), eta=eta, noise=f32(noise)),
+                   np.float64)
   ref_mean, ref_var = np_posterior(x_t, x0, g_s, s_s, g_t, s_t)
   eps = (x_t - g_t * x0) / s_t
   fresh = eta**2 * ref_var

@@ -52,7 +52,7 @@ def ddpm_posterior(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t):
   return mean, var
 
 
-def ddim_update(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t, eta: float = 0.0, noise=None):
+def ddim_update(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t, *, eta: float = 0.0, noise=None):
   """DDIM (Song et al. 2021): move the signal to level s and keep the implied noise eps_hat, of
   which a share is redrawn: x_s = gamma_s x0_hat + sqrt(sigma_s^2 - v) eps_hat + sqrt(v) noise with
   v = eta^2 x the DDPM posterior variance. eta = 0 is deterministic (the default; `noise` unused),
@@ -91,7 +91,7 @@ def ddim_step(denoise, inp: StepInput, schedule, eta: float = 0.0):
   x0_hat = denoise(inp.x_t, inp.t, inp.x0_selfcond)
   noise = _normal(inp.key, x0_hat) if eta else None
   return ddim_update(inp.x_t, x0_hat, schedule.alpha_sigma(inp.s), schedule.alpha_sigma(inp.t),
-                     eta, noise), x0_hat
+                     eta=eta, noise=noise), x0_hat
 
 
 def _ode_velocity(schedule, x_t, x0_hat, t):
@@ -145,6 +145,12 @@ def _check_ddim_eta(sampler: str, eta: float):
     raise ValueError(f"ddim_eta applies to sampler='ddim' only, got sampler={sampler!r}.")
 
 
+def _step_function(sampler: str, ddim_eta: float):
+  _check_ddim_eta(sampler, ddim_eta)
+  step_fn = SAMPLERS.get(sampler)
+  return functools.partial(step_fn, eta=float(ddim_eta)) if ddim_eta else step_fn
+
+
 def _renoise_within(x_s, x0_hat, inp: StepInput, schedule, interval):
   """x_s where t lies outside [lo, hi]; a fresh q-sample gamma_s x0_hat + sigma_s eps inside."""
   lo, hi = interval
@@ -180,10 +186,7 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
   """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-  _check_ddim_eta(sampler, ddim_eta)
-  step_fn = SAMPLERS.get(sampler)
-  if ddim_eta:
-    step_fn = functools.partial(step_fn, eta=float(ddim_eta))
+  step_fn = _step_function(sampler, ddim_eta)
   batch, length = x_init.shape[:2]
   if times is None:
     times = schedules_lib.time_grid(schedule, num_steps)
