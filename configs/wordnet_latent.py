@@ -2,10 +2,11 @@
 (2 encoder layers, a 1-layer Perceiver resampler to m = 32 / 4 = 8 latents of 64 dims, 2 decoder
 layers, width 128; 1,000 steps at learning rate 4e-3, 1.8e13 FLOPs, 99.4% held-out token accuracy)
 trained first in WORKDIR/autoencoder/ with VP-noise augmentation, then the demo denoiser (6 layers
-x 256) on its frozen, standardized latents: x0-MSE, self-conditioning, DDPM. Every denoiser call
-reads 8 latents instead of 32 tokens. (The base's width-256 3/2/3 autoencoder reconstructs no
-better for 4.6x the FLOPs; 2,000 steps at 2e-3, the earlier setting, cost twice as much and leave
-the denoiser behind: docs/latent.md.)
+x 256) on its frozen, standardized latents: x0-MSE, self-conditioning; sampled by DDIM with
+ddim_eta = 0.75 (between the deterministic DDIM, 0, and DDPM, 1). Every denoiser call reads 8
+latents instead of 32 tokens. (The base's width-256 3/2/3 autoencoder reconstructs no better for
+4.6x the FLOPs; 2,000 steps at 2e-3, the earlier setting, cost twice as much and leave the
+denoiser behind: docs/latent.md.)
 
 Cost on a 2-core x86 CPU: see docs/latent.md (the autoencoder's FLOPs count in the diffusion
 budget wherever budgets are compared). Variants: --config.model.latent_ratio=1|2|8.
@@ -30,5 +31,5 @@ def get_config():
   config.train.update(batch_size=64, num_train_steps=2000, learning_rate=1e-3, warmup_steps=200,
                       log_every_steps=50, eval_every_steps=500, checkpoint_every_steps=250,
                       sample_every_steps=1000)
-  config.sample.update(num_samples=16, num_steps=100, sampler="ddpm", clamp="none")
+  config.sample.update(num_samples=16, num_steps=100, sampler="ddim", ddim_eta=0.75, clamp="none")
   return config

@@ -17,5 +17,5 @@ def get_config():
   config.condition.update(source=0.9, dropout=0.1)
   config.train.update(num_train_steps=3000, eval_every_steps=1000, sample_every_steps=0,
                       time_limit_minutes=0.0)
-  config.sample.num_steps = 50
+  config.sample.update(num_steps=50, sampler="ddpm", ddim_eta=0.0)  # the seq2seq figures' sampler
   return config
