@@ -41,14 +41,20 @@ def _normal(key: Array, like: Array) -> Array:
   return jax.random.normal(key, like.shape, like.dtype)
 
 
+def _variances(alpha_sigma_s, alpha_sigma_t):
+  """var_ts of q(x_t | x_s) = N(gamma_t / gamma_s x_s, var_ts), and the posterior variance of
+  q(x_s | x_t, x0): var_ts sigma_s^2 / sigma_t^2."""
+  (gamma_s, sigma_s), (gamma_t, sigma_t) = alpha_sigma_s, alpha_sigma_t
+  var_ts = sigma_t**2 - (gamma_t / gamma_s)**2 * sigma_s**2
+  return var_ts, var_ts * sigma_s**2 / sigma_t**2
+
+
 def ddpm_posterior(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t):
   """Mean and variance of q(x_s | x_t, x0 = x0_hat) for s < t, for any (gamma, sigma) pairs."""
   (gamma_s, sigma_s), (gamma_t, sigma_t) = alpha_sigma_s, alpha_sigma_t
-  gamma_ts = gamma_t / gamma_s
-  var_ts = sigma_t**2 - gamma_ts**2 * sigma_s**2
-  mean = (_b(gamma_ts * sigma_s**2 / sigma_t**2, x_t) * x_t
+  var_ts, var = _variances(alpha_sigma_s, alpha_sigma_t)
+  mean = (_b(gamma_t / gamma_s * sigma_s**2 / sigma_t**2, x_t) * x_t
           + _b(gamma_s * var_ts / sigma_t**2, x_t) * x0_hat)
-  var = var_ts * sigma_s**2 / sigma_t**2
   return mean, var
 
 
@@ -61,7 +67,7 @@ def ddim_update(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t, *, eta: float = 0.0, 
   eps_hat = eps_from_x0(x_t, x0_hat, gamma_t, sigma_t)
   if not eta:
     return _b(gamma_s, x_t) * x0_hat + _b(sigma_s, x_t) * eps_hat
-  _, var = ddpm_posterior(x_t, x0_hat, alpha_sigma_s, alpha_sigma_t)
+  _, var = _variances(alpha_sigma_s, alpha_sigma_t)  # DDPM's posterior variance
   fresh = eta**2 * jnp.maximum(var, 0.0)
   kept = jnp.sqrt(jnp.maximum(sigma_s**2 - fresh, 0.0))
   return (_b(gamma_s, x_t) * x0_hat + _b(kept, x_t) * eps_hat
