@@ -14,7 +14,6 @@ import functools
 import json
 import pathlib
 import resource
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +26,10 @@ from cdm_jax.runtime import overrides as overrides_lib
 from cdm_jax import sampling
 from cdm_jax.runtime import allocator as host
 from cdm_jax.runtime import parallel
-from cdm_jax.core import samplers
+from cdm_jax.core import rounding, samplers
 from cdm_jax.training import flops as flops_lib  # pylint: disable=g-import-not-at-top
 from cdm_jax.training.timing import interleaved_times, matmul_peak_gflops, time_train_steps, timed
+from cdm_jax.runtime import config_files
 
 
 def apply_sets(config, sets: list[str]):
@@ -38,7 +38,7 @@ def apply_sets(config, sets: list[str]):
 
 
 def bench_config(path: str, args) -> dict:
-  config = apply_sets(runpy.run_path(path)["get_config"](), args.set)
+  config = apply_sets(config_files.load(path), args.set)
   config.train.steps_per_call = args.steps_per_call or config.train.steps_per_call
   state, compile_s, times, faults = time_train_steps(config, args.train_steps)
   step_s = float(np.median(times))
@@ -76,10 +76,10 @@ def bench_config(path: str, args) -> dict:
   clamp_per_step = float(np.median(step_rounds - bare_rounds))
   forward_s = float(np.median(times["forward"]))
   table, bias = model.apply(params, method="readout_weights")
-  clamp_fn = samplers.make_clamp_fn(sample_cfg.clamp, table, bias, decoder=sample_cfg.decoder,
+  clamp_fn = rounding.make_clamp_fn(sample_cfg.clamp, table, bias, decoder=sample_cfg.decoder,
                                     operand_dtype=model.config.matmul_operand_dtype)
   clamp_s = 0.0 if clamp_fn is None else timed(jax.jit(clamp_fn), x, repeats=args.repeats)
-  decode_s = timed(jax.jit(lambda x: samplers.decode(x, table, bias, sample_cfg.decoder)), x,
+  decode_s = timed(jax.jit(lambda x: rounding.decode(x, table, bias, sample_cfg.decoder)), x,
                    repeats=args.repeats)
   # Vocabulary work per step: the clamp inside the loop plus the one decode after it, spread over
   # the default number of steps.

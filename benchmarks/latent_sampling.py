@@ -9,7 +9,6 @@ not depend on the weights, so the models are freshly initialized; the timings ar
 
 import argparse
 import json
-import runpy
 
 import jax
 import numpy as np
@@ -19,10 +18,11 @@ from cdm_jax.runtime import parallel
 from cdm_jax.runtime import overrides as overrides_lib
 from cdm_jax.sampling import make_sample_fn
 from cdm_jax.training import timing
+from cdm_jax.runtime import config_files
 
 
 def _sampler(config_name: str, settings: list[str], num_samples: int, steps: int):
-  config = runpy.run_path(f"configs/{config_name}.py")["get_config"]()
+  config = config_files.load(f"configs/{config_name}.py")
   overrides_lib.apply_to_config(config, overrides_lib.parse_settings(settings))
   model = builders.make_model(config)
   params = builders.init_params(config, model)

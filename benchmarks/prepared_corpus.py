@@ -81,9 +81,9 @@ def train_argv(workdir: pathlib.Path, steps: int, **data) -> list[str]:
 
 def loader_throughput(folder: pathlib.Path, batches: int = 300) -> float:
   sys.path.insert(0, str(ROOT))
-  from cdm_jax.data import pipeline, shards  # pylint: disable=g-import-not-at-top
+  from cdm_jax.data import batching, shards  # pylint: disable=g-import-not-at-top
   split = shards.PreparedSplit(str(folder), shards.read_manifest(str(folder)), "train")
-  iterator = pipeline.BatchIterator(split, 64, seed=0, shuffle_window=1 << 18)
+  iterator = batching.BatchIterator(split, 64, seed=0, shuffle_window=1 << 18)
   next(iterator)
   start = time.perf_counter()
   for _ in range(batches):

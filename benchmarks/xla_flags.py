@@ -26,10 +26,10 @@ def child(config_path: str, steps: int):
 
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from cdm_jax.runtime import allocator  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import allocator, config_files  # pylint: disable=g-import-not-at-top
   from cdm_jax.training import timing  # pylint: disable=g-import-not-at-top
   allocator.tune_malloc()  # as bench.py does
-  _, first, times, _ = timing.time_train_steps(runpy.run_path(config_path)["get_config"](), steps)
+  _, first, times, _ = timing.time_train_steps(config_files.load(config_path), steps)
   print(f"train step median {np.median(times):.3f} s, min {min(times):.3f} s (first call "
         f"{first:.1f} s); 2048^3 matmul {timing.matmul_peak_gflops(repeats=5):.0f} GFLOP/s",
         flush=True)

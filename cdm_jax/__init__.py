@@ -6,15 +6,9 @@ is importable as `from cdm_jax import schedules, diffusion, samplers`; a trained
 `cdm_jax.load(DIR)`.
 """
 
-import sys as _sys
-
 from cdm_jax.core import diffusion, samplers, schedules
 
 __version__ = "0.2.0"
-
-# `import cdm_jax.schedules` (the documented names) keeps working beside `from cdm_jax import ...`.
-for _module in (diffusion, samplers, schedules):
-  _sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
 
 
 def tune_malloc() -> bool:

@@ -19,14 +19,13 @@ of state per chip) and the groups replicate over axis `data` (4 on 256 chips); t
 512 x 256 tokens is 2 rows per chip.
 """
 
-import pathlib
-import runpy
+from cdm_jax.runtime import config_files
 
 PREPARED = "/mnt/owt/prepared"
 
 
 def get_config():
-  config = runpy.run_path(str(pathlib.Path(__file__).with_name("tpu_pod_1b.py")))["get_config"]()
+  config = config_files.sibling(__file__, "tpu_pod_1b.py")
   config.data.update(prepared=PREPARED, long_lines="split", packing=True, valid_percent=0.5,
                      shuffle_window=1 << 20)
   config.train.fsdp_axis_size = 64

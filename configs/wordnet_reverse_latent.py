@@ -5,12 +5,11 @@ denoiser (4 layers x 192) generates the lemma's m = 40 / 4 = 10 latents with the
 clean latents in context (20 positions per call instead of 40). The source is known for 90% of
 examples, 10% of those with the null source (classifier-free guidance). Figures: docs/latent.md."""
 
-import pathlib
-import runpy
+from cdm_jax.runtime import config_files
 
 
 def get_config():
-  config = runpy.run_path(str(pathlib.Path(__file__).with_name("wordnet_latent.py")))["get_config"]()
+  config = config_files.sibling(__file__, "wordnet_latent.py")
   config.data.corpus = "wordnet_reverse"
   config.data.seq_len = 40
   config.model.update(width=192, num_layers=4, mlp_dim=768)

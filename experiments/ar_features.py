@@ -11,10 +11,10 @@ FLOPs still count in the autoencoder's (`training.autoencoder.autoencoder_flops`
 """
 
 import argparse
-import runpy
 
 from cdm_jax.data import pipeline
 from cdm_jax.evaluation import ar_model
+from cdm_jax.runtime import config_files
 
 
 def feature_model(config, workdir: str, steps: int) -> str:
@@ -37,7 +37,7 @@ def main():
   parser.add_argument("--workdir", required=True, help="the run's workdir (its tokenizer)")
   parser.add_argument("--steps", type=int, default=156, help="the LM's training steps")
   args = parser.parse_args()
-  config = runpy.run_path(args.config)["get_config"]()
+  config = config_files.load(args.config)
   if "autoencoder" not in config:
     raise SystemExit(f"{args.config} has no autoencoder block (a latent config is needed).")
   print(feature_model(config, args.workdir, args.steps))

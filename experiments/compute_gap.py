@@ -49,7 +49,7 @@ def run(args) -> dict:
   from cdm_jax.training import flops
   from cdm_jax.training import autoencoder as ae_stage
   from cdm_jax import sampling
-  from cdm_jax.core import samplers
+  from cdm_jax.core import rounding
   from cdm_jax.evaluation import text_metrics
   from cdm_jax.evaluation import ar_model as judge_lib
   from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -97,7 +97,7 @@ def run(args) -> dict:
 
   overrides = overrides_lib.dataclass_overrides(generator.sample_config, args.set or [])
   decoder_flops = 0.0
-  if generator.options(**overrides).decoder == samplers.CONTEXTUAL_DECODER:  # counts as training
+  if generator.options(**overrides).decoder == rounding.CONTEXTUAL_DECODER:  # counts as training
     generator.make_sample_fn(**overrides)  # a clear error when the workdir has no such decoder
     decoder_flops = generator.readout_decoder.flops
   # A latent model's autoencoder stage trained for it: its FLOPs count in the diffusion budget.

@@ -37,7 +37,7 @@ from cdm_jax.core import guidance
 from cdm_jax.posttrain import classifier
 from cdm_jax.evaluation import ar_model as judge_lib
 from cdm_jax.evaluation import text_metrics
-from cdm_jax.data import corpora, pipeline, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cdm_jax.data import corpora, encoding, pipeline, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 LABELS = ("noun", "verb", "adj", "adv")
 
@@ -47,10 +47,10 @@ def labeled_rows(tokenizer, seq_len: int):
   label_of = {}
   for text, label in corpora.read_wordnet_labeled():
     label_of.setdefault(text, LABELS.index(label))
-  train, valid = pipeline.split_examples(list(label_of), 2.0)
+  train, valid = encoding.split_examples(list(label_of), 2.0)
   out = []
   for texts in (train, valid):
-    rows, _ = pipeline.encode(tokenizer, texts, seq_len)
+    rows, _ = encoding.encode(tokenizer, texts, seq_len)
     out += [rows, np.array([label_of[t] for t in texts], np.int32)]
   return out
 
@@ -156,7 +156,7 @@ def part_of_speech(args, g, judge, data) -> list[dict]:
       guide = _pos_guide(args, g, classifiers, index, kind, scale)
       texts = (g.sample(args.num_samples, seed=args.seed, steps=args.steps) if guide is None else
                g.sample_guided(args.num_samples, guide, seed=args.seed, steps=args.steps))
-      rows, _ = pipeline.encode(g.tokenizer, texts, g.config.data.seq_len)
+      rows, _ = encoding.encode(g.tokenizer, texts, g.config.data.seq_len)
       stats = text_metrics.text_statistics(texts)
       results.append({"label": label, "guide": kind, "scale": scale,
                       "success": float(np.mean(clean(rows) == index)),
@@ -176,7 +176,7 @@ def length(args, g, judge) -> list[dict]:
   seq_len = g.config.data.seq_len
   special = [tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID, tokenizer_lib.BOS_ID]
   readout = lambda x0: g.model.apply(g.params, x0, method="readout")
-  free_rows, _ = pipeline.encode(g.tokenizer, g.sample(args.num_samples, seed=args.seed,
+  free_rows, _ = encoding.encode(g.tokenizer, g.sample(args.num_samples, seed=args.seed,
                                                         steps=args.steps), seq_len)
   free_len = np.argmax(free_rows == tokenizer_lib.EOS_ID, axis=1) - 1
   free_ppl = perplexity(judge, free_rows)

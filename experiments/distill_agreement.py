@@ -17,7 +17,7 @@ import numpy as np
 import cdm_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cdm_jax.sampling import artifacts
 from cdm_jax import sampling
-from cdm_jax.core import samplers
+from cdm_jax.core import rounding, samplers
 
 
 def final_estimate(generator, steps: int, num_samples: int, seed: int):
@@ -28,7 +28,7 @@ def final_estimate(generator, steps: int, num_samples: int, seed: int):
   x0 = samplers.sample_loop(denoise, noise, jax.random.PRNGKey(seed + 1), generator.schedule, steps,
                             sampler="ddim")
   table, bias = generator.model.apply(generator.params, method="readout_weights")
-  return np.asarray(x0), np.asarray(samplers.decode(x0, table, bias))
+  return np.asarray(x0), np.asarray(rounding.decode(x0, table, bias))
 
 
 def main():

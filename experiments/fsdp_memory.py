@@ -12,7 +12,6 @@ rules (`builders.state_specs`: FSDP groups of the config's train.fsdp_axis_size 
 
 import argparse
 import os
-import runpy
 
 
 def main():
@@ -28,10 +27,10 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cdm_jax.models import builders  # pylint: disable=g-import-not-at-top
-  from cdm_jax.runtime import parallel
+  from cdm_jax.runtime import config_files, parallel  # pylint: disable=g-import-not-at-top
   from cdm_jax.training import steps
 
-  config = runpy.run_path(args.config)["get_config"]()
+  config = config_files.load(args.config)
   model, tx = builders.make_model(config), builders.make_optimizer(config.train)
   shapes = jax.eval_shape(lambda: builders.init_state(config, model, tx))
   params = sum(x.size for x in jax.tree.leaves(shapes.params))

@@ -25,6 +25,7 @@ from cdm_jax.runtime import overrides as overrides_lib  # pylint: disable=wrong-
 
 from cdm_jax.evaluation import ar_model as judge_lib  # pylint: disable=g-import-not-at-top
 from cdm_jax.training import train
+from cdm_jax.runtime import config_files
 
 
 def apply_overrides(config, overrides: dict):
@@ -34,7 +35,7 @@ def apply_overrides(config, overrides: dict):
 
 def command_line(config_path: str, workdir: pathlib.Path, overrides: dict) -> str:
   flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
-  return f"python -m cdm_jax.main --config={config_path} --workdir={workdir} {flags}"
+  return f"cdm-train --config={config_path} --workdir={workdir} {flags}"
 
 
 def headline(eval_result: dict) -> dict:
@@ -77,7 +78,7 @@ def main():
     print(f"[{name}] {command_line(args.config, workdir, overrides)}", flush=True)
     if args.dry_run:
       continue
-    config = apply_overrides(runpy.run_path(args.config)["get_config"](), overrides)
+    config = apply_overrides(config_files.load(args.config), overrides)
     done_file = workdir / "last_metrics.json"
     finished = done_file.is_file() and json.loads(done_file.read_text())["step"] >= config.train.num_train_steps
     metrics = json.loads(done_file.read_text()) if finished else train.train_and_evaluate(config, str(workdir))

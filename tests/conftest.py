@@ -35,17 +35,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
-import runpy  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from cdm_jax.runtime import config_files  # pylint: disable=wrong-import-position
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORDS = "the a cat dog sat ran on under mat log big small red blue green tree house bird".split()
 
 
 def tiny_config(corpus_path, **train_overrides):
-  config = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
+  config = config_files.load(str(ROOT / "configs/tiny.py"))
   config.data.path = str(corpus_path)
   config.train.update(train_overrides)
   return config

@@ -156,3 +156,15 @@ def test_public_functions_take_at_most_five_positional_arguments():
       if len(args) > MAX_POSITIONAL:
         offenders.append(f"{path.relative_to(PACKAGE)}:{name} ({len(args)})")
   assert not offenders, offenders
+
+
+def test_every_script_is_named_in_the_docs():
+  """No orphan scripts: each file under experiments/ and benchmarks/ (their result folders aside)
+  is named, by its path, in README.md or docs/."""
+  root = PACKAGE.parent
+  docs = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+  scripts = [p for folder in ("experiments", "benchmarks") for p in (root / folder).rglob("*")
+             if p.is_file() and p.suffix in (".py", ".sh") and "results" not in p.parts
+             and "__pycache__" not in p.parts]
+  assert scripts
+  assert not [str(p.relative_to(root)) for p in scripts if str(p.relative_to(root)) not in docs]

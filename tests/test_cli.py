@@ -91,15 +91,14 @@ def _fails(module, *args):
 
 
 def test_cli_errors_are_one_line_and_exit_2(trained, tmp_path):
-  # `cdm_jax.sample` is the CLI's earlier name, kept as an alias of `cdm_jax.cli.generate`.
-  code, stderr = _fails("cdm_jax.sample", f"--workdir={tmp_path}")
+  code, stderr = _fails("cdm_jax.cli.generate", f"--workdir={tmp_path}")
   assert code == 2 and stderr.startswith("error: No config.json") and "Traceback" not in stderr
   workdir, _ = trained
-  code, stderr = _fails("cdm_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+  code, stderr = _fails("cdm_jax.cli.train", "--config=configs/tiny.py", f"--workdir={workdir}",
                         "--config.model.width=48")
   assert code == 2 and "Traceback" not in stderr and "Exception" not in stderr, stderr[-2000:]
   assert "model.width: 32 -> 48" in stderr
-  code, stderr = _fails("cdm_jax.evaluate", f"--workdir={workdir}", "--guidance_scale=2")
+  code, stderr = _fails("cdm_jax.cli.evaluate", f"--workdir={workdir}", "--guidance_scale=2")
   assert code == 2 and stderr.startswith("error: --guidance_scale needs a condition"), stderr
 
 

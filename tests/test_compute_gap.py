@@ -59,17 +59,17 @@ def test_entropies_are_compared_at_the_shortest_sample_set_s_word_count():
 
 
 def test_sampling_overrides_take_the_field_types_and_refuse_unknown_fields():
-  from cdm_jax.core import samplers
+  from cdm_jax.core import sample_options
   sample_overrides = overrides_lib.dataclass_overrides
-  overrides = sample_overrides(samplers.SampleConfig(), ["sampler=renoise", "num_steps=7",
+  overrides = sample_overrides(sample_options.SampleConfig(), ["sampler=renoise", "num_steps=7",
                                                          "clamp_temperature=0.5"])
   assert overrides == {"sampler": "renoise", "num_steps": 7, "clamp_temperature": 0.5}
   assert isinstance(overrides["num_steps"], int)
-  samplers.SampleConfig().replace(**overrides)  # valid as a whole
+  sample_options.SampleConfig().replace(**overrides)  # valid as a whole
   with pytest.raises(ValueError, match="expected FIELD=VALUE"):
-    sample_overrides(samplers.SampleConfig(), ["steps7"])
+    sample_overrides(sample_options.SampleConfig(), ["steps7"])
   with pytest.raises(ValueError, match="Unknown field 'temperature'; fields: .*logit_temperature"):
-    sample_overrides(samplers.SampleConfig(), ["temperature=2"])
+    sample_overrides(sample_options.SampleConfig(), ["temperature=2"])
 
 
 def test_config_overrides_set_dotted_keys_and_name_an_unknown_one():

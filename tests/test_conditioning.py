@@ -13,7 +13,7 @@ from cdm_jax.core import conditioning
 from cdm_jax.core import diffusion
 from cdm_jax import sampling
 from cdm_jax.runtime import parallel
-from cdm_jax.core import samplers
+from cdm_jax.core import sample_options, samplers
 from cdm_jax.core import schedules
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM, ModelConfig
@@ -234,7 +234,7 @@ def _exact_samples(config, known=None, mask=None, seed=0):
 
 
 def test_conditional_sampling_with_the_exact_denoiser_reconstructs_the_sequence():
-  config = samplers.SampleConfig(num_samples=8, num_steps=20, sampler="ddpm", clamp="none")
+  config = sample_options.SampleConfig(num_samples=8, num_steps=20, sampler="ddpm", clamp="none")
   free = _exact_samples(config.replace(num_samples=32))
   assert set(map(tuple, free)) <= {(1,) * 6, (2,) * 6}  # whole sequences of one kind
   assert 6 <= (free[:, 0] == 1).sum() <= 26

@@ -5,7 +5,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from cdm_jax.data import corpora, packing, pipeline, tokenizer as tokenizer_lib
+from cdm_jax.data import batching, corpora, encoding, packing, tokenizer as tokenizer_lib
 
 WORDNET_LINE = ('00217593 04 n 01 kill 1 002 @ 00217014 n 0000 + 00355365 v 0101 | the destruction '
                 'of an enemy plane or ship or tank or missile; "the pilot reported two kills during '
@@ -66,22 +66,22 @@ def tokenizer():
 
 
 def test_encode_layout_and_long_lines(tokenizer):
-  rows, stats = pipeline.encode(tokenizer, ["the cat sat", "the dog " * 20], 10)
+  rows, stats = encoding.encode(tokenizer, ["the cat sat", "the dog " * 20], 10)
   assert rows.shape == (2, 10) and stats.truncated == 1
   assert rows[0, 0] == tokenizer_lib.BOS_ID
   eos = int(np.where(rows[0] == tokenizer_lib.EOS_ID)[0][0])
   assert np.all(rows[0, eos + 1:] == tokenizer_lib.PAD_ID)
   assert tokenizer_lib.decode_tokens(tokenizer, rows[0]) == "the cat sat"
   assert rows[1, -1] == tokenizer_lib.EOS_ID  # a truncated line still ends with EOS
-  rows, stats = pipeline.encode(tokenizer, ["the cat sat", "the dog " * 20], 10, "drop")
+  rows, stats = encoding.encode(tokenizer, ["the cat sat", "the dog " * 20], 10, "drop")
   assert rows.shape == (1, 10) and stats.dropped == 1
   with pytest.raises(ValueError, match="example 1 has"):
-    pipeline.encode(tokenizer, ["the cat sat", "the dog " * 20], 10, "error")
+    encoding.encode(tokenizer, ["the cat sat", "the dog " * 20], 10, "error")
 
 
 def test_split_long_lines_keep_every_piece_in_framed_rows(tokenizer):
   long = "the dog " * 20
-  rows, stats = pipeline.encode(tokenizer, ["the cat sat", long], 10, "split")
+  rows, stats = encoding.encode(tokenizer, ["the cat sat", long], 10, "split")
   pieces = tokenizer.encode(long)
   assert stats.split == 1 and stats.truncated == 0 and len(rows) == 1 + -(-len(pieces) // 8)
   assert (rows[:, 0] == tokenizer_lib.BOS_ID).all()
@@ -92,9 +92,9 @@ def test_split_long_lines_keep_every_piece_in_framed_rows(tokenizer):
     body += row[1:end].tolist()
   assert body == pieces  # consecutive chunks, nothing lost or repeated
   with pytest.raises(ValueError, match="split is for plain-text"):
-    pipeline.encode(tokenizer, [("the cat", "sat on the mat")], 10, "split")
+    encoding.encode(tokenizer, [("the cat", "sat on the mat")], 10, "split")
   with pytest.raises(ValueError, match="must be one of"):
-    pipeline.encode(tokenizer, ["the cat"], 10, "wrap")
+    encoding.encode(tokenizer, ["the cat"], 10, "wrap")
 
 
 def test_vocab_too_large_or_too_small_is_a_clear_error():
@@ -107,24 +107,24 @@ def test_vocab_too_large_or_too_small_is_a_clear_error():
 
 def test_split_is_deterministic_and_per_example():
   examples = [f"example number {i}" for i in range(2000)]
-  train, valid = pipeline.split_examples(examples, 10.0)
+  train, valid = encoding.split_examples(examples, 10.0)
   assert 100 < len(valid) < 300 and len(train) + len(valid) == 2000
-  train2, valid2 = pipeline.split_examples(examples[::-1] + ["a new one"], 10.0)
+  train2, valid2 = encoding.split_examples(examples[::-1] + ["a new one"], 10.0)
   assert set(valid) <= set(valid2)
 
 
 def test_batch_iterator_resumes_and_shards_by_process():
   tokens = np.arange(50)[:, None].repeat(3, axis=1)
-  it = pipeline.BatchIterator(tokens, 8, seed=1)
+  it = batching.BatchIterator(tokens, 8, seed=1)
   first = [next(it) for _ in range(9)]  # crosses an epoch boundary (6 batches per epoch)
   state = it.get_state()
   after = [next(it) for _ in range(3)]
-  resumed = pipeline.BatchIterator(tokens, 8, seed=1)
+  resumed = batching.BatchIterator(tokens, 8, seed=1)
   resumed.set_state(state)
   for a, b in zip(after, [next(resumed) for _ in range(3)]):
     np.testing.assert_array_equal(a, b)
   assert len(np.unique(np.concatenate(first[:6])[:, 0])) == 48  # no repeats within an epoch
-  halves = [pipeline.BatchIterator(tokens, 8, seed=1, process_index=p, process_count=2) for p in (0, 1)]
+  halves = [batching.BatchIterator(tokens, 8, seed=1, process_index=p, process_count=2) for p in (0, 1)]
   np.testing.assert_array_equal(np.concatenate([next(h) for h in halves]), first[0])
 
 
@@ -170,7 +170,7 @@ def test_max_examples_keeps_the_first_non_empty_ones(tmp_path):
 
 def test_split_that_leaves_no_training_examples_is_an_error():
   with pytest.raises(ValueError, match="leaves no training examples"):
-    pipeline.split_examples(["a", "b", "c"], 100.0)
+    encoding.split_examples(["a", "b", "c"], 100.0)
 
 
 ADJ_LINE = ('00001740 00 a 02 able 0 able(p) 1 005 | (usually followed by `to\') having the necessary '
@@ -203,13 +203,13 @@ def test_jsonl_pairs_encode_source_eos_target(tmp_path, tokenizer):
     corpora.read_corpus("jsonl", str(path), pair_fields=("src", "target"))
   with pytest.raises(ValueError, match="need data.corpus='jsonl'"):
     corpora.read_corpus("text", str(path), pair_fields=("src", "tgt"))
-  rows, _ = pipeline.encode(tokenizer, pairs, 16)
+  rows, _ = encoding.encode(tokenizer, pairs, 16)
   src, tgt = tokenizer.encode("the cat"), tokenizer.encode("sat on the mat")
   np.testing.assert_array_equal(rows[0, :len(src) + len(tgt) + 3],
                                 [tokenizer_lib.BOS_ID, *src, tokenizer_lib.EOS_ID, *tgt,
                                  tokenizer_lib.EOS_ID])
-  assert pipeline.texts_of(pairs) == ["the cat", "sat on the mat", "red", "big tree"]
-  train, valid = pipeline.split_examples([(f"source {i}", "t") for i in range(400)] +
+  assert encoding.texts_of(pairs) == ["the cat", "sat on the mat", "red", "big tree"]
+  train, valid = encoding.split_examples([(f"source {i}", "t") for i in range(400)] +
                                          [(f"source {i}", "other") for i in range(400)], 10.0)
   assert not {s for s, _ in train} & {s for s, _ in valid}  # a source sits on one side only
 

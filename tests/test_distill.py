@@ -157,6 +157,23 @@ def test_the_student_samples_with_its_own_step_count(distilled):
     cdm_jax.load(str(workdir), student=16)
 
 
+def test_a_student_names_its_teacher_and_warns_when_the_model_moved_on(distilled, tmp_path):
+  """A distillation records the teacher checkpoint it started from (and a resume keeps it); a
+  student of an older checkpoint than the workdir's newest loads with a warning naming both."""
+  workdir, _, _ = distilled
+  assert json.loads((workdir / "distill" / "teacher.json").read_text()) == {
+      "teacher_checkpoint_step": 20}
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  meta_file = artifacts.student_path(copy, 2) / "student.json"
+  meta = json.loads(meta_file.read_text())
+  assert meta["teacher_checkpoint_step"] == 20
+  meta_file.write_text(json.dumps({**meta, "teacher_checkpoint_step": 10}))  # as if training went on
+  with pytest.warns(UserWarning, match="from its step-10 checkpoint; the model has since trained "
+                                       "to step 20"):
+    cdm_jax.load(str(copy), student=2)
+
+
 def test_resume_ends_where_the_uninterrupted_run_ends(distilled, tmp_path):
   workdir, config, _ = distilled
   copy = tmp_path / "copy"

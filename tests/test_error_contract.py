@@ -4,21 +4,27 @@ the last on stderr (log lines of what was tried may precede it), nothing on stdo
 renders the table of docs/robustness.md (set CDM_JAX_ERROR_TABLE=FILE to write it)."""
 
 import concurrent.futures
+import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
-from cdm_jax.runtime import lock
+from cdm_jax.data import prepare
+from cdm_jax.runtime import config_files, lock
 
-from conftest import ROOT
+from conftest import ROOT, WORDS
 
 pytestmark = pytest.mark.slow  # about 20 short subprocesses
 
 COMMANDS = ("train", "generate", "evaluate", "distill", "readout")
+HELPED = COMMANDS + ("prepare",)
 
 
 def _run(command: str, *args, env=None) -> tuple[int, str, str]:
@@ -44,6 +50,9 @@ def _cases(trained_dir: pathlib.Path, corpus: pathlib.Path, tmp: pathlib.Path):
   fake_datasets.mkdir(parents=True)
   (fake_datasets / "__init__.py").write_text("raise ImportError('not installed')\n")
   train = ("--config=configs/tiny.py", f"--config.data.path={corpus}")
+  one_line = tmp / "one_line.txt"
+  one_line.write_text("a single line of text\n")
+  damaged, out_of_range = _damaged_folders(corpus, tmp)
   cases = [(c, "bad flag", (f"--workdir={trained_dir}", "--no_such_flag=1"), None, 2,
             "error: Unknown command line flag 'no_such_flag'") for c in COMMANDS]
   cases += [(c, "missing workdir", (f"--workdir={tmp / 'nothing'}",), None, 2,
@@ -79,8 +88,46 @@ def _cases(trained_dir: pathlib.Path, corpus: pathlib.Path, tmp: pathlib.Path):
       ("evaluate", "guidance without a condition", (f"--workdir={trained_dir}",
                                                     "--guidance_scale=2"), None, 2,
        "error: --guidance_scale needs a condition"),
+      ("train", "negative batch", (*train, f"--workdir={tmp / 'f'}", "--config.train.batch_size=-4"),
+       None, 2, "error: train.batch_size must be an integer >= 1, got -4."),
+      ("train", "empty batch", (*train, f"--workdir={tmp / 'f'}", "--config.train.batch_size=0"),
+       None, 2, "error: train.batch_size must be an integer >= 1, got 0."),
+      ("train", "no steps", (*train, f"--workdir={tmp / 'f'}", "--config.train.num_train_steps=0"),
+       None, 2, "error: train.num_train_steps must be an integer >= 1, got 0."),
+      ("train", "NaN learning rate", (*train, f"--workdir={tmp / 'f'}",
+                                      "--config.train.learning_rate=nan"), None, 2,
+       "error: train.learning_rate must be a finite number > 0, got nan."),
+      ("train", "one-line corpus", ("--config=configs/tiny.py", f"--workdir={tmp / 'g'}",
+                                    f"--config.data.path={one_line}"), None, 2,
+       "error: data.vocab_size=32 is too large for this corpus (1 examples; it supports at most"),
+      ("train", "damaged prepared shard", ("--config=configs/tiny.py", f"--workdir={tmp / 'h'}",
+                                           f"--config.data.prepared={damaged}"), None, 2,
+       f"error: Shard file {damaged}/train-00000.tokens.npy is damaged"),
+      ("prepare", "damaged prepared shard (--verify)", (f"--verify={damaged}",), None, 2,
+       f"error: Shard file {damaged}/train-00000.tokens.npy is damaged"),
+      ("prepare", "shard ids out of range (same size)", (f"--verify={out_of_range}",), None, 2,
+       f"error: Shard file {out_of_range}/train-00000.tokens.npy is damaged"),
   ]
   return cases
+
+
+def _damaged_folders(corpus: pathlib.Path, tmp: pathlib.Path) -> tuple[pathlib.Path, ...]:
+  """Two prepared folders of `corpus`: one byte of a token shard changed, and every token of it
+  set to an id beyond the vocabulary (same file sizes both)."""
+  config = config_files.load(ROOT / "configs/tiny.py", {"data.path": str(corpus)})
+  folders = []
+  for name in ("damaged", "out_of_range"):
+    folder = tmp / name
+    prepare.prepare(config.data, str(folder), shard_tokens=1 << 20)
+    tokens = folder / "train-00000.tokens.npy"
+    data = bytearray(tokens.read_bytes())
+    if name == "damaged":
+      data[-1] ^= 0x01
+    else:
+      data[-2 * 1000:] = b"\xff" * 2000  # uint16 ids 65535
+    tokens.write_bytes(bytes(data))
+    folders.append(folder)
+  return tuple(folders)
 
 
 def test_every_command_reports_user_errors_on_one_line(trained, corpus, tmp_path):
@@ -110,6 +157,66 @@ def test_every_command_reports_user_errors_on_one_line(trained, corpus, tmp_path
   assert corrected == 0, stderr[-3000:]
   rows.append(f"| cdm-train | the corrected command after a bad corpus path | {corrected} | "
               "(trains) |")
+  rows += _handled_rows(trained[0], tmp_path)
   table = "\n".join(rows) + "\n"
   if os.environ.get("CDM_JAX_ERROR_TABLE"):
     pathlib.Path(os.environ["CDM_JAX_ERROR_TABLE"]).write_text(table)
+
+
+def _handled_rows(trained_dir: pathlib.Path, tmp: pathlib.Path) -> list[str]:
+  """What used to fail and now simply works: --help, an --output in a folder not yet made, a corpus
+  of long documents (trained and prepared)."""
+  rows = []
+  for command in HELPED:
+    code, stdout, stderr = _run(command, "--help")
+    assert code == 0 and stdout.startswith(f"usage: cdm-{command} ") and "  --" in stdout, stderr
+    assert "--workdir" in stdout or "--output" in stdout, stdout
+    rows.append(f"| cdm-{command} | --help | 0 | (lists its flags) |")
+  output = tmp / "not" / "yet" / "out.txt"
+  code, stdout, stderr = _run("generate", f"--workdir={trained_dir}", "--num_samples=2",
+                              "--steps=2", f"--output={output}")
+  assert code == 0 and output.read_text().splitlines() == stdout.splitlines(), stderr[-3000:]
+  rows.append("| cdm-generate | --output in a folder not yet made | 0 | (creates it, writes) |")
+  rng = np.random.default_rng(0)
+  documents = tmp / "documents.txt"
+  documents.write_text("\n".join(" ".join(rng.choice(WORDS, 3000)) for _ in range(20)))
+  corpus = (f"--config.data.path={documents}", "--config.data.valid_percent=10.0")
+  for long_lines in ("truncate", "split"):
+    code, _, stderr = _run("train", "--config=configs/tiny.py", *corpus,
+                           f"--config.data.long_lines={long_lines}",
+                           f"--workdir={tmp / ('documents_' + long_lines)}",
+                           "--config.train.num_train_steps=2", "--config.train.batch_size=4",
+                           "--config.train.eval_every_steps=0",
+                           "--config.train.sample_every_steps=0")
+    assert code == 0, stderr[-3000:]
+  code, stdout, stderr = _run("prepare", "--config=configs/tiny.py", *corpus,
+                              "--config.data.long_lines=split", f"--output={tmp / 'prepared'}")
+  assert code == 0 and json.loads(stdout)["read"] == 20, stderr[-3000:]
+  rows.append("| cdm-train, cdm-prepare | 20 lines of 3,000 words (truncate, split) | 0 | "
+              "(trains, prepares) |")
+  return rows
+
+
+def test_sigterm_stops_after_a_checkpoint_with_status_143(corpus, tmp_path):
+  """A run SIGTERM stopped is not a finished one: it checkpoints, says so on one line and exits
+  143, so `cdm-train ... && next` does not carry on; the rerun resumes from that checkpoint."""
+  workdir = tmp_path / "run"
+  args = [sys.executable, "-m", "cdm_jax.cli.train", "--config=configs/tiny.py",
+          f"--config.data.path={corpus}", f"--workdir={workdir}",
+          "--config.train.num_train_steps=100000", "--config.train.log_every_steps=5",
+          "--config.train.eval_every_steps=0", "--config.train.sample_every_steps=0",
+          "--config.train.checkpoint_every_steps=100000"]
+  process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+  deadline = time.monotonic() + 240
+  metrics = workdir / "metrics.jsonl"
+  while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+    assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=120)
+  last = stderr.strip().splitlines()[-1]
+  assert process.returncode == 143 and stdout == "", stderr[-3000:]
+  assert last.startswith("stopped: SIGTERM at step ") and "rerun the same command" in last, last
+  step = int(last.split("step ")[1].split(",")[0])
+  assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] == [str(step)]

@@ -7,7 +7,7 @@ import pytest
 from cdm_jax.evaluation import evaluate
 from cdm_jax.evaluation import ar_model as judge_lib
 from cdm_jax.evaluation import text_metrics
-from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
+from cdm_jax.data import encoding, tokenizer as tokenizer_lib
 
 NOUNS = "cat dog bird fish horse mouse tree house river stone".split()
 VERBS = "sees likes chases finds hears follows".split()
@@ -37,7 +37,7 @@ def setup(judge_cache):
   rng = np.random.default_rng(0)
   train_text, held_out = sentences(rng, 3000), sentences(rng, 400)
   tokenizer = tokenizer_lib.train_tokenizer(train_text, 48)
-  train_rows, _ = pipeline.encode(tokenizer, train_text, 32)
+  train_rows, _ = encoding.encode(tokenizer, train_text, 32)
   config = judge_lib.JudgeConfig(width=64, num_layers=2, num_heads=2, mlp_dim=128, dropout_rate=0.0,
                                  max_steps=400, warmup_steps=20, learning_rate=3e-3, time_limit_minutes=0)
   judge = judge_lib.get_judge(tokenizer, train_rows, "synthetic", config)

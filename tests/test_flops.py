@@ -2,7 +2,6 @@
 count of the compiled step (`cost_analysis()`): within 10% for matmul-dominated sizes. The analytic
 count is matmuls only; XLA also counts elementwise work, and fuses or drops a little."""
 
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +14,7 @@ from cdm_jax.runtime import parallel
 from cdm_jax.training import flops, steps
 
 from conftest import ROOT
+from cdm_jax.runtime import config_files
 
 pytestmark = pytest.mark.slow  # compiles whole train steps (XLA cost analysis)
 
@@ -27,7 +27,7 @@ def _xla_flops(compiled) -> float:
 
 
 def _config(output: str):
-  config = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
+  config = config_files.load(str(ROOT / "configs/tiny.py"))
   config.data.update(vocab_size=256, seq_len=32)
   config.model.update(embed_dim=32, width=128, num_layers=2, num_heads=4, mlp_dim=512,
                       self_conditioning=False, output=output)

@@ -3,7 +3,6 @@ stage, and the diffusion LM, samplers and Python API over its latents."""
 
 import json
 import math
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,8 @@ from cdm_jax.models.autoencoder import (AutoencoderConfig, TextAutoencoder, atte
                                         augment_latents, augmentation_draws, layer_normalize)
 from cdm_jax.training import autoencoder as ae_stage
 from cdm_jax.training import flops
+from cdm_jax.evaluation.context_use import context_accuracy
+from cdm_jax.runtime import config_files
 
 AE = AutoencoderConfig(vocab_size=40, seq_len=16, latent_dim=8, ratio=4, width=32, num_heads=2,
                        mlp_dim=64, encoder_layers=1, resampler_layers=1, decoder_layers=1,
@@ -24,7 +25,7 @@ AE = AutoencoderConfig(vocab_size=40, seq_len=16, latent_dim=8, ratio=4, width=3
 
 
 def latent_config(corpus_path, **autoencoder):
-  config = runpy.run_path(str(ROOT / "configs/tiny_latent.py"))["get_config"]()
+  config = config_files.load(str(ROOT / "configs/tiny_latent.py"))
   config.data.path = str(corpus_path)
   config.autoencoder.update(autoencoder)
   return config
@@ -190,7 +191,7 @@ def test_flops_of_the_autoencoder_match_xla():
 def autoencoder_dir(corpus, tmp_path_factory):
   """A workdir whose autoencoder stage ran to its end (tiny_latent.py: 600 steps), with what
   `train` returned."""
-  from cdm_jax.data import pipeline
+  from cdm_jax.data import encoding, pipeline
   from cdm_jax.runtime import parallel
   config = latent_config(corpus)
   workdir = tmp_path_factory.mktemp("autoencoder")
@@ -265,8 +266,7 @@ def test_latent_workdir_trains_loads_and_samples_with_every_sampler(latent_workd
   # The context diagnostic reads a latent model: the decoder alone reads clean latents.
   from cdm_jax.data import pipeline
   lines = corpus.read_text().splitlines()[:32]
-  rows, _ = pipeline.encode(generator.tokenizer, lines, 16, "truncate", "test")
-  context_accuracy = runpy.run_path(str(ROOT / "experiments/context_use.py"))["context_accuracy"]
+  rows, _ = encoding.encode(generator.tokenizer, lines, 16, "truncate", "test")
   clean, noisy = context_accuracy(generator, jnp.asarray(rows), [0.01, 0.995])
   assert clean["accuracy_decoder_on_noisy"] > 0.6 > noisy["accuracy_decoder_on_noisy"] + 0.3
   assert math.isnan(clean["accuracy_no_network"])
@@ -296,7 +296,7 @@ def test_diffusion_flops_count_the_frozen_encoder(corpus):
   config.diffusion.anchor_weight = 1.0
   anchored = flops.diffusion_train_flops(config)
   assert anchored["train"] - latent["train"] == pytest.approx(3 * batch * ae["decode"])
-  tokens = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
+  tokens = config_files.load(str(ROOT / "configs/tiny.py"))
   tokens.model.update(conditioning=False)
   token_level = flops.diffusion_train_flops(tokens)
   assert latent["denoiser_forward"] < 0.6 * token_level["denoiser_forward"]  # 8 latents, not 16

@@ -3,7 +3,6 @@ LM, frozen, feeds the encoder; the decoder also regresses its states; its FLOPs 
 
 import dataclasses
 import json
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +17,7 @@ from cdm_jax.models.autoencoder import FEATURE_MODEL, AutoencoderConfig, TextAut
 from cdm_jax.runtime import parallel
 from cdm_jax.training import autoencoder as ae_stage
 from cdm_jax.training import flops
+from cdm_jax.runtime import config_files
 
 LM_SIZES = dict(feature_width=32, feature_layers=1, feature_heads=2, feature_mlp_dim=64)
 LM_STEPS = 5
@@ -44,7 +44,7 @@ def feature_run(corpus, tmp_path_factory):
   """A 30-step AR-feature autoencoder stage on a 5-step LM cached like the library's AR models."""
   cache = tmp_path_factory.mktemp("cache")
   workdir = tmp_path_factory.mktemp("features")
-  config = runpy.run_path(str(ROOT / "configs/tiny_latent.py"))["get_config"]()
+  config = config_files.load(str(ROOT / "configs/tiny_latent.py"))
   config.data.path = str(corpus)
   config.autoencoder.update(features="ar", num_steps=30, checkpoint_every_steps=30,
                             stats_batches=1, weight_decay=0.01, **LM_SIZES)

@@ -5,7 +5,6 @@ stay refused."""
 
 import json
 import math
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ from cdm_jax.models.transformer import TransformerDenoiser
 from cdm_jax.runtime import parallel
 from cdm_jax.training import autoencoder as ae_stage
 from cdm_jax.training import flops, steps
+from cdm_jax.runtime import config_files
 
 
 def _split_reference(row: list[int]) -> tuple[list[int], list[int]]:
@@ -122,7 +122,7 @@ def test_only_a_seq2seq_source_conditions_a_latent_config(corpus):
 
 
 def _config(corpus_path, **train):
-  config = runpy.run_path(str(ROOT / "configs/tiny_latent.py"))["get_config"]()
+  config = config_files.load(str(ROOT / "configs/tiny_latent.py"))
   config.data.update(corpus="jsonl", path=str(corpus_path), source_field="src",
                      target_field="tgt", vocab_size=36, seq_len=32)
   config.model.latent_ratio = 4

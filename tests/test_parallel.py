@@ -11,7 +11,7 @@ import pytest
 from cdm_jax.core import diffusion
 from cdm_jax import sampling
 from cdm_jax.runtime import parallel
-from cdm_jax.core import samplers
+from cdm_jax.core import sample_options
 from cdm_jax.core import schedules
 from cdm_jax.training import steps
 from cdm_jax.models import DiffusionLM, ModelConfig, TransformerLM, partitioning
@@ -81,14 +81,14 @@ def test_sample_fn_same_tokens_on_any_device_count_and_compiles_once():
   sched = schedules.get_schedule("cosine")
   outs = []
   for num_devices in (1, 2, 4):
-    fn = sampling.make_sample_fn(model, sched, parallel.make_mesh(num_devices), samplers.SampleConfig(
+    fn = sampling.make_sample_fn(model, sched, parallel.make_mesh(num_devices), sample_options.SampleConfig(
         num_samples=6, num_steps=5, sampler="ddpm", clamp="soft"))
     outs.append(np.asarray(fn(params, jax.random.PRNGKey(7))))
   assert outs[0].shape == (6, 8)
   for out in outs[1:]:
     np.testing.assert_array_equal(out, outs[0])
   fn = sampling.make_sample_fn(model, sched, parallel.make_mesh(2),
-                               samplers.SampleConfig(num_samples=4, num_steps=5))
+                               sample_options.SampleConfig(num_samples=4, num_steps=5))
   seeds = [np.asarray(fn(params, jax.random.PRNGKey(seed))) for seed in range(3)]
   assert fn._cache_size() == 1  # pylint: disable=protected-access
   assert not np.array_equal(seeds[0], seeds[1])  # the key is an argument, not a constant

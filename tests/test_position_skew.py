@@ -11,6 +11,7 @@ import pytest
 from cdm_jax.core import diffusion
 from cdm_jax.core import samplers
 from cdm_jax.core import schedules
+from cdm_jax.evaluation.context_use import context_accuracy
 from cdm_jax.models import DenoiserOutput, DiffusionLM, ModelConfig
 from test_diffusion import OracleModel  # tests/ is on sys.path (pytest's default import mode)
 from test_samplers import check_two_point_samples, two_point_denoiser
@@ -154,7 +155,7 @@ def test_denoiser_takes_per_position_log_snr():
 
 
 class NeighbourModel:
-  """Duck-typed model for experiments/context_use.py: x0_hat at each position is computed either
+  """Duck-typed model for `evaluation.context_use`: x0_hat at each position is computed either
   from the position's own latent or from its left neighbour's."""
 
   def __init__(self, use_neighbour):
@@ -177,10 +178,6 @@ class NeighbourModel:
 
 @pytest.mark.slow
 def test_context_use_diagnostic_separates_local_from_contextual_denoisers():
-  import pathlib
-  import runpy
-  script = pathlib.Path(__file__).resolve().parents[1] / "experiments/context_use.py"
-  context_accuracy = runpy.run_path(str(script))["context_accuracy"]
   table = 4.0 * jnp.eye(8)  # well-separated embeddings
   tokens = jnp.repeat(jnp.arange(4, 8)[:, None], 5, axis=1)  # every sequence repeats one token
   rows = {}

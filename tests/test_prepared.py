@@ -3,18 +3,18 @@ and process arithmetic, resumption, refusals of damaged folders, and training fr
 
 import json
 import pathlib
-import runpy
 
 import numpy as np
 import pytest
 
 import cdm_jax
 from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
-from cdm_jax.data import corpora, packing, pipeline, prepare, shards
+from cdm_jax.data import batching, corpora, encoding, packing, pipeline, prepare, shards
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.training import train
 
 from conftest import WORDS, tiny_config, write_word_lines
+from cdm_jax.runtime import config_files
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +33,24 @@ def test_prepared_rows_are_the_in_memory_rows_in_shards(long_corpus, tmp_path):
   config, manifest = _prepared(long_corpus, tmp_path / "p")
   assert len(manifest["splits"]["train"]["shards"]) > 3 and manifest["truncated"] > 0
   tokenizer = tokenizer_lib.load_tokenizer(str(tmp_path / "p"))
-  train_text, valid_text = pipeline.split_examples(corpora.read_corpus("text", str(long_corpus)),
+  train_text, valid_text = encoding.split_examples(corpora.read_corpus("text", str(long_corpus)),
                                                    config.data.valid_percent)
   for split, texts in (("train", train_text), ("valid", valid_text)):
-    rows, _ = pipeline.encode(tokenizer, texts, config.data.seq_len)
+    rows, _ = encoding.encode(tokenizer, texts, config.data.seq_len)
     prepared = shards.PreparedSplit(str(tmp_path / "p"), manifest, split)
     assert prepared.shape == rows.shape
     np.testing.assert_array_equal(prepared[:], rows)
     np.testing.assert_array_equal(prepared[np.array([5, 0, len(rows) - 1])], rows[[5, 0, -1]])
   # Packed windows, shard by shard, are `packing.pack`'s windows of that shard's examples.
   _, one_shard = _prepared(long_corpus, tmp_path / "one", shard_tokens=1 << 20)
-  rows, _ = pipeline.encode(tokenizer, train_text, config.data.seq_len)
+  rows, _ = encoding.encode(tokenizer, train_text, config.data.seq_len)
   packed = shards.PreparedSplit(str(tmp_path / "one"), one_shard, "train", packing=True)
   np.testing.assert_array_equal(packed[:], packing.pack(rows))
   # Long lines split into several rows: the same rows as the in-memory path's.
   config.data.long_lines = "split"
   split = prepare.prepare(config.data, str(tmp_path / "split"), shard_tokens=600)
   assert split["split"] == manifest["truncated"] > 0 and split["truncated"] == 0
-  rows, _ = pipeline.encode(tokenizer_lib.load_tokenizer(str(tmp_path / "split")), train_text,
+  rows, _ = encoding.encode(tokenizer_lib.load_tokenizer(str(tmp_path / "split")), train_text,
                             config.data.seq_len, "split")
   np.testing.assert_array_equal(shards.PreparedSplit(str(tmp_path / "split"), split, "train")[:],
                                 rows)
@@ -79,7 +79,7 @@ def test_the_processes_shares_are_one_epoch_without_overlap(processes):
   for epoch in range(2):
     seen = []
     for index in range(processes):
-      it = pipeline.BatchIterator(np.zeros((size, 1)), batch, seed=7, process_index=index,
+      it = batching.BatchIterator(np.zeros((size, 1)), batch, seed=7, process_index=index,
                                   process_count=processes, shuffle_window=96)
       it.set_state({"epoch": epoch, "index": 0})
       it._windowed.block = 16  # pylint: disable=protected-access
@@ -107,11 +107,11 @@ def test_windowed_order_is_a_permutation_with_bounded_memory():
 def test_a_resumed_iterator_continues_with_the_exact_next_batch(long_corpus, tmp_path):
   _, manifest = _prepared(long_corpus, tmp_path / "p")
   split = shards.PreparedSplit(str(tmp_path / "p"), manifest, "train", packing=True)
-  straight = pipeline.BatchIterator(split, 32, seed=0, shuffle_window=128)
+  straight = batching.BatchIterator(split, 32, seed=0, shuffle_window=128)
   expected = [next(straight) for _ in range(40)]  # past an epoch boundary
-  first = pipeline.BatchIterator(split, 32, seed=0, shuffle_window=128)
+  first = batching.BatchIterator(split, 32, seed=0, shuffle_window=128)
   got = [next(first) for _ in range(17)]
-  resumed = pipeline.BatchIterator(split, 32, seed=0, shuffle_window=128)
+  resumed = batching.BatchIterator(split, 32, seed=0, shuffle_window=128)
   resumed.set_state(json.loads(json.dumps(first.get_state())))
   got += [next(resumed) for _ in range(23)]
   np.testing.assert_array_equal(np.stack(got), np.stack(expected))
@@ -181,6 +181,50 @@ def test_damaged_folders_give_one_line_errors_and_lose_nothing(long_corpus, tmp_
     shards.read_manifest(str(folder))
 
 
+def test_a_changed_byte_or_an_id_outside_the_vocabulary_is_refused_on_first_read(long_corpus,
+                                                                                 tmp_path):
+  """Content damage of the same size: the manifest's per-file sha256 catches a changed byte when a
+  shard is first read (and `verify_folder` at once); ids outside the vocabulary are refused even
+  where the checksum was rewritten to match; a whole folder verifies."""
+  _, manifest = _prepared(long_corpus, tmp_path / "p")
+  folder = tmp_path / "p"
+  assert shards.verify_folder(str(folder))["checksums"]
+  tokens = folder / "train-00001.tokens.npy"
+  data = bytearray(tokens.read_bytes())
+  data[-3] ^= 0x01  # one byte of one token
+  tokens.write_bytes(bytes(data))
+  split = shards.PreparedSplit(str(folder), shards.read_manifest(str(folder)), "train")
+  split[np.arange(3)]  # rows of the first shard: whole
+  first_of_damaged = manifest["splits"]["train"]["shards"][0]["examples"]
+  for check in (lambda: split[np.asarray([first_of_damaged])],
+                lambda: shards.verify_folder(str(folder))):
+    with pytest.raises(ValueError, match=r"train-00001.tokens.npy is damaged") as err:
+      check()
+    assert "\n" not in str(err.value)
+  values = np.load(tokens).copy()
+  values[0] = 9999  # beyond the tiny vocabulary, with a matching checksum in the manifest
+  np.save(tokens, values)
+  manifest["splits"]["train"]["shards"][1]["sha256"]["tokens"] = shards.file_sha256(tokens)
+  (folder / shards.MANIFEST).write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match="holds token id 9999, outside the vocabulary"):
+    shards.verify_folder(str(folder))
+
+
+def test_long_documents_train_a_tokenizer_and_prepare(tmp_path):
+  """20 lines of 3,000 words, beyond SentencePiece's sentence limit: the tokenizer trains on
+  windows of them, and the folder prepares (split into rows, and truncated)."""
+  rng = np.random.default_rng(0)
+  path = tmp_path / "long.txt"
+  path.write_text("\n".join(" ".join(rng.choice(WORDS, 3000)) for _ in range(20)))
+  for long_lines in ("split", "truncate"):
+    config = tiny_config(path)
+    config.data.update(long_lines=long_lines, valid_percent=10.0)
+    manifest = prepare.prepare(config.data, str(tmp_path / long_lines), shard_tokens=4096)
+    assert manifest["read"] == 20 and manifest[{"split": "split", "truncate": "truncated"}[
+        long_lines]] == 20
+    assert shards.verify_folder(str(tmp_path / long_lines))["train"]["tokens"] > 0
+
+
 def test_the_tokenizer_reads_at_most_its_sample(tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   path = tmp_path / "big.txt"
@@ -233,7 +277,7 @@ def jax_leaves(tree):
 
 def test_pod_config_streams_the_folder_the_launcher_mounts(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[1]
-  config = runpy.run_path(str(root / "configs/owt_1b.py"))["get_config"]()
+  config = config_files.load(str(root / "configs/owt_1b.py"))
   launcher = (root / "scripts/tpu_pod.sh").read_text()
   assert f'MOUNT="${{MOUNT:-{config.data.prepared}}}"' in launcher
   assert config.data.long_lines == "split" and config.data.packing

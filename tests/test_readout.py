@@ -20,7 +20,7 @@ from cdm_jax.models import contextual_decoder
 from cdm_jax.posttrain import readout
 from cdm_jax.sampling import artifacts
 from cdm_jax.training import fit
-from cdm_jax.core import samplers
+from cdm_jax.core import rounding
 from conftest import ROOT, trained_config
 
 
@@ -69,7 +69,7 @@ def test_untrained_it_decodes_as_the_tied_readout():
   x = jax.random.normal(keys[2], (3, model.seq_len, model.embed_dim))
   params = module.init(keys[3], x, table, bias)
   got = jnp.argmax(module.apply(params, x, table, bias), axis=-1)
-  np.testing.assert_array_equal(got, samplers.decode(x, table, bias, "readout"))
+  np.testing.assert_array_equal(got, rounding.decode(x, table, bias, "readout"))
 
 
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_training_teaches_it_to_read_the_context():
   tokens = jnp.asarray(np.repeat(rng.integers(0, 8, (256, 1)), 6, axis=1))
   noise = jax.random.normal(jax.random.PRNGKey(7), (256, 6, 4))
   y = readout.noisy_inputs(table[tokens], jnp.full((256,), -1.0), noise)  # sigma / gamma ~ 1.65
-  alone = float(jnp.mean(samplers.decode(y, table, bias, "readout") == tokens))
+  alone = float(jnp.mean(rounding.decode(y, table, bias, "readout") == tokens))
   contextual = float(jnp.mean(jnp.argmax(module.apply(params, y, table, bias), -1) == tokens))
   assert contextual > alone + 0.2, (alone, contextual)
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax.core import samplers
+from cdm_jax.core import rounding, sample_options, samplers
 from cdm_jax.core import schedules
 from cdm_jax.core import vocab_ops
 
@@ -158,13 +158,13 @@ def test_sample_loop_traces_the_denoiser_a_fixed_number_of_times(sampler):
 def test_decoders_and_clamps():
   table = jnp.array([[3.0, 0.0], [0.0, 1.0], [-2.0, -2.0]])
   x = jnp.array([[[2.5, 0.1], [0.1, 0.6], [0.4, 0.1]]])
-  np.testing.assert_array_equal(samplers.decode(x, table, method="l2"), [[0, 1, 1]])
+  np.testing.assert_array_equal(rounding.decode(x, table, method="l2"), [[0, 1, 1]])
   # A shrunk x0_hat ([0.4, 0.1], pointing at row 0) is ranked correctly by the read-out, not by L2.
-  np.testing.assert_array_equal(samplers.decode(x, table, method="readout"), [[0, 1, 0]])
-  np.testing.assert_array_equal(samplers.decode(x, table, method="cosine"), [[0, 1, 0]])
-  hard = samplers.make_clamp_fn("hard", table)(x)
+  np.testing.assert_array_equal(rounding.decode(x, table, method="readout"), [[0, 1, 0]])
+  np.testing.assert_array_equal(rounding.decode(x, table, method="cosine"), [[0, 1, 0]])
+  hard = rounding.make_clamp_fn("hard", table)(x)
   np.testing.assert_allclose(hard, table[jnp.array([[0, 1, 0]])])
-  soft = samplers.make_clamp_fn("soft", table, temperature=1e-3)(x)
+  soft = rounding.make_clamp_fn("soft", table, temperature=1e-3)(x)
   np.testing.assert_allclose(soft, hard, atol=1e-4)
   with pytest.raises(ValueError, match="Unknown sampler"):
     samplers.sample_loop(lambda x, t, c: x, x, jax.random.PRNGKey(0), schedules.get_schedule("cosine"),
@@ -183,16 +183,16 @@ def test_blocked_decoders_match_float64_brute_force(rows):
   l2 = np.argmin(np.sum((x[:, :, None, :] - table) ** 2, axis=-1), axis=-1)
   logits = x @ table.T + bias
   unit = table / np.linalg.norm(table, axis=-1, keepdims=True)
-  np.testing.assert_array_equal(samplers.decode(j(x), j(table), method="l2"), l2)
-  np.testing.assert_array_equal(samplers.decode(j(x), j(table), j(bias), "readout"),
+  np.testing.assert_array_equal(rounding.decode(j(x), j(table), method="l2"), l2)
+  np.testing.assert_array_equal(rounding.decode(j(x), j(table), j(bias), "readout"),
                                 np.argmax(logits, axis=-1))
-  np.testing.assert_array_equal(samplers.decode(j(x), j(table), method="cosine"),
+  np.testing.assert_array_equal(rounding.decode(j(x), j(table), method="cosine"),
                                 np.argmax(x @ unit.T, axis=-1))
-  np.testing.assert_allclose(samplers.make_clamp_fn("hard", j(table), decoder="l2")(j(x)), table[l2],
+  np.testing.assert_allclose(rounding.make_clamp_fn("hard", j(table), decoder="l2")(j(x)), table[l2],
                              rtol=1e-6)
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
-  np.testing.assert_allclose(samplers.make_clamp_fn("soft", j(table), j(bias))(j(x)), probs @ table,
+  np.testing.assert_allclose(rounding.make_clamp_fn("soft", j(table), j(bias))(j(x)), probs @ table,
                              rtol=1e-4, atol=1e-5)
 
 
@@ -205,20 +205,20 @@ def test_bfloat16_clamp_is_a_bf16_dot_and_agrees_away_from_ties():
   ids = rng.integers(0, 300, size=(3, 50))
   x = table[ids] + 0.05 * jnp.asarray(rng.normal(size=(3, 50, 16)), jnp.float32)
   for decoder in ("l2", "readout", "cosine"):
-    exact = samplers.make_clamp_fn("hard", table, bias, decoder=decoder)
-    fast = samplers.make_clamp_fn("hard", table, bias, decoder=decoder, operand_dtype=jnp.bfloat16)
+    exact = rounding.make_clamp_fn("hard", table, bias, decoder=decoder)
+    fast = rounding.make_clamp_fn("hard", table, bias, decoder=decoder, operand_dtype=jnp.bfloat16)
     assert "xbf16>) -> tensor<" in jax.jit(fast).lower(x).as_text()
     assert "bf16" not in jax.jit(exact).lower(x).as_text()
     np.testing.assert_array_equal(fast(x), exact(x))
-  soft = samplers.make_clamp_fn("soft", table, bias, operand_dtype=jnp.bfloat16)(x)
-  np.testing.assert_allclose(soft, samplers.make_clamp_fn("soft", table, bias)(x), atol=0.05)
+  soft = rounding.make_clamp_fn("soft", table, bias, operand_dtype=jnp.bfloat16)(x)
+  np.testing.assert_allclose(soft, rounding.make_clamp_fn("soft", table, bias)(x), atol=0.05)
 
 
 def test_decoder_ties_pick_the_first_index():
   table = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-  np.testing.assert_array_equal(samplers.decode(jnp.array([[2.0, 0.0]]), table), [0])
+  np.testing.assert_array_equal(rounding.decode(jnp.array([[2.0, 0.0]]), table), [0])
   # A NaN latent matches no score: the last index, not an out-of-range one.
-  np.testing.assert_array_equal(samplers.decode(jnp.array([[jnp.nan, 0.0], [0.0, 3.0]]), table), [2, 2])
+  np.testing.assert_array_equal(rounding.decode(jnp.array([[jnp.nan, 0.0], [0.0, 3.0]]), table), [2, 2])
 
 
 def test_clamp_applies_only_below_clamp_max_t():
@@ -291,11 +291,11 @@ def test_renoise_interval_q_samples_inside_and_runs_the_sampler_outside():
   np.testing.assert_allclose(out, 0.5 * x + 0.1 * c + 0.2, rtol=1e-4, atol=1e-5)
   plain = samplers.sample_loop(denoise, x_init, rng, sched, 3, sampler="ddim", times=times)
   assert not np.allclose(out, plain, atol=1e-3)
-  empty = samplers.SampleConfig(renoise_min_t=0.7, renoise_max_t=0.5)
+  empty = sample_options.SampleConfig(renoise_min_t=0.7, renoise_max_t=0.5)
   assert empty.renoise_interval is None
-  assert samplers.SampleConfig(renoise_min_t=0.5, renoise_max_t=0.7).renoise_interval == (0.5, 0.7)
+  assert sample_options.SampleConfig(renoise_min_t=0.5, renoise_max_t=0.7).renoise_interval == (0.5, 0.7)
   with pytest.raises(ValueError, match="renoise_min_t"):
-    samplers.SampleConfig(renoise_max_t=1.5)
+    sample_options.SampleConfig(renoise_max_t=1.5)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
@@ -332,8 +332,8 @@ def test_ddim_eta_runs_between_the_flow_and_ancestral_sampling():
                              jax.random.PRNGKey(2), sched, 50, sampler="ddim", ddim_eta=0.5)
   check_two_point_samples(out, calls, sched)
   with pytest.raises(ValueError, match="sampler='ddim' only"):
-    samplers.SampleConfig(sampler="ddpm", ddim_eta=0.5)
+    sample_options.SampleConfig(sampler="ddpm", ddim_eta=0.5)
   with pytest.raises(ValueError, match=r"ddim_eta must lie in \[0, 1\]"):
-    samplers.SampleConfig(ddim_eta=1.5)
+    sample_options.SampleConfig(ddim_eta=1.5)
   with pytest.raises(ValueError, match="sampler='ddim' only"):
     samplers.sample_loop(optimal, x_init, key, sched, 4, sampler="euler", ddim_eta=0.3)

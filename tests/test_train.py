@@ -1,7 +1,6 @@
 """End to end with configs/tiny.py: train, resume, sample, errors."""
 
 import json
-import runpy
 import shutil
 import subprocess
 import sys
@@ -10,10 +9,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import cdm_jax
-from cdm_jax.models import builders
+from cdm_jax import sampling
+from cdm_jax.core import diffusion, sample_options, schedules
+from cdm_jax.models import DiffusionLM, ModelConfig, builders
 from cdm_jax.runtime import checkpointing
 from cdm_jax.runtime import parallel
 from cdm_jax.training import steps
@@ -152,16 +154,45 @@ def test_skip_nonfinite_skips_the_poisoned_step_and_counts_it(corpus, tmp_path, 
 
 def test_cli_rejects_unknown_config_key(corpus, tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "cdm_jax.main", f"--config={ROOT / 'configs/tiny.py'}",
+      [sys.executable, "-m", "cdm_jax.cli.train", f"--config={ROOT / 'configs/tiny.py'}",
        f"--workdir={tmp_path}", f"--config.data.path={corpus}", "--config.train.bogus_key=1"],
       capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert result.returncode != 0 and "bogus_key" in result.stderr
 
 
+def _toy_run(num_steps: int, num_samples: int) -> dict:
+  """Eight fixed sequences over a 16-token vocabulary: trains, samples, and counts the samples that
+  reproduce a training sequence exactly."""
+  rng = np.random.default_rng(0)
+  data = rng.integers(0, 16, size=(8, 8)).astype(np.int32)  # the whole "corpus"
+  config = ModelConfig(vocab_size=16, seq_len=8, embed_dim=16, width=64, num_layers=2, num_heads=4,
+                       mlp_dim=128)
+  model = DiffusionLM(config)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1,)))
+  tx = optax.adam(1e-2)
+  mesh = parallel.make_mesh(1)
+  schedule = schedules.get_schedule("cosine")
+  step = steps.make_train_step(model, tx, schedule, diffusion.LossConfig(), mesh, global_batch=32,
+                              ema_decay=0.99)
+  state = steps.init_train_state(params, tx, jax.random.PRNGKey(1))
+  losses, window = [], []
+  for i in range(num_steps):
+    batch = data[rng.integers(0, len(data), 32)]
+    state, metrics = step(state, parallel.shard_batch(batch, mesh), parallel.shard_batch(batch >= 0, mesh))
+    window.append(float(metrics["diffusion_loss"] / metrics["tokens"]))
+    if (i + 1) % 50 == 0:
+      losses.append(float(np.mean(window)))
+      window = []
+  sample_fn = sampling.make_sample_fn(model, schedule, mesh, sample_options.SampleConfig(
+      num_samples=num_samples, num_steps=50, sampler="ddpm", clamp="none"))
+  samples = np.asarray(sample_fn(state.ema_params, jax.random.PRNGKey(2)))
+  matches = [(row == data).all(axis=1).any() for row in samples]
+  return {"losses": losses, "exact_match_fraction": float(np.mean(matches))}
+
+
 @pytest.mark.slow
 def test_toy_denoise_memorises_training_sequences():
-  toy = runpy.run_path(str(ROOT / "experiments/toy_denoise.py"))
-  result = toy["run"](num_steps=800, num_samples=32, log=False)
+  result = _toy_run(num_steps=800, num_samples=32)
   assert result["losses"][-1] < 0.5 * result["losses"][0]
   assert result["exact_match_fraction"] >= 0.5
 

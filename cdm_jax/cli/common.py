@@ -4,13 +4,15 @@ checkpoint that cannot be written, a non-finite loss) with one line and exit sta
 
 import dataclasses
 import functools
+import importlib
 import json
 import logging
+import pathlib
 import re
 import sys
 import warnings
 
-from cdm_jax.runtime import allocator, errors
+from cdm_jax.runtime import allocator, errors, periodic
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, errors.MissingExtraError)
@@ -55,14 +57,22 @@ def user_errors_exit(main):
   """Wraps an absl `main(argv)`, tuning the allocator first (`runtime.allocator`): a user error
   (`USER_ERRORS`: bad flags, configs, paths, workdirs, a missing extra; their messages say the fix)
   prints `error: ...` and exits 2; a failed checkpoint write, a non-finite loss or a `RunError`
-  prints `error: ...` and exits 1."""
+  prints `error: ...` and exits 1; a run that SIGTERM stopped (after its checkpoint) says so on one
+  line and exits 143."""
   @functools.wraps(main)
   def wrapped(argv):
     logging.getLogger("absl").addFilter(_OrbaxErrorsOnOneLine())
     sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
     allocator.tune_malloc()  # before any JAX call, or it cannot apply
     try:
-      return main(argv)
+      result = main(argv)
+      stopped = periodic.stopped_by_sigterm()
+      if stopped is not None:  # checkpointed; a nonzero status keeps `cdm-train ... && next` here
+        print(f"stopped: SIGTERM at step {stopped}, after its checkpoint; rerun the same command "
+              f"to resume (exit status {periodic.PREEMPTED_EXIT_STATUS}).", file=sys.stderr)
+        logging.shutdown()
+        sys.exit(periodic.PREEMPTED_EXIT_STATUS)
+      return result
     except USER_ERRORS as err:
       print(f"error: {err}", file=sys.stderr)
       logging.shutdown()
@@ -79,11 +89,49 @@ def user_errors_exit(main):
   return wrapped
 
 
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def print_help(command: str, doc: str, full: bool = False):
+  """The command's usage: its docstring's first paragraph and the flags the cdm_jax modules
+  defined for it (with `full`, every flag absl knows too), on stdout."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  lines = [f"usage: {command} [--flag=value ...]", "", (doc or "").strip().split("\n\n")[0], "",
+           "flags:"]
+  for module, module_flags in sorted(flags.FLAGS.flags_by_module_dict().items()):
+    if not (module.startswith("cdm_jax") or "cdm_jax" in module.split("/")) and not full:
+      continue
+    for flag in sorted(module_flags, key=lambda f: f.name):
+      default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+      lines.append(f"  --{flag.name}: {flag.help}{default}")
+  if "config" in flags.FLAGS:
+    lines += ["", "Config keys: --config.a.b=VALUE overrides any field of the config file, type-"
+              "checked; every field is documented in cdm_jax/runtime/config_base.py."]
+  if not full:
+    lines += ["", "--helpfull also lists the flags of absl and the libraries."]
+  print("\n".join(lines))
+
+
+def _command() -> tuple[str, str]:
+  """(the command's name, its module's docstring), for `python -m cdm_jax.cli.X` and `cdm-X`."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  module = spec.name if spec and spec.name.startswith("cdm_jax.cli.") else None
+  if module is None and pathlib.Path(sys.argv[0]).name.startswith("cdm-"):
+    module = "cdm_jax.cli." + pathlib.Path(sys.argv[0]).name[4:]
+  if module is None:
+    return pathlib.Path(sys.argv[0]).name, ""
+  return "cdm-" + module.rsplit(".", 1)[-1], importlib.import_module(module).__doc__ or ""
+
+
 def parse_flags(argv):
   """absl's flag parsing with the error contract: a bad flag, a missing required one or a bad
   config override prints one `error: ...` line and exits 2 (absl alone prints its usage text and
-  exits 1)."""
+  exits 1); --help (-h) lists the command's own flags and exits 0, --helpfull every flag."""
   from absl import flags  # pylint: disable=g-import-not-at-top  (absl only for the CLIs)
+  asked = [arg for arg in argv[1:] if arg.split("=")[0] in HELP_FLAGS]
+  if asked:
+    print_help(*_command(), full=any(a.startswith("--helpfull") for a in asked))
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except flags.Error as err:

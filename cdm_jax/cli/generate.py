@@ -21,6 +21,19 @@ def _cli_samples(generator: Generator, f) -> list[str]:
                           **overrides)
 
 
+def _check_output(output: str):
+  """--output's folder exists afterwards (created if missing); a path that cannot be written
+  there is a ValueError naming it."""
+  target = fs.path(output)
+  if target.is_dir():
+    raise ValueError(f"--output={output} is a folder; give a file path.")
+  try:
+    distributed.on_primary(lambda: target.parent.mkdir(parents=True, exist_ok=True),
+                           f"creating the folder of {output}")
+  except OSError as err:
+    raise ValueError(f"--output={output}: its folder cannot be created ({err.strerror or err}).") from None
+
+
 def main(argv=None):
   from absl import flags, logging as absl_logging  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
@@ -43,6 +56,8 @@ def main(argv=None):
   def run(unused_argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     f = flags.FLAGS
+    if f.output:  # before minutes of sampling: a folder to create, or an answer why not
+      _check_output(f.output)
     common.join_if_asked(f)
     generator = load(f.workdir, use_ema=not f.raw_params, matmul_dtype=f.matmul_dtype,
                      student=f.student)

@@ -1,6 +1,7 @@
 """`cdm-prepare --config=configs/X.py --output=FOLDER [--config.data.a=b]`: reads the config's
 corpus once into token shards (`cdm_jax.data.prepare`); then train with
-`--config.data.prepared=FOLDER`. Prints the manifest's counts as JSON."""
+`--config.data.prepared=FOLDER`. Prints the manifest's counts as JSON.
+`cdm-prepare --verify=FOLDER` checks a prepared folder's every shard (checksums, token ids)."""
 
 import json
 import logging as pylogging
@@ -9,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cdm_jax.cli import common
-from cdm_jax.data import prepare
+from cdm_jax.data import prepare, shards
 
 
 def _define_flags():
@@ -20,7 +21,9 @@ def _define_flags():
   flags.DEFINE_integer("tokenizer_sample", 200_000, "Training examples the tokenizer is trained "
                        "on: the first ones of the corpus; bounds that step's memory and time.")
   flags.DEFINE_integer("shard_tokens", 1 << 24, "Tokens per shard file.")
-  flags.mark_flags_as_required(["config", "output"])
+  flags.DEFINE_string("verify", None, "Check a prepared folder instead: every shard's checksum, "
+                      "token ids and offsets (prints its counts; a damaged shard is one error "
+                      "line).")
 
 
 def _run(argv):
@@ -29,6 +32,11 @@ def _run(argv):
   logging.set_verbosity(logging.WARNING)
   pylogging.getLogger("cdm_jax").setLevel(pylogging.INFO)
   values = flags.FLAGS
+  if values.verify:
+    print(json.dumps(shards.verify_folder(values.verify)))
+    return
+  if values.config is None or not values.output:
+    raise ValueError("cdm-prepare needs --config and --output (or --verify=FOLDER).")
   try:
     config = values.config
     config.get("seed")

@@ -1,5 +1,5 @@
 """`cdm-train --config=configs/X.py --workdir=DIR [--config.a.b=v]`: trains (or resumes) a
-diffusion LM (also `python -m cdm_jax.cli.train`, and `python -m cdm_jax.main`)."""
+diffusion LM (also `python -m cdm_jax.cli.train`)."""
 
 import logging as pylogging
 

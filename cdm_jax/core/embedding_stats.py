@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from cdm_jax.core import samplers
+from cdm_jax.core import rounding
 from cdm_jax.core import schedules as schedules_lib
 
 
@@ -34,6 +34,6 @@ def embedding_statistics(table: jax.Array, schedule: schedules_lib.Schedule, key
       "embed_mean_norm": jnp.mean(norms),
       "embed_mean_pairwise_distance": mean_distance,
       "embed_distance_to_noise": mean_distance / noise_scale,
-      "embed_decode_acc_clean": jnp.mean(samplers.decode(rows, table, method="l2") == ids),
-      "embed_decode_acc_noisy": jnp.mean(samplers.decode(noisy, table, method="l2") == ids),
+      "embed_decode_acc_clean": jnp.mean(rounding.decode(rows, table, method="l2") == ids),
+      "embed_decode_acc_noisy": jnp.mean(rounding.decode(noisy, table, method="l2") == ids),
   }

@@ -1,4 +1,5 @@
-"""Reverse-process samplers as one compiled loop, plus decoders and clamps from latents to tokens.
+"""Reverse-process samplers as one compiled loop (decoders and clamps: `rounding`; the options of a
+sampling run: `sample_options`).
 
 `sample_loop(denoise_fn, x_init, rng, schedule, num_steps, sampler)` runs `num_steps` updates from
 t_max to t_min with `lax.scan`, then one last denoising at t_min, and returns that x0_hat (with a
@@ -7,7 +8,6 @@ step i is `fold_in(rng, i)`; `rng` may also be one key per example ([batch, 2]),
 example's noise independent of how the batch is split over devices.
 """
 
-import dataclasses
 import functools
 from typing import Callable, NamedTuple
 
@@ -16,7 +16,6 @@ import jax.numpy as jnp
 
 from cdm_jax.runtime import registry
 from cdm_jax.core import schedules as schedules_lib
-from cdm_jax.core import vocab_ops
 from cdm_jax.core.parameterization import eps_from_x0, expand_like as _b
 
 Array = jax.Array
@@ -144,7 +143,7 @@ def evaluations_per_step(sampler: str) -> int:
   return 2 if sampler == "heun" else 1
 
 
-def _check_ddim_eta(sampler: str, eta: float):
+def check_ddim_eta(sampler: str, eta: float):
   if not 0.0 <= eta <= 1.0:
     raise ValueError(f"ddim_eta must lie in [0, 1], got {eta}.")
   if eta and sampler != "ddim":
@@ -152,7 +151,7 @@ def _check_ddim_eta(sampler: str, eta: float):
 
 
 def _step_function(sampler: str, ddim_eta: float):
-  _check_ddim_eta(sampler, ddim_eta)
+  check_ddim_eta(sampler, ddim_eta)
   step_fn = SAMPLERS.get(sampler)
   return functools.partial(step_fn, eta=float(ddim_eta)) if ddim_eta else step_fn
 
@@ -228,120 +227,3 @@ def sample_loop(denoise_fn: DenoiseFn, x_init: Array, rng: Array, schedule: sche
   (x_last, x0_selfcond), _ = jax.lax.scan(
       body, (x_init, jnp.zeros_like(x_init)), jnp.arange(num_steps))
   return denoise(x_last, schedule.position_times(jnp.full((batch,), times[-1]), length), x0_selfcond)
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoders (latents -> tokens) and clamps (latents -> latents on the embedding manifold).
-# Each is one [.., d] x [d, vocab] matmul in row blocks (`vocab_ops`); no [batch, length, vocab, dim]
-# tensor is formed.
-
-DECODERS = registry.Registry("decoder")
-register_decoder = DECODERS.register
-
-
-@register_decoder("l2")
-def decode_l2(x, table, bias=None, operand_dtype=None):
-  """Nearest embedding in L2: argmin ||x - e||^2 = argmax (2 x.e - ||e||^2)."""
-  del bias
-  return vocab_ops.argmax_scores(2.0 * x, table, -jnp.sum(table**2, axis=-1), operand_dtype)
-
-
-@register_decoder("cosine")
-def decode_cosine(x, table, bias=None, operand_dtype=None):
-  del bias
-  unit = table / jnp.maximum(jnp.linalg.norm(table, axis=-1, keepdims=True), 1e-6)
-  return vocab_ops.argmax_scores(x, unit, None, operand_dtype)
-
-
-@register_decoder("readout")
-def decode_readout(x, table, bias=None, operand_dtype=None):
-  """Argmax of the tied read-out x.E^T + b (ranks shrunk x0_hat correctly, unlike L2)."""
-  return vocab_ops.argmax_scores(x, table, bias, operand_dtype)
-
-
-CONTEXTUAL_DECODER = "contextual"  # `readout.ContextualDecoder`, trained per workdir; not a rounding
-
-
-def decode(x, table, bias=None, method: str = "readout", operand_dtype=None):
-  """Token ids [...] for latents [..., d]; `operand_dtype` as in `vocab_ops.dot_rows`."""
-  return DECODERS.get(method)(x, table, bias, operand_dtype)
-
-
-def make_clamp_fn(mode: str, table: Array, bias: Array | None = None, *, decoder: str = "readout",
-                  temperature: float = 1.0, operand_dtype=None) -> Callable[[Array], Array] | None:
-  """"none"; "hard": snap to the decoded embedding (Diffusion-LM); "soft": the read-out's
-  expected embedding softmax((x.E^T + b) / temperature) E. `operand_dtype` (the model's
-  `matmul_dtype`) rounds the vocabulary matmul's operands, e.g. to bfloat16."""
-  if mode == "none":
-    return None
-  if mode == "hard":
-    return lambda x: jnp.take(table, decode(x, table, bias, decoder, operand_dtype), axis=0)
-  if mode == "soft":
-    if not temperature > 0:
-      raise ValueError(f"The soft clamp's temperature must be > 0, got {temperature}.")
-
-    def soft_rows(rows):
-      logits = vocab_ops.dot_rows(rows, table, operand_dtype)
-      if bias is not None:
-        logits = logits + bias
-      return jax.nn.softmax(logits / temperature, axis=-1) @ table
-    return lambda x: vocab_ops.row_blocks(soft_rows, x)
-  raise ValueError(f"Unknown clamp {mode!r}; choose none, hard or soft.")
-
-
-CLAMPS = ("none", "hard", "soft")
-TIME_GRIDS = ("uniform", "warp")
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleConfig:
-  """The options of one sampling run, validated on construction; `.replace()` derives variants."""
-  num_samples: int = 16
-  num_steps: int = 100
-  sampler: str = "ddim"          # a registered sampler: ddpm | ddim | euler | heun | renoise
-  clamp: str = "soft"            # none | hard (nearest embedding) | soft (read-out expectation)
-  clamp_temperature: float = 1.0
-  clamp_max_t: float = 1.0       # clamp only at t <= this
-  logit_temperature: float = 1.0  # x0_hat = softmax(logits / this) E (models predicting logits)
-  renoise_min_t: float = 0.0     # q-sample from x0_hat at steps from t in [renoise_min_t,
-  renoise_max_t: float = 0.0     #   renoise_max_t] (Shabalin et al.); an empty interval: off
-  decoder: str = "readout"       # a registered decoder: readout | l2 | cosine, or contextual
-                                 #   (the workdir's trained `readout.ContextualDecoder`)
-  time_grid: str = "uniform"     # uniform | warp (the learned time warping's quantiles)
-  guidance_scale: float = 0.0    # classifier-free guidance weight w on conditional samples (0: off)
-  ddim_eta: float = 0.0          # sampler "ddim": share of each step's noise redrawn (1: DDPM's)
-
-  def __post_init__(self):
-    for field in ("num_samples", "num_steps"):
-      if not getattr(self, field) >= 1:
-        raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}.")
-    SAMPLERS.get(self.sampler)
-    if self.decoder != CONTEXTUAL_DECODER:
-      DECODERS.get(self.decoder)
-    if self.clamp not in CLAMPS:
-      raise ValueError(f"Unknown clamp {self.clamp!r}; choose one of {list(CLAMPS)}.")
-    if self.time_grid not in TIME_GRIDS:
-      raise ValueError(f"time_grid must be one of {list(TIME_GRIDS)}, got {self.time_grid!r}.")
-    if not self.logit_temperature > 0:
-      raise ValueError(f"logit_temperature must be > 0, got {self.logit_temperature}.")
-    if not self.clamp_temperature > 0:
-      raise ValueError(f"clamp_temperature must be > 0, got {self.clamp_temperature}.")
-    if not 0.0 <= self.renoise_min_t <= 1.0 or not 0.0 <= self.renoise_max_t <= 1.0:
-      raise ValueError(f"renoise_min_t and renoise_max_t must lie in [0, 1], got "
-                       f"{self.renoise_min_t} and {self.renoise_max_t}.")
-    if not abs(self.guidance_scale) < float("inf"):
-      raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}.")
-    _check_ddim_eta(self.sampler, self.ddim_eta)
-
-  @property
-  def renoise_interval(self) -> tuple[float, float] | None:
-    if self.renoise_max_t <= self.renoise_min_t:
-      return None
-    return (self.renoise_min_t, self.renoise_max_t)
-
-  def replace(self, **changes) -> "SampleConfig":
-    return dataclasses.replace(self, **changes)
-
-  @classmethod
-  def from_dict(cls, values: dict) -> "SampleConfig":
-    return registry.dataclass_from_dict(cls, values, "sample config")

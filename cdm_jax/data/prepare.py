@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from cdm_jax.core.tokens import BOS_ID, EOS_ID
-from cdm_jax.data import corpora, packing, pipeline, shards
+from cdm_jax.data import corpora, encoding, packing, shards
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.runtime import fs
 
@@ -68,14 +68,16 @@ class _ShardWriter:
     parts = {"tokens": np.frombuffer(self.tokens, np.dtype(self.typecode)),
              "index": np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]),
              "windows": packing.window_starts(lengths, self.seq_len)}
+    checksums = {}
     for part, values in parts.items():
       target = shards.shard_file(self.root, name, part)
       temporary = target.with_name(target.name + ".tmp")
       with open(temporary, "wb") as f:
         np.save(f, values)
+      checksums[part] = shards.file_sha256(temporary)
       os.replace(temporary, target)
     self.shards.append({"name": name, "examples": len(lengths), "tokens": len(parts["tokens"]),
-                        "windows": len(parts["windows"])})
+                        "windows": len(parts["windows"]), "sha256": checksums})
     self._reset()
 
   def summary(self) -> dict:
@@ -110,7 +112,7 @@ def _finished(root, settings: dict, output: str) -> dict | None:
 
 def _train_tokenizer(stream, data_config, tokenizer_sample: int):
   sample = list(itertools.islice(
-      (e for e in stream if not pipeline.is_held_out(e, data_config.valid_percent)),
+      (e for e in stream if not encoding.is_held_out(e, data_config.valid_percent)),
       tokenizer_sample))
   if not sample:
     raise ValueError(f"data.valid_percent={data_config.valid_percent} leaves no training examples.")
@@ -137,7 +139,7 @@ def prepare(data_config, output: str, *, tokenizer_sample: int = 200_000,
   done = _finished(root, settings, output)
   if done is not None:
     return done
-  pipeline.check_framing(data_config.seq_len, data_config.long_lines)
+  encoding.check_framing(data_config.seq_len, data_config.long_lines)
   root.mkdir(parents=True, exist_ok=True)
   _clear_interrupted(root)
   tokenizer = _train_tokenizer(_stream(data_config), data_config, tokenizer_sample)
@@ -152,13 +154,13 @@ def prepare(data_config, output: str, *, tokenizer_sample: int = 200_000,
     for example, pieces in zip(chunk, tokenizer.encode(chunk, num_threads=os.cpu_count())):
       digest.update(example.encode("utf-8") + b"\n")
       try:
-        fitted = pipeline.fit_pieces(pieces, data_config.seq_len, data_config.long_lines)
+        fitted = encoding.fit_pieces(pieces, data_config.seq_len, data_config.long_lines)
       except ValueError as err:
         raise ValueError(f"example {counts['read']} {err}: {example[:80]!r}...") from None
       counts["read"] += 1
-      if outcome := pipeline.fit_outcome(pieces, fitted):
+      if outcome := encoding.fit_outcome(pieces, fitted):
         counts[outcome] += 1
-      split = "valid" if pipeline.is_held_out(example, data_config.valid_percent) else "train"
+      split = "valid" if encoding.is_held_out(example, data_config.valid_percent) else "train"
       for chunk in fitted:
         writers[split].add([BOS_ID, *chunk, EOS_ID])
     log.info("%d examples read.", counts["read"])

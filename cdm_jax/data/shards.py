@@ -11,7 +11,7 @@ A prepared folder (written once by `cdm_jax.data.prepare`) holds
 
 Shards are memory-mapped: a process reads the rows it draws and nothing else, so start-up and
 host memory do not grow with the corpus. `PreparedSplit` looks like the in-memory [N, seq_len]
-array to `pipeline.BatchIterator` (len, shape, fancy indexing); `WindowedOrder` is its shuffle.
+array to `batching.BatchIterator` (len, shape, fancy indexing); `WindowedOrder` is its shuffle.
 """
 
 import hashlib
@@ -64,6 +64,50 @@ def sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while block := f.read(1 << 22):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def verify_shard(root: pathlib.Path, shard: dict, vocab_size: int):
+  """Checks one shard's content, not only its shape: each file's sha256 against the manifest's
+  (folders prepared before checksums existed skip this), every token id inside the vocabulary and
+  the example index rising from 0 to the token count. A ValueError names the damaged file."""
+  tokens, index, _ = _open_shard(root, shard)
+  for part, expected in shard.get("sha256", {}).items():
+    path = shard_file(root, shard["name"], part)
+    if file_sha256(path) != expected:
+      raise ValueError(f"Shard file {path} is damaged (its sha256 differs from {MANIFEST}'s); "
+                       "prepare the corpus again in a new folder.")
+  path = shard_file(root, shard["name"], "tokens")
+  if len(tokens) and int(np.max(tokens)) >= vocab_size:
+    raise ValueError(f"Shard file {path} holds token id {int(np.max(tokens))}, outside the "
+                     f"vocabulary of {vocab_size}: damaged or from another tokenizer; prepare the "
+                     "corpus again in a new folder.")
+  if index[0] != 0 or index[-1] != len(tokens) or np.any(np.diff(index) <= 0):
+    raise ValueError(f"Shard file {shard_file(root, shard['name'], 'index')} is damaged (its "
+                     "example offsets do not rise from 0 to the token count); prepare the corpus "
+                     "again in a new folder.")
+
+
+def verify_folder(folder: str) -> dict:
+  """Every shard of a prepared folder checked (`verify_shard`); its counts when all are whole."""
+  manifest = read_manifest(folder)
+  root = local_folder(folder)
+  vocab_size = manifest["settings"]["vocab_size"]
+  for split in manifest["splits"].values():
+    for shard in split["shards"]:
+      verify_shard(root, shard, vocab_size)
+  return {"folder": str(root), "checksums": all("sha256" in shard for split in
+                                                 manifest["splits"].values()
+                                                 for shard in split["shards"]),
+          **{name: {"shards": len(split["shards"]), "tokens": split["tokens"]}
+             for name, split in manifest["splits"].items()}}
+
+
 def _open_shard(root: pathlib.Path, shard: dict) -> tuple[np.ndarray, ...]:
   expected = {"tokens": shard["tokens"], "index": shard["examples"] + 1,
               "windows": shard["windows"]}
@@ -94,7 +138,10 @@ class PreparedSplit:
     root = local_folder(folder)
     self.seq_len = manifest["settings"]["seq_len"]
     self.packing = packing
-    self._shards = [_open_shard(root, shard) for shard in manifest["splits"][split]["shards"]]
+    self._root, self._vocab_size = root, manifest["settings"]["vocab_size"]
+    self._entries = manifest["splits"][split]["shards"]
+    self._shards = [_open_shard(root, shard) for shard in self._entries]
+    self._verified = set()  # shards whose content was checked (on first read, `verify_shard`)
     counts = [len(windows) if packing else len(index) - 1
               for _, index, windows in self._shards]
     self._ends = np.cumsum(counts, dtype=np.int64)
@@ -116,6 +163,9 @@ class PreparedSplit:
       raise IndexError(f"Rows outside 0..{len(self) - 1}.")
     out = np.full((len(rows), self.seq_len), PAD_ID, np.int32)
     shard_of = np.searchsorted(self._ends, rows, side="right")
+    for shard in set(shard_of.tolist()) - self._verified:
+      verify_shard(self._root, self._entries[shard], self._vocab_size)
+      self._verified.add(shard)
     for row, (number, shard) in enumerate(zip(rows, shard_of)):
       tokens, index, windows = self._shards[shard]
       local = number - (self._ends[shard - 1] if shard else 0)

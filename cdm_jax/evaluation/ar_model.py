@@ -20,7 +20,7 @@ from cdm_jax.models import builders
 from cdm_jax.runtime import checkpointing
 from cdm_jax.training import fit
 from cdm_jax.core import vocab_ops
-from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
+from cdm_jax.data import batching, tokenizer as tokenizer_lib
 from cdm_jax.models import ModelConfig, TransformerLM
 from cdm_jax.models.transformer import TransformerLMStep
 
@@ -211,7 +211,7 @@ def train_judge(train_tokens: np.ndarray, vocab_size: int, config: JudgeConfig) 
     nll, mask = next_token_nll(model.apply(p, tokens, train=True, rngs={"dropout": rng}), tokens)
     return jnp.sum(nll * mask) / jnp.sum(mask), {}
 
-  batches = pipeline.BatchIterator(train_tokens, config.batch_size, config.seed)
+  batches = batching.BatchIterator(train_tokens, config.batch_size, config.seed)
   params, fitted = fit.fit(loss_fn, params, tx, lambda _: next(batches),
                            num_steps=config.max_steps, key=jax.random.PRNGKey(config.seed + 1),
                            time_limit_minutes=config.time_limit_minutes, desc="AR model")

@@ -25,7 +25,7 @@ from cdm_jax.training import steps
 from cdm_jax.evaluation import tasks
 from cdm_jax.evaluation import text_metrics
 from cdm_jax.evaluation import ar_model as judge_lib
-from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
+from cdm_jax.data import encoding, pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Scorer:
     nonempty = [t for t in texts if t.strip()]
     if not nonempty:
       return {"ppl": float("nan"), "features": np.zeros((0, 1))}
-    rows, _ = pipeline.encode(self.tokenizer, nonempty, self.seq_len, "truncate", "scored texts")
+    rows, _ = encoding.encode(self.tokenizer, nonempty, self.seq_len, "truncate", "scored texts")
     scores = self.judge.score(rows)
     ppl = float(np.exp(np.sum(scores["nll"]) / np.sum(scores["tokens"])))
     return {"ppl": ppl, "features": scores["features"]}

@@ -17,7 +17,7 @@ from cdm_jax.models import builders
 from cdm_jax.training import autoencoder, flops
 from cdm_jax import sampling
 from cdm_jax.evaluation import ar_model as judge_lib
-from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
+from cdm_jax.data import encoding, pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def held_out_pairs(generator: sampling.Generator, data: pipeline.Dataset, start:
   if not data.is_seq2seq:
     raise ValueError("--task=seq2seq needs a seq2seq corpus (data.source_field/target_field, or "
                      "wordnet_definitions / wordnet_reverse).")
-  rows, _ = pipeline.encode(generator.tokenizer, data.valid_text, generator.config.data.seq_len)
+  rows, _ = encoding.encode(generator.tokenizer, data.valid_text, generator.config.data.seq_len)
   keep = np.flatnonzero(np.sum(rows == tokenizer_lib.EOS_ID, axis=1) >= 2)
   keep = keep[np.random.default_rng(0).permutation(len(keep))][start:start + num_examples]
   if not len(keep):

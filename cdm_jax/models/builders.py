@@ -17,7 +17,7 @@ from cdm_jax.core import diffusion
 from cdm_jax.runtime import fs
 from cdm_jax.runtime import parallel
 from cdm_jax.runtime import config_record as record
-from cdm_jax.core import samplers
+from cdm_jax.core import sample_options
 from cdm_jax.core import schedules
 from cdm_jax.models import train_state
 from cdm_jax.models import DiffusionLM, ModelConfig, partitioning
@@ -108,9 +108,9 @@ def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:
                                          "condition": condition_config(config)})
 
 
-def sample_config(config: ml_collections.ConfigDict) -> samplers.SampleConfig:
+def sample_config(config: ml_collections.ConfigDict) -> sample_options.SampleConfig:
   """The `sample` block as a frozen `SampleConfig`; `.replace()` it per call."""
-  return samplers.SampleConfig.from_dict(config.sample.to_dict())
+  return sample_options.SampleConfig.from_dict(config.sample.to_dict())
 
 
 def adamw_cosine(*, peak_learning_rate: float, warmup_steps: int, total_steps: int,
@@ -182,12 +182,13 @@ def fsdp_min_size(config) -> int | None:
   return config.train.get("fsdp_min_size", 4096) if config.train.get("fsdp", False) else None
 
 
-def make_mesh(config):
+def make_mesh(config, devices=None):
   """The ('data', 'fsdp') mesh of `config.train`: `num_devices` per process (0: all), FSDP groups
-  of `fsdp_axis_size` devices with train.fsdp (0: all of them), else 1 (replicated)."""
+  of `fsdp_axis_size` devices with train.fsdp (0: all of them), else 1 (replicated); over
+  `devices` when given (a TPU topology's), else `jax.devices()`."""
   tcfg = config.train
   fsdp = tcfg.get("fsdp_axis_size", 0) if tcfg.get("fsdp", False) else 1
-  return parallel.make_mesh(tcfg.num_devices or None, fsdp=fsdp)
+  return parallel.make_mesh(tcfg.num_devices or None, fsdp=fsdp, devices=devices)
 
 
 def state_layout(config, model: DiffusionLM, tx, mesh):

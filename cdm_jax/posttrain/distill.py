@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdm_jax.data import pipeline
+from cdm_jax.data import batching, pipeline
 from cdm_jax.models import builders
 from cdm_jax.posttrain.distill_step import (  # noqa: F401  (flops_per_step, trajectory_targets:
     DISTILL_DIR, DistillConfig, DistillState, flops_of_steps, flops_per_step, init_state,  # re-exported)
@@ -36,7 +36,7 @@ class _Run:
   schedule: object
   tx: object
   step_fn: object
-  batches: pipeline.BatchIterator
+  batches: batching.BatchIterator
   manager: object
   teacher_step: int
   spec: loop.LoopSpec
@@ -111,7 +111,7 @@ def _build(workdir: str, config: DistillConfig) -> _Run:
   tx = make_optimizer(config)
   data = pipeline.prepare_data(teacher_config.data, str(workdir))
   step_fn = make_distill_step(model, schedule, tx, mesh, builders.condition_config(teacher_config))
-  batches = pipeline.BatchIterator(data.train, config.runs_per_step, config.seed,
+  batches = batching.BatchIterator(data.train, config.runs_per_step, config.seed,
                                    jax.process_index(), jax.process_count(),
                                    shuffle_window=data.shuffle_window)
   return _Run(workdir=fs.path(workdir), config=config, teacher_config=teacher_config, mesh=mesh,
@@ -126,7 +126,14 @@ def _restore_or_init(run: _Run) -> DistillState:
   abstract = {"ema_params": builders.abstract_params(run.teacher_config, run.model, run.mesh)}
   if uses_warp(run.teacher_config):
     abstract["warp"] = builders.abstract_warp(run.teacher_config, run.mesh)
-  restored, run.teacher_step = checkpointing.restore_subtree(str(run.workdir), abstract)
+  teacher_file = run.workdir / DISTILL_DIR / "teacher.json"
+  # A resumed distillation keeps the teacher checkpoint it started from, even if training has
+  # written newer ones since (the students record it; `load(student=...)` warns when it is old).
+  pinned = (json.loads(teacher_file.read_text())["teacher_checkpoint_step"]
+            if teacher_file.is_file() and run.manager.latest_step() is not None else None)
+  restored, run.teacher_step = checkpointing.restore_subtree(str(run.workdir), abstract, pinned)
+  distributed.on_primary(lambda: fs.write_atomic(teacher_file, json.dumps(
+      {"teacher_checkpoint_step": run.teacher_step})), "writing distill/teacher.json")
   teacher = restored["ema_params"]
   run.warp = distributed.to_host(restored["warp"]) if "warp" in restored else None
   shapes = jax.eval_shape(lambda: init_state(teacher, run.tx, run.config.seed))

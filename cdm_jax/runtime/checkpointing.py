@@ -134,13 +134,19 @@ def _quarantine(directory: epath.Path, steps: list[int]):
     log.warning("Moved the unreadable checkpoint %d to %s.", step, destination)
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of `workdir`'s checkpoints, oldest first (none read)."""
+  manager = make_manager(workdir, async_save=False)
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
+
+
 def restore_subtree(workdir: str, abstract: dict, step: int | None = None):
   """Only the named fields of the saved train state (e.g. {"ema_params": ..., "warp": ...}) at
   `step` (default: the newest readable one; unreadable newer ones are skipped with a warning but
   left in place), as (dict, step): no optimizer state is read. Raises if there is no checkpoint."""
-  manager = make_manager(workdir, async_save=False)
-  steps = sorted(manager.all_steps(), reverse=True)
-  manager.close()
+  steps = saved_steps(workdir)[::-1]
   if not steps:
     raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints: train first "
                             f"(cdm-train --workdir={workdir} ...).")

@@ -27,13 +27,14 @@ RULES = (("vocab", FSDP), ("embed", FSDP), ("mlp", FSDP), ("heads", FSDP),
          ("latent", None), ("length", None), ("layers", None))
 
 
-def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> jax.sharding.Mesh:
+def make_mesh(num_devices: int | None = None, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
   """The ('data', 'fsdp') mesh over every process's devices, grouped by process (so that each
   process's share of a batch is one contiguous block of rows, and an FSDP group of at most one
   process's devices stays on that process). `num_devices`: how many devices of each process to use
-  (None: all of them); `fsdp`: devices per FSDP group (1: replicated state; 0: all devices)."""
+  (None: all of them); `fsdp`: devices per FSDP group (1: replicated state; 0: all devices);
+  `devices`: other devices than `jax.devices()` (e.g. a TPU topology's, to compile for it)."""
   by_process = {}
-  for device in jax.devices():
+  for device in jax.devices() if devices is None else devices:
     by_process.setdefault(device.process_index, []).append(device)
   devices = []
   for process in sorted(by_process):

@@ -60,6 +60,21 @@ class Chrono:
     return seconds, steps
 
 
+# Set when a loop stopped early because this process, or another of its run, got SIGTERM: the
+# CLIs then exit with PREEMPTED_EXIT_STATUS after the checkpoint, so `cdm-train ... && next` stops.
+PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
+_stopped_by_sigterm = []
+
+
+def mark_stopped_by_sigterm(step: int):
+  _stopped_by_sigterm.append(step)
+
+
+def stopped_by_sigterm() -> int | None:
+  """The step this process last stopped at on a SIGTERM (its own or a peer's), or None."""
+  return _stopped_by_sigterm[-1] if _stopped_by_sigterm else None
+
+
 class Preemption:
   """Turns SIGTERM into a flag the loop checks between steps (then it checkpoints and returns)."""
 

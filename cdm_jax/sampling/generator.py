@@ -10,7 +10,7 @@ import warnings
 import jax
 import numpy as np
 
-from cdm_jax.core import conditioning, samplers, schedules
+from cdm_jax.core import conditioning, rounding, sample_options, schedules
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import builders
 from cdm_jax.runtime import checkpointing, distributed, parallel
@@ -52,12 +52,12 @@ class Generator:
     self._cache = {}  # SampleConfig -> (None, compiled sample function)
     self._guided = collections.OrderedDict()  # (id(guide), SampleConfig) -> (guide, function)
 
-  def make_sample_fn(self, config: samplers.SampleConfig | None = None, **overrides):
+  def make_sample_fn(self, config: sample_options.SampleConfig | None = None, **overrides):
     """The jit-compiled pure `(params, rng) -> tokens [num_samples, length]` for `config` (default:
     `options(**overrides)`); compiled once per setting."""
     return self._compiled(config if config is not None else self.options(**overrides))
 
-  def _compiled(self, config: samplers.SampleConfig, guide=None):
+  def _compiled(self, config: sample_options.SampleConfig, guide=None):
     """The sample function of `config` (and `guide`), built once: the cache lives on the instance
     and goes with it. Guided functions close over their guide, so the last `MAX_GUIDED` are kept
     (with their guides) and older ones are dropped."""
@@ -78,15 +78,15 @@ class Generator:
     """How many sample functions this Generator holds (each compiled once)."""
     return len(self._cache) + len(self._guided)
 
-  def _decoder_module(self, config: samplers.SampleConfig):
-    if config.decoder != samplers.CONTEXTUAL_DECODER:
+  def _decoder_module(self, config: sample_options.SampleConfig):
+    if config.decoder != rounding.CONTEXTUAL_DECODER:
       return None
     if self.readout_decoder is None:
       raise ValueError("decoder='contextual' needs a read-out decoder trained for this workdir: "
                        "cdm-readout --workdir=DIR.")
     return self.readout_decoder.module
 
-  def _decoder_params(self, options: samplers.SampleConfig):
+  def _decoder_params(self, options: sample_options.SampleConfig):
     """The contextual decoder's parameters when `options` use it (checked on every call: a decoder
     trained for another checkpoint is refused), else None."""
     if self._decoder_module(options) is None:
@@ -98,7 +98,7 @@ class Generator:
                        f"--workdir=DIR.")
     return self.readout_decoder.params
 
-  def _times(self, config: samplers.SampleConfig):
+  def _times(self, config: sample_options.SampleConfig):
     """The sampling time grid: None (uniform) or the learned warp's quantiles."""
     if config.time_grid != "warp":
       return None
@@ -107,7 +107,7 @@ class Generator:
     return schedules.time_grid(self.schedule, config.num_steps, self.warp,
                                self.config.diffusion.get("warp_follow", "loss"))
 
-  def options(self, **overrides) -> samplers.SampleConfig:
+  def options(self, **overrides) -> sample_options.SampleConfig:
     """The config's sampling options with `overrides`, each a `SampleConfig` field by its own name
     (`num_steps`, `sampler`, `clamp`, `logit_temperature`, ...); None leaves a field at its
     default. A name that is no field is an error listing the valid ones; the old aliases `steps`
@@ -117,7 +117,7 @@ class Generator:
       if alias in overrides:
         warnings.warn(f"{alias}= is deprecated; use {name}=.", DeprecationWarning, stacklevel=3)
         overrides[name] = overrides.pop(alias)
-    fields = {f.name for f in dataclasses.fields(samplers.SampleConfig)}
+    fields = {f.name for f in dataclasses.fields(sample_options.SampleConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
       close = {name: difflib.get_close_matches(name, fields, n=1) for name in unknown}
@@ -289,6 +289,12 @@ def _load_student(workdir: str, config, mesh, steps: int) -> Generator:
   the teacher's learned warp), no clamp, no temperature or re-noising (the sampler it was distilled
   for); other options as the config's, and every one can be overridden."""
   meta = artifacts.read_student(workdir, steps)
+  newest = checkpointing.saved_steps(workdir)
+  if newest and newest[-1] != meta["teacher_checkpoint_step"]:
+    warnings.warn(f"The {steps}-step student of {workdir} was distilled from its step-"
+                  f"{meta['teacher_checkpoint_step']} checkpoint; the model has since trained to "
+                  f"step {newest[-1]}. Run cdm-distill again for a student of the newest model.",
+                  stacklevel=3)
   abstract = builders.abstract_params(config, builders.make_model(config), mesh)
   params = checkpointing.restore_tree(artifacts.student_path(workdir, steps) / "params", abstract)
   time_grid, warp = meta.get("time_grid", "uniform"), None

@@ -8,7 +8,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cdm_jax.core import conditioning, parameterization, samplers, schedules, vocab_ops
+from cdm_jax.core import (conditioning, parameterization, rounding, sample_options, samplers,
+                          schedules, vocab_ops)
 from cdm_jax.models import DiffusionLM
 from cdm_jax.runtime import parallel
 from cdm_jax.core.tokens import PAD_ID
@@ -78,7 +79,7 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
 
 
 def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
-                   config: samplers.SampleConfig, times=None, *, guide=None, decoder=None):
+                   config: sample_options.SampleConfig, times=None, *, guide=None, decoder=None):
   """The jit-compiled pure `(params, rng, known=None, known_mask=None, decoder_params=None,
   offset=0) -> tokens [config.num_samples, length]`; row i is example `offset + i` of `rng`.
 
@@ -95,7 +96,7 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   cfg = model.config
   if cfg.is_latent:
     _check_latent_options(config)
-  contextual = config.decoder == samplers.CONTEXTUAL_DECODER
+  contextual = config.decoder == rounding.CONTEXTUAL_DECODER
   final_decode = _final_decoder(config.decoder, decoder)
   clamp_decoder = "readout" if contextual else config.decoder  # rounding inside the loop
   num_devices = mesh.devices.size
@@ -157,7 +158,7 @@ def _with_condition(cfg, tokens, condition):
   return jnp.where(known_mask, known, tokens)
 
 
-def _check_latent_options(config: samplers.SampleConfig):
+def _check_latent_options(config: sample_options.SampleConfig):
   """A latent model decodes with its autoencoder's D and has no table to clamp to."""
   if config.clamp != "none":
     raise ValueError(f"clamp={config.clamp!r} rounds to an embedding table, which a latent model "
@@ -167,7 +168,7 @@ def _check_latent_options(config: samplers.SampleConfig):
                      "decoder; leave decoder='readout' (the default).")
 
 
-def _clamp_and_decoder(model: DiffusionLM, params, config: samplers.SampleConfig,
+def _clamp_and_decoder(model: DiffusionLM, params, config: sample_options.SampleConfig,
                        clamp_decoder: str, final_decode):
   """(the clamp or None, `(x0_hat, decoder_params) -> tokens`): a latent model's D argmax (no
   table, so no clamp), or the table's clamp and `final_decode`."""
@@ -177,7 +178,7 @@ def _clamp_and_decoder(model: DiffusionLM, params, config: samplers.SampleConfig
         model.apply(params, x0_hat, method="decode_logits")).astype(jnp.int32)
   table, bias = model.apply(params, method="readout_weights")
   # The clamp's vocabulary matmul follows the model's matmul precision; the final decode is exact.
-  clamp_fn = samplers.make_clamp_fn(config.clamp, table, bias, decoder=clamp_decoder,
+  clamp_fn = rounding.make_clamp_fn(config.clamp, table, bias, decoder=clamp_decoder,
                                     temperature=config.clamp_temperature,
                                     operand_dtype=cfg.matmul_operand_dtype)
   return clamp_fn, lambda x0_hat, decoder_params: final_decode(x0_hat, table, bias, decoder_params)
@@ -200,8 +201,8 @@ def _padded_condition(known, known_mask, shape: tuple[int, int], padded: int):
 def _final_decoder(name: str, decoder):
   """`(x0_hat, table, bias, decoder_params) -> tokens`: the contextual decoder's argmax, or the
   registered rounding `name`."""
-  if name != samplers.CONTEXTUAL_DECODER:
-    return lambda x0_hat, table, bias, unused_params: samplers.decode(x0_hat, table, bias, name)
+  if name != rounding.CONTEXTUAL_DECODER:
+    return lambda x0_hat, table, bias, unused_params: rounding.decode(x0_hat, table, bias, name)
   if decoder is None:
     raise ValueError("decoder='contextual' needs a trained read-out decoder: python -m "
                      "cdm-readout --workdir=DIR.")

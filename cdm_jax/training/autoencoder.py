@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from cdm_jax.core import conditioning, vocab_ops
-from cdm_jax.data import pipeline
+from cdm_jax.data import batching, pipeline
 from cdm_jax.data.tokenizer import PAD_ID
 from cdm_jax.models import builders
 from cdm_jax.models.autoencoder import FEATURE_MODEL, TextAutoencoder, augmentation_draws
@@ -141,7 +141,7 @@ class _Run:
   mesh: object
   tx: object
   step_fn: object
-  batches: pipeline.BatchIterator
+  batches: batching.BatchIterator
   manager: object
   spec: loop.LoopSpec
   seed: int
@@ -273,7 +273,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
     feature_params = load_feature_model(config)
     tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                lambda p: builders.frozen_labels(p, FEATURE_MODEL))
-  batches = pipeline.BatchIterator(data.train, settings.batch_size, config.seed + 1,
+  batches = batching.BatchIterator(data.train, settings.batch_size, config.seed + 1,
                                    jax.process_index(), jax.process_count(),
                                    shuffle_window=data.shuffle_window)
   run = _Run(directory=directory, settings=settings, model=model, mesh=mesh, tx=tx,

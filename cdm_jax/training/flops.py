@@ -41,8 +41,9 @@ def autoencoder_train_flops(ae, batch_size: int) -> float:
 def diffusion_train_flops(config) -> dict:
   """Per optimizer step of the diffusion config: "train" (forward x3 for forward + backward, plus
   the read-out terms and self-conditioning's extra forward on its share of batches; with a latent
-  encoder its forward on the batch, and its decoder for the anchor term), "metric_readout" (the
-  accuracy metric's read-out) and "denoiser_forward". A latent encoder's own training is counted
+  encoder its forward on the batch, and its decoder for the anchor term), "train_executed" (that
+  plus the blocks' recomputed forward under model.remat), "metric_readout" (the accuracy
+  metric's read-out) and "denoiser_forward". A latent encoder's own training is counted
   apart (`training.autoencoder.autoencoder_flops`)."""
   m, d = config.model, config.data
   batch = config.train.batch_size
@@ -53,8 +54,9 @@ def diffusion_train_flops(config) -> dict:
   in_dim = 2 * m.embed_dim if m.self_conditioning else m.embed_dim
   # a latent seq2seq model's source: as many latents again in the blocks, projected in, encoded
   context = length if builders.model_config(config).source_context else 0
-  denoiser = (batch * (length + context) * m.num_layers
-              * _per_token_layer(width, m.mlp_dim, length + context)
+  blocks = (batch * (length + context) * m.num_layers
+            * _per_token_layer(width, m.mlp_dim, length + context))
+  denoiser = (blocks
               + tokens * (2 * in_dim * width + 2 * width * m.embed_dim + 2 * 2 * width * width)
               + batch * context * 2 * m.embed_dim * width)
   readout = 2 * batch * d.seq_len * m.embed_dim * d.vocab_size
@@ -71,7 +73,11 @@ def diffusion_train_flops(config) -> dict:
     train += 3 * readout
   if m.self_conditioning:
     train += config.diffusion.self_cond_prob * forward
-  return {"train": train, "metric_readout": readout, "denoiser_forward": denoiser}
+  # model.remat recomputes the blocks' forward once more in the backward pass: executed, not
+  # counted in budgets (which compare recipes, not memory settings).
+  executed = train + (blocks if m.get("remat", False) else 0)
+  return {"train": train, "train_executed": executed, "metric_readout": readout,
+          "denoiser_forward": denoiser}
 
 
 def ar_train_flops(*, width: int, num_layers: int, mlp_dim: int, seq_len: int, vocab_size: int,

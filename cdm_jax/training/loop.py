@@ -42,6 +42,8 @@ def _stop_now(spec: LoopSpec, step: int, preemption: periodic.Preemption,
   stop at the same step."""
   timed_out = deadline.passed()
   if distributed.stop_requested(preemption.requested or timed_out, dispatch):
+    if not timed_out:  # SIGTERM here or on another process: an interrupted run, not a planned stop
+      periodic.mark_stopped_by_sigterm(step)
     log.warning("Stopping at step %d (%s); rerun the same command to resume.", step,
                 "SIGTERM" if preemption.requested else
                 f"the time limit of {spec.time_limit_minutes} minutes" if timed_out else

@@ -27,8 +27,8 @@ from cdm_jax.runtime import metric_writers
 from cdm_jax.runtime import parallel
 from cdm_jax.runtime import periodic
 from cdm_jax.runtime import config_record as record
-from cdm_jax.training import autoencoder, loop, steps
-from cdm_jax.data import pipeline, tokenizer as tokenizer_lib
+from cdm_jax.training import autoencoder, checks, loop, steps
+from cdm_jax.data import batching, pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _Run:
   train_step: object
   bound_fn: object
   stats_fn: object
-  batches: pipeline.BatchIterator
+  batches: batching.BatchIterator
   manager: object
   writer: metric_writers.MetricWriter
   tx: object
@@ -109,7 +109,7 @@ def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> _Run | Non
              layout=layout, train_step=train_step,
              bound_fn=steps.make_bound_fn(model, schedule, mesh, config.diffusion.bound_log_snr_max),
              stats_fn=stats_fn,
-             batches=pipeline.BatchIterator(data.train, tcfg.batch_size, config.seed,
+             batches=batching.BatchIterator(data.train, tcfg.batch_size, config.seed,
                                             jax.process_index(), jax.process_count(),
                                             shuffle_window=data.shuffle_window),
              manager=checkpointing.make_manager(str(workdir), tcfg.keep_checkpoints),
@@ -224,6 +224,7 @@ def _sample(run: _Run, state, step: int):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the diffusion LM in `workdir`; returns the last logged metrics."""
+  checks.check_train_config(config)  # before anything is read, written or compiled
   workdir_path = fs.path(workdir)
   with lock.workdir_lock(workdir, "training job"):
     # On a resume this refuses a conflicting config before anything is written.

@@ -1,4 +1,4 @@
-"""Runs `python -m cdm_jax.main ARGS` with one fault injected on purpose, for experiments/faults/run.py.
+"""Runs `python -m cdm_jax.cli.train ARGS` with one fault injected on purpose, for experiments/faults/run.py.
 
 python experiments/faults/inject.py full_disk:STEP -- ARGS   # every write of step STEP's save: ENOSPC
 python experiments/faults/inject.py nan:STEP -- ARGS         # a NaN parameter before step STEP
@@ -53,8 +53,8 @@ def main():
     rest = rest[1:]
   kind, step = fault.split(":")
   {"full_disk": full_disk, "nan": nan}[kind](int(step))
-  sys.argv = ["cdm_jax.main", *rest]
-  runpy.run_module("cdm_jax.main", run_name="__main__", alter_sys=True)
+  sys.argv = ["cdm-train", *rest]
+  runpy.run_module("cdm_jax.cli.train", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ must equal an uninterrupted run's bit for bit, and an injected fault must end in
 
 python experiments/faults/run.py [--kills=20 --injections=4 --seed=0 --out=experiments/results/faults.md]
 
-Each run is `python -m cdm_jax.main --config=configs/tiny.py` on a small corpus this script writes,
+Each run is `python -m cdm_jax.cli.train --config=configs/tiny.py` on a small corpus this script writes,
 with a checkpoint every 5 of 40 steps (on one CPU device, so every run sees the same arithmetic).
 """
 
@@ -28,7 +28,7 @@ STEPS = 40
 
 
 def command(workdir: pathlib.Path, corpus: pathlib.Path, steps: int = STEPS) -> list[str]:
-  return [sys.executable, "-m", "cdm_jax.main", f"--config={ROOT / 'configs/tiny.py'}",
+  return [sys.executable, "-m", "cdm_jax.cli.train", f"--config={ROOT / 'configs/tiny.py'}",
           f"--workdir={workdir}", f"--config.data.path={corpus}",
           f"--config.train.num_train_steps={steps}", "--config.train.checkpoint_every_steps=5",
           "--config.train.log_every_steps=5", "--config.train.eval_every_steps=0",

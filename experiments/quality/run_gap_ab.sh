@@ -41,7 +41,7 @@ declare -A RECIPES=(
 for seed in ${SEEDS:-0 1}; do
   for name in "${NAMES[@]}"; do
     # shellcheck disable=SC2086
-    .venv/bin/python -m cdm_jax.main "${COMMON[@]}" --config.seed="$seed" ${RECIPES[$name]} \
+    .venv/bin/cdm-train "${COMMON[@]}" --config.seed="$seed" ${RECIPES[$name]} \
         --workdir="$ROOT/${name}_seed$seed" 2>&1 | grep -E "step $STEPS:|Resumed|Error" || true
   done
 done
