@@ -31,6 +31,7 @@ setup(
         "cdm-distill=cdm_jax.cli.distill:main",
         "cdm-readout=cdm_jax.cli.readout:main",
         "cdm-prepare=cdm_jax.cli.prepare:main",
+        "cdm-compile=cdm_jax.cli.compile:main",
     ]},
     extras_require={
         # MAUVE (scored as null without it) and the experiment plots.
@@ -38,7 +39,9 @@ setup(
         "hf": ["datasets>=3"],
         # gs:// workdirs and corpora (epath through gcsfs; Orbax and TensorBoard need the client).
         "gcs": ["gcsfs", "google-cloud-storage"],
+        # libtpu: on a TPU VM it drives the chips; anywhere else `cdm-compile` compiles for them.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "hypothesis>=6.100",
-                 "fsspec"] + EVAL,
+                 "fsspec", "jax[tpu]>=0.10.2,<0.11"] + EVAL,
     },
 )
