@@ -12,6 +12,12 @@ line) are printed. Up to `--in_memory_up_to` tokens the same corpus is also trai
 file (the in-memory path) for comparison. Then the loader alone: tokens/s of
 `BatchIterator` over the largest prepared train split (64 x 32 rows, windowed shuffle), against the
 training step's consumption measured in the same run (batch x seq_len / seconds per step).
+
+    python benchmarks/prepared_corpus.py --feed --compile_report=REPORT.json [--tokens=1e7]
+
+measures instead one host's share of a pod config's batches (`--feed_config`, default
+configs/owt_1b.py: its seq_len, batch and packing) against the tokens per second per host that
+`cdm-compile --output=REPORT.json` projects for it (the train step's roofline).
 """
 
 import argparse
@@ -91,6 +97,53 @@ def loader_throughput(folder: pathlib.Path, batches: int = 300) -> float:
   return batches * 64 * split.seq_len / (time.perf_counter() - start)
 
 
+def host_feed(folder: pathlib.Path, *, global_batch: int, hosts: int, packing: bool,
+              batches: int = 200) -> float:
+  """Tokens/s one host's loader delivers: its 1/`hosts` share of each global batch of the
+  prepared train split (windowed shuffle, packed rows when `packing`), content checks on first
+  read included (the first batch is untimed)."""
+  sys.path.insert(0, str(ROOT))
+  from cdm_jax.data import batching, shards  # pylint: disable=g-import-not-at-top
+  split = shards.PreparedSplit(str(folder), shards.read_manifest(str(folder)), "train", packing)
+  iterator = batching.BatchIterator(split, global_batch, seed=0, process_index=0,
+                                    process_count=hosts, shuffle_window=1 << 20)
+  next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  return batches * (global_batch // hosts) * split.seq_len / (time.perf_counter() - start)
+
+
+def feed_against_projection(args):
+  """--feed: prepare a corpus at the pod config's seq_len (long lines split, as the config does)
+  and compare one host's loader with the tokens per second per host that `cdm-compile`'s roofline
+  projects for the config (its --output JSON: train step tokens/s/chip x chips per host)."""
+  sys.path.insert(0, str(ROOT))
+  from cdm_jax.runtime import config_files  # pylint: disable=g-import-not-at-top
+  config = config_files.load(ROOT / args.feed_config)
+  report = json.loads(pathlib.Path(args.compile_report).read_text())
+  train = next(f for f in report["functions"] if f["function"] == "train_step")
+  hosts = max(1, report["chips"] // args.chips_per_host)
+  projected = train["tokens_per_second_per_chip"] * args.chips_per_host
+  base = pathlib.Path(args.dir)
+  base.mkdir(parents=True, exist_ok=True)
+  corpus, folder = base / "feed_corpus.txt", base / f"feed_prepared_{config.data.seq_len}"
+  if not corpus.exists():
+    write_corpus(corpus, int(float(args.tokens.split(",")[-1])))
+  if not (folder / "manifest.json").exists():
+    run_measured([sys.executable, "-m", "cdm_jax.cli.prepare", "--config=configs/wordnet.py",
+                  f"--output={folder}", "--config.data.corpus=text",
+                  f"--config.data.path={corpus}", "--config.data.vocab_size=1000",
+                  "--config.data.long_lines=split", f"--config.data.seq_len={config.data.seq_len}"])
+  fed = host_feed(folder, global_batch=config.train.batch_size, hosts=hosts,
+                  packing=config.data.packing)
+  print(f"feed: {fed:,.0f} tokens/s for one host's share ({config.train.batch_size} x "
+        f"{config.data.seq_len} rows over {hosts} hosts, packing={config.data.packing}); the "
+        f"roofline of {args.feed_config} on {report['slice']} consumes {projected:,.0f} tokens/s "
+        f"per host ({args.chips_per_host} chips x {train['tokens_per_second_per_chip']:,.0f}): "
+        f"{fed / projected:.1f}x")
+
+
 def step_consumption(workdir: pathlib.Path) -> float:
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   seconds = np.median([l["seconds_per_step"] for l in lines if "seconds_per_step" in l][1:])
@@ -103,7 +156,15 @@ def main():
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--dir", default="/tmp/cdm_prep")
   parser.add_argument("--in_memory_up_to", type=float, default=1e7)
+  parser.add_argument("--feed", action="store_true", help="only the host feed against a pod "
+                      "config's projected consumption (--compile_report); --tokens: corpus size")
+  parser.add_argument("--feed_config", default="configs/owt_1b.py")
+  parser.add_argument("--compile_report", default="", help="cdm-compile --output JSON of it")
+  parser.add_argument("--chips_per_host", type=int, default=4)
   args = parser.parse_args()
+  if args.feed:
+    feed_against_projection(args)
+    return
   base = pathlib.Path(args.dir)
   base.mkdir(parents=True, exist_ok=True)
   print("| corpus size | train tokens stored | path | prepare (s) | train RSS peak (MiB) | "

@@ -22,8 +22,6 @@ DEFAULT_FLAGS = ["", "--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn
 
 
 def child(config_path: str, steps: int):
-  import runpy  # pylint: disable=g-import-not-at-top
-
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from cdm_jax.runtime import allocator, config_files  # pylint: disable=g-import-not-at-top

@@ -16,6 +16,10 @@
 # tpu-ubuntu2204-base), CONFIG (default configs/tpu_pod.py), WORKDIR (a gs:// path: every host
 # must see the same checkpoints), EXTRA_FLAGS (more --config.x=y flags), SPOT=1 (a spot slice).
 # DRY_RUN=1 prints the commands instead of running them.
+# Before `create`, `launch` and `all` (dry runs included), `cdm-compile` compiles the config for
+# ACCELERATOR's topology on this machine (libtpu: pip install 'cdm_jax[tpu]') and stops here when
+# a function does not fit a chip; SKIP_COMPILE_CHECK=1 skips it, COMPILE_FUNCTIONS (default: all)
+# names the functions to check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +47,28 @@ run() {
 
 on_workers() {  # on_workers WORKERS COMMAND: one ssh per worker, in parallel (gcloud's --worker)
   run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker="$1" --command="$2"
+}
+
+compile_check() {  # the run compiled for the slice's chips here, before a chip is rented or used
+  if [ "${SKIP_COMPILE_CHECK:-0}" = "1" ]; then
+    return
+  fi
+  local cli=.venv/bin/cdm-compile extra=() functions=()
+  [ -x "$cli" ] || cli=cdm-compile
+  read -r -a extra <<< "$EXTRA_FLAGS"
+  if [ -n "${COMPILE_FUNCTIONS:-}" ]; then
+    functions=("--functions=$COMPILE_FUNCTIONS")
+  fi
+  echo "Compiling $CONFIG for $ACCELERATOR (cdm-compile; SKIP_COMPILE_CHECK=1 skips this)." >&2
+  local log
+  log="$(mktemp)"
+  if ! "$cli" "--config=$CONFIG" "--topology=$ACCELERATOR" ${functions[@]+"${functions[@]}"} \
+      ${extra[@]+"${extra[@]}"} > /dev/null 2> "$log"; then
+    tail -n 1 "$log" >&2  # cdm-compile's one error line: which function, its bytes, the chip's
+    rm -f "$log"
+    exit 2
+  fi
+  rm -f "$log"
 }
 
 create() {
@@ -103,15 +129,15 @@ launch() {
 }
 
 case "$ACTION" in
-  create) create ;;
+  create) compile_check; create ;;
   copy) copy ;;
   setup) setup ;;
   mount) mount ;;
-  launch) launch ;;
+  launch) compile_check; launch ;;
   tail) on_workers 0 "tail -n 50 -f $REMOTE_DIR/$LOG" ;;
   logs) on_workers all "echo == \$(hostname); tail -n 5 $REMOTE_DIR/$LOG" ;;
   stop) on_workers all "pkill -TERM -f cdm-train || true" ;;
   delete) run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" --quiet ;;
-  all) create; copy; setup; if [ -n "$DATA" ]; then mount; fi; launch ;;
+  all) compile_check; create; copy; setup; if [ -n "$DATA" ]; then mount; fi; launch ;;
   *) echo "Unknown action '$ACTION'." >&2; exit 2 ;;
 esac

@@ -16,6 +16,7 @@ from cdm_jax.models.autoencoder import (AutoencoderConfig, TextAutoencoder, atte
                                         augment_latents, augmentation_draws, layer_normalize)
 from cdm_jax.training import autoencoder as ae_stage
 from cdm_jax.training import flops
+from cdm_jax.evaluation import program_stats
 from cdm_jax.evaluation.context_use import context_accuracy
 from cdm_jax.runtime import config_files
 
@@ -172,7 +173,8 @@ def test_frozen_encoder_takes_no_update(corpus):
 
 
 def test_flops_of_the_autoencoder_match_xla():
-  """The analytic forward FLOPs agree with XLA's count of the compiled encode and decode."""
+  """The analytic forward FLOPs agree with XLA's count of the compiled encode and decode (which
+  adds the element-wise work)."""
   model = TextAutoencoder(AE)
   tokens = jnp.zeros((8, 16), jnp.int32)
   params = model.init(jax.random.PRNGKey(0), tokens)
@@ -183,15 +185,36 @@ def test_flops_of_the_autoencoder_match_xla():
   encode = counted(lambda p, t: model.apply(p, t, method="encode"), params, tokens)
   z = jnp.zeros((8, 4, 8))
   decode = counted(lambda p, x: model.apply(p, x, method="decode"), params, z)
-  assert 0.9 < encode / (8 * expected["encode"]) < 1.1
-  assert 0.9 < decode / (8 * expected["decode"]) < 1.1
+  # XLA also counts the element-wise work (norms, softmax, GELU): at width 32 about 11% more than
+  # the matmuls alone, which the analytic count holds exactly (the test below).
+  assert 1.0 <= encode / (8 * expected["encode"]) < 1.2
+  assert 1.0 <= decode / (8 * expected["decode"]) < 1.2
+
+
+@pytest.mark.parametrize("config_file", ["configs/wordnet_latent.py", "configs/tiny_latent.py"])
+def test_autoencoder_flops_are_every_matmul_at_the_configs_sizes(config_file):
+  """At the configs' own sizes (width 128 and 32), the analytic encode and decode FLOPs equal the
+  matmul FLOPs of the traced programs exactly (a resampler's key/value projection counted twice
+  was 4% of the autoencoder's FLOPs and within the compiled-count test's tolerance)."""
+  config = config_files.load(ROOT / config_file, {"data.path": "unused.txt"})
+  ae = builders.autoencoder_config(config)
+  model = TextAutoencoder(ae)
+  tokens = jax.ShapeDtypeStruct((1, ae.seq_len), jnp.int32)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, ae.seq_len),
+                                                                               jnp.int32)))
+  latents = jax.ShapeDtypeStruct((1, ae.num_latents, ae.latent_dim), jnp.float32)
+  expected = flops.autoencoder_forward_flops(ae)
+  assert program_stats.matmul_flops(lambda p, t: model.apply(p, t, method="encode"), params,
+                                    tokens) == expected["encode"]
+  assert program_stats.matmul_flops(lambda p, z: model.apply(p, z, method="decode"), params,
+                                    latents) == expected["decode"]
 
 
 @pytest.fixture(scope="module")
 def autoencoder_dir(corpus, tmp_path_factory):
   """A workdir whose autoencoder stage ran to its end (tiny_latent.py: 600 steps), with what
   `train` returned."""
-  from cdm_jax.data import encoding, pipeline
+  from cdm_jax.data import pipeline
   from cdm_jax.runtime import parallel
   config = latent_config(corpus)
   workdir = tmp_path_factory.mktemp("autoencoder")
@@ -264,7 +287,7 @@ def test_latent_workdir_trains_loads_and_samples_with_every_sampler(latent_workd
   np.testing.assert_array_equal(tokens, generator.sample_tokens(5, seed=0, batch_size=8))
   assert tokens.shape == (5, 16)
   # The context diagnostic reads a latent model: the decoder alone reads clean latents.
-  from cdm_jax.data import pipeline
+  from cdm_jax.data import encoding
   lines = corpus.read_text().splitlines()[:32]
   rows, _ = encoding.encode(generator.tokenizer, lines, 16, "truncate", "test")
   clean, noisy = context_accuracy(generator, jnp.asarray(rows), [0.01, 0.995])

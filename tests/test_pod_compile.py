@@ -4,6 +4,7 @@ real TPU compiler through libtpu) a tiny config compiled for a v5e-4."""
 
 import functools
 import math
+import os
 import subprocess
 import sys
 
@@ -142,3 +143,40 @@ def test_a_config_too_large_for_the_chip_is_refused_on_one_line():
   assert result.returncode == 2 and result.stdout == "", result.stderr[-3000:]
   assert lines[-1].startswith("error: train_step needs ") and "a v5e chip's 16.00 GiB" in lines[-1]
   assert "largest arguments: " in lines[-1] and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_pod_launcher_compiles_first_and_refuses_what_cannot_fit():
+  """scripts/tpu_pod.sh's dry run compiles the config for the slice before any gcloud command:
+  a tiny config passes and the launch line follows; one too wide for a v5e chip stops it with
+  cdm-compile's one error line and exit 2, printing no gcloud command."""
+  env = {**os.environ, "DRY_RUN": "1", "TPU_NAME": "cdm-pod", "ZONE": "us-west4-a",
+         "WORKDIR": "gs://bucket/run", "ACCELERATOR": "v5e-4", "CONFIG": "configs/tiny.py",
+         "COMPILE_FUNCTIONS": "train_step"}
+  launch = lambda extra: subprocess.run(
+      ["bash", str(ROOT / "scripts/tpu_pod.sh"), "launch"], capture_output=True, text=True,
+      cwd=ROOT, timeout=600, env={**env, "EXTRA_FLAGS": f"--config.data.path=x.txt {extra}"})
+  fits = launch("")
+  assert fits.returncode == 0 and "cdm-train" in fits.stdout, fits.stderr[-3000:]
+  wide = launch("--config.model.width=8192 --config.model.mlp_dim=32768 "
+                "--config.model.num_heads=8")
+  errors = [line for line in wide.stderr.splitlines() if line.startswith("error:")]
+  assert wide.returncode == 2 and wide.stdout == "", wide.stderr[-3000:]
+  assert len(errors) == 1 and errors[0].startswith("error: train_step needs ")
+
+
+def test_find_batch_bisects_to_the_largest_fitting_multiple_of_the_chips(monkeypatch):
+  """With a stand-in compile whose train step fits up to 44 rows per chip of a v5e-4: 176, found
+  by doubling then halving, every batch tried a multiple of the 4 chips."""
+  def fake_compile_run(config, slice_name, names):
+    del names
+    batch = config.train.batch_size
+    return {"slice": slice_name, "chip": {"name": "v5e", "hbm_bytes": 100},
+            "functions": [{"function": "train_step", "total_bytes": 0, "temp_bytes": 0,
+                           "resident_bytes": 95 if batch <= 176 else 96,  # of 95% of 100
+                           "largest_arguments": []}]}
+  monkeypatch.setattr(pod_compile, "compile_run", fake_compile_run)
+  found = pod_compile.find_batch(_tiny(), "v5e-4", upper=1 << 12)
+  assert found["batch"] == 176 and found["per_chip"] == 44
+  assert all(batch % 4 == 0 for batch in found["tried"]) and found["tried"][176]
+  assert not found["tried"][180]

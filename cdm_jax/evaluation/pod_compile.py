@@ -118,11 +118,13 @@ def _distill_program(config, model, mesh) -> Program:
   defaults = distill_step.DistillConfig()
   runs = -(-defaults.runs_per_step // mesh.size) * mesh.size
   tx = distill_step.make_optimizer(defaults)
-  state = jax.eval_shape(lambda: distill_step.init_state(builders.init_params(config, model), tx,
-                                                         defaults.seed))
+  shapes, specs = distill_step.state_layout(config, model, tx, mesh, defaults.seed)
   fn = distill_step.make_distill_step(model, builders.make_schedule(config), tx, mesh,
-                                      builders.condition_config(config))
-  args = (_replicated(state, mesh),
+                                      builders.condition_config(config), state_specs=specs)
+  state = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                sharding=sharding),
+                       shapes, parallel.shardings(mesh, specs))
+  args = (state,
           _sds((runs, config.data.seq_len), jnp.int32, mesh, P(parallel.BATCH)),
           _sds((defaults.teacher_steps + 1,), jnp.float32, mesh))
   return Program("distill_step", fn, args, runs * config.data.seq_len)

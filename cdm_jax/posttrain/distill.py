@@ -17,8 +17,8 @@ from cdm_jax.data import batching, pipeline
 from cdm_jax.models import builders
 from cdm_jax.posttrain.distill_step import (  # noqa: F401  (flops_per_step, trajectory_targets:
     DISTILL_DIR, DistillConfig, DistillState, flops_of_steps, flops_per_step, init_state,  # re-exported)
-    make_distill_step, make_optimizer, next_round, round_of, teacher_grid, trajectory_targets,
-    uses_warp)
+    make_distill_step, make_optimizer, next_round, round_of, state_layout, teacher_grid,
+    trajectory_targets, uses_warp)
 from cdm_jax.runtime import checkpointing, distributed, fs, lock, parallel, periodic
 from cdm_jax.sampling import artifacts
 from cdm_jax.training import flops, loop
@@ -40,6 +40,7 @@ class _Run:
   manager: object
   teacher_step: int
   spec: loop.LoopSpec
+  shardings: object = None  # of the DistillState: replicated, or split as the train state (FSDP)
   warp: object = None  # the teacher's learned time warp when it samples on its grid
   grids: list | None = None  # the teacher's grid of each round
   pending: list = dataclasses.field(default_factory=list)  # metrics since the last log
@@ -67,7 +68,7 @@ class _Run:
       _save_student(self, state, round_of(self.config, step - 1), step)
       # The checkpoint starts the next round, also after the last one: a lower --target_steps
       # continues from there.
-      state = next_round(state, self.tx)
+      state = jax.device_put(next_round(state, self.tx), self.shardings)
     return state
 
   def checkpoint_due(self, step: int) -> bool:
@@ -101,7 +102,7 @@ def _record_config(directory, config: DistillConfig):
 def _build(workdir: str, config: DistillConfig) -> _Run:
   teacher_config = builders.load_config(workdir)
   directory = fs.path(workdir) / DISTILL_DIR
-  mesh = parallel.make_mesh(teacher_config.train.get("num_devices") or None)
+  mesh = builders.make_mesh(teacher_config)  # FSDP groups as the teacher trained, if it did
   if config.runs_per_step % mesh.size:
     raise ValueError(f"runs_per_step ({config.runs_per_step}) must be a multiple of the "
                      f"{mesh.size} devices the runs are split over.")
@@ -110,13 +111,16 @@ def _build(workdir: str, config: DistillConfig) -> _Run:
   schedule = builders.make_schedule(teacher_config)
   tx = make_optimizer(config)
   data = pipeline.prepare_data(teacher_config.data, str(workdir))
-  step_fn = make_distill_step(model, schedule, tx, mesh, builders.condition_config(teacher_config))
+  _, specs = state_layout(teacher_config, model, tx, mesh, config.seed)
+  step_fn = make_distill_step(model, schedule, tx, mesh, builders.condition_config(teacher_config),
+                              state_specs=specs)
   batches = batching.BatchIterator(data.train, config.runs_per_step, config.seed,
                                    jax.process_index(), jax.process_count(),
                                    shuffle_window=data.shuffle_window)
   return _Run(workdir=fs.path(workdir), config=config, teacher_config=teacher_config, mesh=mesh,
               model=model, schedule=schedule, tx=tx, step_fn=step_fn, batches=batches,
               manager=checkpointing.make_manager(str(directory), max_to_keep=2), teacher_step=0,
+              shardings=parallel.shardings(mesh, specs),
               spec=loop.LoopSpec(total_steps=config.total_steps,
                                  checkpoint_every_steps=config.checkpoint_every_steps,
                                  desc="distill"))
@@ -137,17 +141,18 @@ def _restore_or_init(run: _Run) -> DistillState:
   teacher = restored["ema_params"]
   run.warp = distributed.to_host(restored["warp"]) if "warp" in restored else None
   shapes = jax.eval_shape(lambda: init_state(teacher, run.tx, run.config.seed))
-  latest = checkpointing.restore_latest(
-      run.manager, checkpointing.abstract_like(shapes, parallel.replicated(run.mesh)))
+  latest = checkpointing.restore_latest(run.manager, jax.tree.map(
+      lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes,
+      run.shardings))
   if latest is None:
     log.info("Distilling the step-%d teacher of %s from scratch.", run.teacher_step, run.workdir)
-    return jax.device_put(init_state(teacher, run.tx, run.config.seed),
-                          parallel.replicated(run.mesh))
+    return jax.device_put(init_state(teacher, run.tx, run.config.seed), run.shardings)
   state, data_state, step = latest
   run.batches.set_state(data_state)
   log.info("Resumed the distillation at step %d.", step)
   if step % run.config.steps_per_round == 0 and not _same(state.params, state.teacher):
-    state = next_round(state, run.tx)  # saved at a round's end before the next one had begun
+    # saved at a round's end before the next one had begun
+    state = jax.device_put(next_round(state, run.tx), run.shardings)
   return state
 
 

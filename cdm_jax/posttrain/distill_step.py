@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from cdm_jax.core import conditioning
+from cdm_jax.models import builders, partitioning
 from cdm_jax.training import flops
 from cdm_jax.runtime import parallel
 from cdm_jax.runtime import registry
@@ -217,10 +218,20 @@ def make_optimizer(config: DistillConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
+def state_layout(config, model, tx, mesh, seed: int = 0):
+  """(shapes, PartitionSpecs) of the distillation state on `mesh`: with the teacher config's
+  train.fsdp the student, teacher and Adam moments are split over the mesh's 'fsdp' axis as the
+  train state is (by the parameters' logical axis names), else replicated."""
+  shapes, names = partitioning.logical_specs(
+      lambda: init_state(builders.init_params(config, model), tx, seed))
+  return shapes, parallel.state_specs(shapes, names, mesh, builders.fsdp_min_size(config))
+
+
 def make_distill_step(model, schedule, tx: optax.GradientTransformation, mesh,
-                      condition: conditioning.ConditionConfig):
+                      condition: conditioning.ConditionConfig, state_specs=None):
   """jit((state, tokens [global batch, length], teacher grid [2N + 1]) -> (state, metrics)); the
-  state replicated (and donated), the batch split over the mesh's devices."""
+  state replicated, or split by `state_specs` (`state_layout`'s; XLA's partitioner gathers what
+  each product needs), and donated; the batch split over the mesh's devices."""
   def step(state: DistillState, tokens, grid):
     key = jax.random.fold_in(state.rng, state.step)
     loss_fn = lambda params: distillation_losses(model, params, state.teacher, tokens, grid,
@@ -233,8 +244,9 @@ def make_distill_step(model, schedule, tx: optax.GradientTransformation, mesh,
                          opt_state=opt_state), metrics
 
   replicated = parallel.replicated(mesh)
-  return jax.jit(step, in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  state = replicated if state_specs is None else parallel.shardings(mesh, state_specs)
+  return jax.jit(step, in_shardings=(state, parallel.batch_sharding(mesh), replicated),
+                 out_shardings=(state, replicated), donate_argnums=(0,))
 
 
 def init_state(teacher_params, tx, seed: int) -> DistillState:

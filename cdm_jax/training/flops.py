@@ -22,7 +22,7 @@ def autoencoder_forward_flops(ae) -> dict:
     fw = ae.feature_width
     features = n * ae.feature_layers * _per_token_layer(fw, ae.feature_mlp_dim, n)
     feature_in = align = n * 2 * fw * w  # the projections of the LM's states in and back out
-  resampler = (m * 2 * 2 * w * w + n * 2 * 2 * w * 2 * w + 2 * 2 * m * n * w
+  resampler = (m * 2 * 2 * w * w + n * 2 * w * 2 * w + 2 * 2 * m * n * w
                + m * 2 * 2 * w * ae.mlp_dim)
   encode = (n * ae.encoder_layers * _per_token_layer(w, ae.mlp_dim, n)
             + n * 2 * w * w  # each query's projection of its k tokens' states
