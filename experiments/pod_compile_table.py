@@ -16,16 +16,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # (name, config, slice, overrides): the slices each config's docstring names.
 RUNS = [
     ("pod_1b_v5e-64", "configs/tpu_pod_1b.py", "v5e-64", []),
-    ("pod_1b_v5e-64_fsdp16", "configs/tpu_pod_1b.py", "v5e-64", ["--config.train.fsdp_axis_size=16"]),
-    ("pod_1b_v4-128", "configs/tpu_pod_1b.py", "v4-128", []),
-    ("pod_1b_v4-128_fsdp16", "configs/tpu_pod_1b.py", "v4-128", ["--config.train.fsdp_axis_size=16"]),
     ("pod_1b_v5e-4", "configs/tpu_pod_1b.py", "v5e-4", []),
-    ("owt_1b_v5e-256", "configs/owt_1b.py", "v5e-256", []),
-    ("v4_8_v4-8", "configs/tpu_v4_8.py", "v4-8", []),
-    ("v4_8_v5e-8", "configs/tpu_v4_8.py", "v5e-8", []),
-    ("pod_v4-32", "configs/tpu_pod.py", "v4-32", []),
     ("wordnet_v5e-4", "configs/wordnet.py", "v5e-4", []),
     ("wordnet_latent_v5e-4", "configs/wordnet_latent.py", "v5e-4", []),
+    ("v4_8_v4-8", "configs/tpu_v4_8.py", "v4-8", []),
+    ("pod_v4-32", "configs/tpu_pod.py", "v4-32", []),
+    ("owt_1b_v5e-256", "configs/owt_1b.py", "v5e-256", []),
+    ("pod_1b_v5e-64_fsdp16", "configs/tpu_pod_1b.py", "v5e-64", ["--config.train.fsdp_axis_size=16"]),
+    ("pod_1b_v4-128", "configs/tpu_pod_1b.py", "v4-128", []),
+    ("v4_8_v5e-8", "configs/tpu_v4_8.py", "v5e-8", []),
 ]
 
 

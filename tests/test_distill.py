@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -291,3 +292,36 @@ def test_a_distillation_step_on_an_fsdp_state_matches_the_replicated_one():
   a, b = (np.concatenate([x.ravel() for x in jax.tree.leaves(results[k][1])]) for k in (True, False))
   assert np.mean(~np.isclose(a, b, rtol=1e-3, atol=1e-5)) < 0.01
   assert np.max(np.abs(a - b)) < 2 * distill_config.learning_rate
+
+
+class _ContextRecorder:
+  """A stand-in source-context model: embeds a row as its tokens (one latent per token, dim 1),
+  denoises to zeros, and records the context every denoiser call reads."""
+  def __init__(self):
+    self.config = types.SimpleNamespace(source_context=True)
+    self.contexts = []
+
+  def apply(self, params, *args, method, **kwargs):
+    del params
+    if method == "embed":
+      return args[0][..., None].astype(jnp.float32)
+    self.contexts.append(kwargs["context"])
+    return types.SimpleNamespace(x0_hat=jnp.zeros_like(args[0]))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.99])
+def test_distilling_a_source_context_model_honours_the_null_condition_share(dropout):
+  """condition.dropout is the share of examples trained with the null source (zeros in context),
+  as in training: 0 keeps every known source in context; at 0.99 none of these four rows keeps
+  it (with this key)."""
+  from cdm_jax.core import conditioning  # pylint: disable=g-import-not-at-top
+  from cdm_jax.posttrain import distill_step  # pylint: disable=g-import-not-at-top
+  model = _ContextRecorder()
+  rows = jnp.asarray([[2, 9, 8, 3, 5, 6, 3, 0]] * 4, jnp.int32)  # BOS source EOS target EOS PAD
+  condition = conditioning.ConditionConfig(source=1.0, dropout=dropout)
+  distill_step.distillation_losses(model, {}, {}, rows, jnp.linspace(1.0, 0.0, 3),
+                              key=jax.random.PRNGKey(0), schedule=schedules.get_schedule("cosine"),
+                              condition=condition)
+  context = np.asarray(model.contexts[0])[..., 0]  # [4, 8]: each row's source, or zeros
+  expected = np.zeros_like(context) if dropout else np.asarray([[2, 9, 8, 3, 0, 0, 0, 0]] * 4)
+  np.testing.assert_array_equal(context, expected)

@@ -53,6 +53,13 @@ def test_matmul_flops_count_every_loop_iteration_and_the_costliest_branch():
   batched = lambda a, b: jnp.einsum("bij,bjk->bik", a, b)
   assert program_stats.matmul_flops(batched, jnp.ones((4, 8, 16)), jnp.ones((4, 16, 3))) == (
       2 * 4 * 8 * 3 * 16)
+  # Outside shard_map the shapes are global: per device, an even split over the devices; inside
+  # it they are already one device's.
+  assert program_stats.matmul_flops(fn, x, w, True, num_devices=4) == 2 * 8 * 16 * 16 * 8 / 4
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:4]), ("d",))
+  per_device = jax.shard_map(lambda a, b: a @ b, mesh=mesh, in_specs=(P("d"), P()),
+                             out_specs=P("d"))
+  assert program_stats.matmul_flops(per_device, x, w, num_devices=4) == 2 * 2 * 16 * 16
 
 
 def _looped_psum_hlo(devices) -> str:
@@ -166,17 +173,34 @@ def test_the_pod_launcher_compiles_first_and_refuses_what_cannot_fit():
 
 
 def test_find_batch_bisects_to_the_largest_fitting_multiple_of_the_chips(monkeypatch):
-  """With a stand-in compile whose train step fits up to 44 rows per chip of a v5e-4: 176, found
-  by doubling then halving, every batch tried a multiple of the 4 chips."""
-  def fake_compile_run(config, slice_name, names):
-    del names
-    batch = config.train.batch_size
-    return {"slice": slice_name, "chip": {"name": "v5e", "hbm_bytes": 100},
-            "functions": [{"function": "train_step", "total_bytes": 0, "temp_bytes": 0,
-                           "resident_bytes": 95 if batch <= 176 else 96,  # of 95% of 100
-                           "largest_arguments": []}]}
-  monkeypatch.setattr(pod_compile, "compile_run", fake_compile_run)
-  found = pod_compile.find_batch(_tiny(), "v5e-4", upper=1 << 12)
-  assert found["batch"] == 176 and found["per_chip"] == 44
-  assert all(batch % 4 == 0 for batch in found["tried"]) and found["tried"][176]
-  assert not found["tried"][180]
+  """A stand-in compile whose bytes per chip grow linearly with the batch (the limit: 95% of a
+  100-byte chip, crossed after 44 rows per chip of a v5e-4): 176, found in a few compiles from the
+  linear probe, every batch tried a multiple of the 4 chips; and the same by plain bisection when
+  memory does not grow with the batch."""
+  def fake(bytes_of):
+    def compile_run(config, slice_name, names):
+      del names
+      return {"slice": slice_name, "chip": {"name": "v5e", "hbm_bytes": 100},
+              "functions": [{"function": "train_step", "total_bytes": 0, "temp_bytes": 0,
+                             "resident_bytes": bytes_of(config.train.batch_size // 4),
+                             "largest_arguments": []}]}
+    return compile_run
+  monkeypatch.setattr(topology.Chip, "hbm_bytes", property(lambda self: 100), raising=False)
+  for bytes_of, most in ((lambda per_chip: 7 + 2 * per_chip, 6), (lambda p: 95 if p <= 44 else 96,
+                                                                 12)):
+    monkeypatch.setattr(pod_compile, "compile_run", fake(bytes_of))
+    found = pod_compile.find_batch(_tiny(), "v5e-4", upper=1 << 12)
+    assert found["batch"] == 176 and found["per_chip"] == 44, found
+    assert all(batch % 4 == 0 for batch in found["tried"]) and len(found["tried"]) <= most
+
+
+def test_without_libtpu_the_extra_is_named(monkeypatch):
+  monkeypatch.setitem(sys.modules, "libtpu", None)  # not installed: its import fails
+  with pytest.raises(ImportError, match=r"pip install 'cdm_jax\[tpu\]'"):
+    topology.slice_devices(topology.parse_slice("v5e-4"))
+
+
+def test_a_batch_the_chips_do_not_divide_is_refused_before_compiling():
+  with pytest.raises(ValueError, match="train.batch_size=8 does not split over the slice's 64 "
+                                       "chips; use a multiple of 64"):
+    pod_compile.check_batch(_tiny(), 64)

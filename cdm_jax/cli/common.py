@@ -12,7 +12,7 @@ import re
 import sys
 import warnings
 
-from cdm_jax.runtime import allocator, errors, periodic
+from cdm_jax.runtime import allocator, errors, periodic, topology
 
 log = logging.getLogger(__name__)
 USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, errors.MissingExtraError)
@@ -64,6 +64,7 @@ def user_errors_exit(main):
     logging.getLogger("absl").addFilter(_OrbaxErrorsOnOneLine())
     sys.unraisablehook = _drop_closed_loop_noise(sys.unraisablehook)
     allocator.tune_malloc()  # before any JAX call, or it cannot apply
+    topology.quiet_libtpu()  # libtpu on a machine without chips: no page of warnings
     try:
       result = main(argv)
       stopped = periodic.stopped_by_sigterm()

@@ -225,25 +225,27 @@ def source_layout(tokenizer, source: str, seq_len: int) -> tuple[np.ndarray, np.
   return known, mask
 
 
-def _first_eos(tokens: Array) -> Array:
+def _first_eos(tokens: Array, xp=jnp) -> Array:
   """[..., 1] index of each row's first EOS (the row's length when there is none)."""
   is_eos = tokens == EOS_ID
-  return jnp.where(jnp.any(is_eos, -1, keepdims=True), jnp.argmax(is_eos, -1)[..., None],
-                   tokens.shape[-1])
+  return xp.where(xp.any(is_eos, -1, keepdims=True), xp.argmax(is_eos, -1)[..., None],
+                  tokens.shape[-1])
 
 
 def split_pairs(tokens: Array) -> tuple[Array, Array]:
   """Seq2seq rows `BOS source EOS target EOS PAD...` [..., n] -> (source rows `BOS source EOS PAD...`,
   target rows `BOS target EOS PAD...`), each laid out as a plain row of n, so that a latent model
-  encodes them apart (its source goes in context). A row without EOS is all source."""
-  tokens = jnp.asarray(tokens)
+  encodes them apart (its source goes in context). A row without EOS is all source. NumPy rows
+  (a whole corpus) stay on the host; others are traced with jnp."""
+  xp = np if isinstance(tokens, np.ndarray) else jnp
+  tokens = xp.asarray(tokens)
   n = tokens.shape[-1]
-  positions = jnp.arange(n)
-  first = _first_eos(tokens)
-  source = jnp.where(positions <= first, tokens, PAD_ID)
+  positions = xp.arange(n)
+  first = _first_eos(tokens, xp)
+  source = xp.where(positions <= first, tokens, PAD_ID)
   index = first + positions  # target position j >= 1 is the row's position first + j
-  target = jnp.where(index < n, jnp.take_along_axis(tokens, jnp.minimum(index, n - 1), -1), PAD_ID)
-  return source, jnp.where(positions == 0, BOS_ID, target)
+  target = xp.where(index < n, xp.take_along_axis(tokens, xp.minimum(index, n - 1), -1), PAD_ID)
+  return source, xp.where(positions == 0, BOS_ID, target)
 
 
 def join_pairs(source: Array, target: Array) -> Array:

@@ -198,13 +198,13 @@ def compile_program(program: Program, chip: topology.Chip) -> dict:
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
            - memory.alias_size_in_bytes + memory.temp_size_in_bytes
            + memory.generated_code_size_in_bytes)
-  flops = program_stats.matmul_flops(program.fn, *program.args)
+  num_chips = len(program.args[-1].sharding.mesh.devices.flat)
+  flops = program_stats.matmul_flops(program.fn, *program.args, num_devices=num_chips)
   collectives = program_stats.collectives(compiled.as_text())
   hbm = float(cost.get("bytes accessed", 0.0))
   bound = program_stats.roofline(flops=max(flops, float(cost.get("flops", 0.0))), hbm_bytes=hbm,
                                  collective_bytes=sum(c["bytes"] for c in collectives.values()),
                                  chip=chip)
-  num_chips = len(program.args[-1].sharding.mesh.devices.flat)
   return {
       "function": program.name, "compile_seconds": round(seconds, 1),
       "argument_bytes": memory.argument_size_in_bytes, "output_bytes": memory.output_size_in_bytes,
@@ -268,29 +268,46 @@ def check_fit(result: dict, fraction: float = FIT_FRACTION):
 def find_batch(config: ml_collections.ConfigDict, slice_name: str, *, upper: int = 1 << 16,
                fraction: float = FIT_FRACTION, names=("train_step",)) -> dict:
   """The largest global batch (a multiple of the chip count) whose `names` functions fit, by
-  bisection over compiles; {"batch": ..., "tried": {batch: fits}}."""
+  bisection over compiles. Memory grows about linearly with the batch, so the first probe after
+  the config's batch and twice it is where that line meets the limit; each compile then halves
+  the interval between the largest batch that fit and the smallest that did not.
+  {"batch": ..., "per_chip": ..., "tried": {batch: bytes per chip, or None if it did not compile}}."""
   chips = topology.parse_slice(slice_name).num_chips
+  limit = fraction * topology.parse_slice(slice_name).chip.hbm_bytes
   tried = {}
 
-  def fits(per_chip: int) -> bool:
+  def resident(per_chip: int) -> float | None:
     trial = ml_collections.ConfigDict(config.to_dict())
     trial.train.batch_size = per_chip * chips
     try:
-      check_fit(compile_run(trial, slice_name, names), fraction)
-      tried[per_chip * chips] = True
+      result = compile_run(trial, slice_name, names)
+      tried[per_chip * chips] = max(r["resident_bytes"] for r in result["functions"])
     except ValueError as err:
       if "needs" not in str(err):
         raise
-      tried[per_chip * chips] = False
+      tried[per_chip * chips] = None
     return tried[per_chip * chips]
 
-  low, high = 0, 1
-  while high * chips <= upper and fits(high):
-    low, high = high, high * 2
-  high = min(high, upper // chips + 1)
+  fits = lambda size: size is not None and size <= limit
+  start = max(1, config.train.batch_size // chips)
+  low, high = 0, upper // chips + 1  # low fits (0: none known), high does not
+  first, second = resident(start), None
+  if fits(first):
+    low = start
+    second = resident(min(2 * start, high - 1)) if 2 * start < high else None
+    if fits(second):
+      low = min(2 * start, high - 1)
+  else:
+    high = start
+  if first is not None and second is not None and second > first and fits(first):
+    guess = start + int((limit - first) / ((second - first) / start))
+    if low < guess < high:
+      low, high = (guess, high) if fits(resident(guess)) else (low, guess)
+      if high - low > 1:
+        low, high = (guess + 1, high) if fits(resident(guess + 1)) else (low, guess + 1)
   while high - low > 1:
     middle = (low + high) // 2
-    low, high = (middle, high) if fits(middle) else (low, middle)
+    low, high = (middle, high) if fits(resident(middle)) else (low, middle)
   return {"batch": low * chips, "per_chip": low, "tried": dict(sorted(tried.items()))}
 
 

@@ -2,9 +2,10 @@
 loop body once (a scanned 24-layer stack, or a 100-step sampler, looks 24 or 100 times cheaper),
 so FLOPs and collective bytes are counted here with every loop body times its trip count.
 
-* `matmul_flops(fn, *args)`: the matmul FLOPs of the traced program (`jax.make_jaxpr`): every
-  `dot_general` (2 x output elements x contracted size), inside `shard_map` at the per-device
-  shapes, each `scan` body times its length, a `cond` at its costliest branch, rematerialized
+* `matmul_flops(fn, *args, num_devices=...)`: the matmul FLOPs of the traced program
+  (`jax.make_jaxpr`) per device: every `dot_general` (2 x output elements x contracted size),
+  inside `shard_map` at the per-device shapes, elsewhere the global count split evenly over the
+  devices (XLA's partitioner splits such programs), each `scan` body times its length, a `cond` at its costliest branch, rematerialized
   forward passes included (they are in the program the compiler gets).
 * `collectives(hlo_text)`: the collectives of compiled HLO by kind, with the bytes each moves
   (its result's size), each `while` body times its trip count (read off its condition's
@@ -47,23 +48,27 @@ def _sub_jaxprs(eqn):
   return subs
 
 
-def _jaxpr_flops(jaxpr) -> float:
+def _jaxpr_flops(jaxpr, num_devices: int, inside: bool = False) -> float:
+  """Per-device matmul FLOPs: inside `shard_map` the shapes are a device's own; outside it (a
+  program XLA's partitioner splits, GSPMD) they are global, split evenly over `num_devices`."""
   total = 0.0
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
-      total += _dot_flops(eqn)
+      total += _dot_flops(eqn) / (1 if inside else num_devices)
+    within = inside or eqn.primitive.name == "shard_map"
     for sub, times in _sub_jaxprs(eqn):
       if sub == "max":
-        total += max(_jaxpr_flops(branch) for branch in times)
+        total += max(_jaxpr_flops(branch, num_devices, within) for branch in times)
       else:
-        total += times * _jaxpr_flops(sub)
+        total += times * _jaxpr_flops(sub, num_devices, within)
   return total
 
 
-def matmul_flops(fn, *args) -> float:
-  """Matmul FLOPs of one call of `fn(*args)` (arrays or ShapeDtypeStructs), loops counted; inside
-  `shard_map` per device, so a sharded step's count is per chip."""
-  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+def matmul_flops(fn, *args, num_devices: int = 1) -> float:
+  """Matmul FLOPs of one call of `fn(*args)` (arrays or ShapeDtypeStructs) per device, loops
+  counted: inside `shard_map` at each device's shapes, elsewhere the global count over
+  `num_devices` (an evenly partitioned program)."""
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr, num_devices)
 
 
 # ------------------------------------------------------------------------------------------------

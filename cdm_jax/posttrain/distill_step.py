@@ -172,18 +172,19 @@ def distillation_losses(model, params, teacher, tokens: Array, grid: Array, *, k
   mixture; the student is trained at all N + 1 of its grid points of every run."""
   batch = tokens.shape[0]
   keys = parallel.example_keys(key, batch)
-  known, kwargs = None, {}
-  if condition.active:
-    known, _ = jax.vmap(lambda k, row: conditioning.draw_condition(
+  known, null, kwargs = None, None, {}
+  if condition.active:  # as in training: the mixture's known positions, the null condition's share
+    known, null = jax.vmap(lambda k, row: conditioning.draw_condition(
         jax.random.fold_in(k, 2), row, condition))(keys, tokens)
   if model.config.source_context:  # the targets diffuse, their sources (or the null one) in context
     source, tokens = conditioning.split_pairs(tokens)
     context = model.apply(teacher, source, method="embed")
-    kwargs = {"context": jnp.where(jnp.any(known, axis=-1)[:, None, None], context, 0.0)}
+    given = jnp.any(known, axis=-1) & ~null if known is not None else jnp.zeros((batch,), bool)
+    kwargs = {"context": jnp.where(given[:, None, None], context, 0.0)}
     known = None
   x0 = model.apply(teacher, tokens, method="embed")
   if known is not None:
-    kwargs = {"cond": x0, "cond_mask": known}
+    kwargs = {"cond": jnp.where(null[:, None, None], 0.0, x0), "cond_mask": known}
   x_init = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), x0.shape[1:]))(keys)
   teacher_fn = _denoiser(model, jax.lax.stop_gradient(teacher), schedule, kwargs)
   points = jax.lax.stop_gradient(trajectory_targets(teacher_fn, x_init, grid, schedule))

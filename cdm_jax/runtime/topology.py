@@ -6,6 +6,7 @@ Chip figures (per chip; docs/scaling.md names the source of each): HBM capacity,
 FLOP/s, HBM bandwidth and bidirectional inter-chip interconnect (ICI) bandwidth."""
 
 import dataclasses
+import glob
 import math
 import os
 import re
@@ -90,6 +91,27 @@ def parse_slice(name: str) -> Slice:
   return Slice(name, chip, shapes[chips], chips)
 
 
+def has_tpu() -> bool:
+  """Whether this machine has TPU chips attached (a TPU VM's device files)."""
+  return bool(glob.glob("/dev/accel*")) or os.path.exists("/dev/vfio")
+
+
+def quiet_libtpu(accelerator: str | None = None):
+  """Where no chip is attached, tells an installed libtpu so (environment defaults, read when it
+  loads): otherwise it probes the metadata server and prints a page of warnings at JAX's first
+  use, before JAX falls back to the CPU. Several processes may then load it at once (none holds a
+  chip for its lock to protect). `accelerator` (e.g. "v5litepod-64") names the slice compiled
+  for. Does nothing on a TPU VM."""
+  if has_tpu():
+    return
+  for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_ID", "0"),
+                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                     ("TF_CPP_MIN_LOG_LEVEL", "3"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
+    os.environ.setdefault(key, value)
+  if accelerator:
+    os.environ["TPU_ACCELERATOR_TYPE"] = accelerator
+
+
 def slice_devices(tpu_slice: Slice) -> list:
   """The slice's devices as the TPU compiler knows them (one per chip: 2-core chips as megacore),
   from libtpu, with no chip attached."""
@@ -99,16 +121,8 @@ def slice_devices(tpu_slice: Slice) -> list:
   except ImportError:
     raise errors.MissingExtraError(
         "Compiling for a TPU needs libtpu: pip install 'cdm_jax[tpu]'.") from None
-  # No TPU here: tell libtpu so, or it probes the metadata server and prints a page of warnings.
   accelerator = {"v5e": "v5litepod"}.get(tpu_slice.chip.name, tpu_slice.chip.name)
-  # Several compiling processes at once (two test workers, a CLI beside a notebook) each load
-  # libtpu; none of them holds a chip, so its one-process lock has nothing to protect.
-  for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_ID", "0"),
-                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
-                     ("TPU_WORKER_HOSTNAMES", "localhost"), ("TF_CPP_MIN_LOG_LEVEL", "3"),
-                     ("TPU_ACCELERATOR_TYPE",
-                      f"{accelerator}-{tpu_slice.num_chips * tpu_slice.chip.cores_per_chip}")):
-    os.environ.setdefault(key, value)
+  quiet_libtpu(f"{accelerator}-{tpu_slice.num_chips * tpu_slice.chip.cores_per_chip}")
   options = {"chip_config_name": "megacore"} if tpu_slice.chip.cores_per_chip > 1 else {}
   try:
     description = topologies.get_topology_desc(platform="tpu",

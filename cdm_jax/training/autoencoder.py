@@ -298,14 +298,15 @@ def autoencoder_data(config: ml_collections.ConfigDict, data: pipeline.Dataset) 
   encodes them apart), else the rows as they are."""
   if not builders.model_config(config).source_context:
     return data
-  split = lambda rows: np.concatenate([np.asarray(half) for half in conditioning.split_pairs(rows)])
+  split = lambda rows: np.concatenate(conditioning.split_pairs(np.asarray(rows)))  # on the host
   return dataclasses.replace(data, train=split(data.train), valid=split(data.valid))
 
 
 def _finish(run: _Run, config, workdir, data: pipeline.Dataset, params):
   settings = config.autoencoder
-  stats_rows = np.random.default_rng(config.seed + 2).permutation(len(data.train))
-  stats_rows = stats_rows[:settings.stats_batches * settings.batch_size]
+  wanted = min(settings.stats_batches * settings.batch_size, len(data.train))
+  # Sampled rows, not an N-long permutation (a prepared corpus may hold billions of rows).
+  stats_rows = np.random.default_rng(config.seed + 2).choice(len(data.train), wanted, replace=False)
   batches = [data.train[stats_rows[i:i + settings.batch_size]]
              for i in range(0, len(stats_rows), settings.batch_size)]
   mean, std = latent_statistics(run.model, params, batches, run.mesh)
