@@ -113,7 +113,7 @@ def test_only_a_seq2seq_source_conditions_a_latent_config(corpus):
   for kind in ("prefix", "suffix", "spans"):
     bad = _config(corpus)
     bad.condition[kind] = 0.05
-    with pytest.raises(ValueError, match="no latent per token") as info:
+    with pytest.raises(ValueError, match="cannot apply to it yet") as info:
       builders.loss_config(bad)
     assert "\n" not in str(info.value)
   unconditional = _config(corpus)
@@ -199,7 +199,7 @@ def test_generate_puts_targets_after_their_sources_and_guidance_runs(workdir):
   calls = [lambda: generator.sample(2, prefix="the cat"), lambda: generator.infill("the ___ sat", 2),
            lambda: generator.sample(2, lengths=[3, 4]), lambda: generator.sample(2, suffix="mat")]
   for call in calls:
-    with pytest.raises(ValueError, match="cannot apply") as info:
+    with pytest.raises(ValueError, match="cannot apply to it yet") as info:
       call()
     assert "\n" not in str(info.value)
 
@@ -287,3 +287,27 @@ def test_sampled_targets_come_out_after_their_sources():
   tokens = jnp.array([[7, 8, 9, 10, 11, 12, 13, 14]])
   plain = sample_fn._with_condition(ModelConfig(), tokens, (known, mask))
   np.testing.assert_array_equal(plain, [[BOS_ID, 5, 6, EOS_ID, 11, 12, 13, 14]])
+
+
+def test_the_low_level_sample_function_refuses_what_a_source_context_model_cannot_take():
+  """`make_sample_fn` of a source-context model takes source layouts (`BOS source EOS` known) and
+  refuses a prefix layout with the one latent-condition message, where it used to return the
+  prefix around PAD; `lower` still passes through to the jitted function."""
+  from cdm_jax.core import sample_options  # pylint: disable=g-import-not-at-top
+  from cdm_jax.sampling import make_sample_fn  # pylint: disable=g-import-not-at-top
+  config = _config("unused.jsonl")
+  model = builders.make_model(config)
+  assert model.config.source_context
+  params = builders.init_params(config, model)
+  fn = make_sample_fn(model, builders.make_schedule(config), parallel.make_mesh(1),
+                      sample_options.SampleConfig(num_samples=2, num_steps=2, clamp="none"))
+  rows = np.full((2, 32), PAD_ID, np.int32)
+  rows[:, :4] = [BOS_ID, 7, 8, EOS_ID]
+  source_mask = np.arange(32)[None, :] <= 3
+  tokens = np.asarray(fn(params, jax.random.PRNGKey(0), rows, np.repeat(source_mask, 2, 0)))
+  assert tokens.shape == (2, 32) and (tokens[:, :4] == rows[:, :4]).all()
+  prefix_mask = np.repeat(np.arange(32)[None, :] <= 2, 2, 0)  # BOS 7 8 known, no EOS: a prefix
+  with pytest.raises(ValueError, match="cannot apply to it yet") as info:
+    fn(params, jax.random.PRNGKey(0), rows, prefix_mask)
+  assert "\n" not in str(info.value)
+  assert fn.lower(params, jax.random.PRNGKey(0)).compile() is not None

@@ -137,26 +137,13 @@ def test_a_scanned_rematerialized_train_step_compiles_for_v5e_with_its_flops_cou
 
 
 @pytest.mark.slow
-def test_a_config_too_large_for_the_chip_is_refused_on_one_line():
-  """Two layers of width 8192 replicated on 16 GiB chips: ~24 GiB of state per chip and more of
-  temporaries. cdm-compile refuses it (exit 2) naming the function, its bytes against the chip's
-  and the largest arguments (here the TPU compiler gives up on the temporaries first; where it
-  does not, `check_fit` compares the total with the chip)."""
-  args = [sys.executable, "-m", "cdm_jax.cli.compile", "--config=configs/tiny.py",
-          "--config.data.path=unused.txt", "--topology=v5e-4", "--functions=train_step",
-          "--config.model.width=8192", "--config.model.mlp_dim=32768", "--config.model.num_heads=8"]
-  result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
-  lines = result.stderr.strip().splitlines()
-  assert result.returncode == 2 and result.stdout == "", result.stderr[-3000:]
-  assert lines[-1].startswith("error: train_step needs ") and "a v5e chip's 16.00 GiB" in lines[-1]
-  assert "largest arguments: " in lines[-1] and "Traceback" not in result.stderr
-
-
-@pytest.mark.slow
 def test_the_pod_launcher_compiles_first_and_refuses_what_cannot_fit():
   """scripts/tpu_pod.sh's dry run compiles the config for the slice before any gcloud command:
-  a tiny config passes and the launch line follows; one too wide for a v5e chip stops it with
-  cdm-compile's one error line and exit 2, printing no gcloud command."""
+  a tiny config passes and the launch line follows. Two layers of width 8192 replicated on 16 GiB
+  chips (~24 GiB of state per chip, more of temporaries) stop it with cdm-compile's one error line
+  (exit 2, no gcloud command) naming the function, its bytes against the chip's and the largest
+  arguments: here the TPU compiler gives up on the temporaries first; where it does not,
+  `check_fit` compares the total with the chip."""
   env = {**os.environ, "DRY_RUN": "1", "TPU_NAME": "cdm-pod", "ZONE": "us-west4-a",
          "WORKDIR": "gs://bucket/run", "ACCELERATOR": "v5e-4", "CONFIG": "configs/tiny.py",
          "COMPILE_FUNCTIONS": "train_step"}
@@ -170,6 +157,8 @@ def test_the_pod_launcher_compiles_first_and_refuses_what_cannot_fit():
   errors = [line for line in wide.stderr.splitlines() if line.startswith("error:")]
   assert wide.returncode == 2 and wide.stdout == "", wide.stderr[-3000:]
   assert len(errors) == 1 and errors[0].startswith("error: train_step needs ")
+  assert "a v5e chip's 16.00 GiB" in errors[0] and "largest arguments: " in errors[0]
+  assert "Traceback" not in wide.stderr
 
 
 def test_find_batch_bisects_to_the_largest_fitting_multiple_of_the_chips(monkeypatch):

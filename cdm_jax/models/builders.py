@@ -90,10 +90,11 @@ def condition_config(config: ml_collections.ConfigDict) -> conditioning.Conditio
 
 
 LATENT_CONDITION_ERROR = (
-    "condition.prefix / suffix / spans fix tokens at positions, and a latent model "
-    "(model.encoder='latent') has no latent per token: set them to 0. A latent model conditions "
-    "on a seq2seq source only (condition.source > 0: the source's latents in context), or use "
-    "model.encoder='embedding'.")
+    "A latent model (model.encoder='latent') conditions only on a seq2seq source, whose latents it "
+    "reads in context (condition.source > 0; generate(sources)): it is not trained to keep tokens "
+    "fixed at positions, so prefix, suffix, infilling and length conditions (condition.prefix / "
+    "suffix / spans) cannot apply to it yet. Sample it unconditionally, or train "
+    "model.encoder='embedding' for those.")
 
 
 def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:

@@ -15,7 +15,6 @@ from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import builders
 from cdm_jax.runtime import checkpointing, distributed, parallel
 from cdm_jax.sampling import artifacts
-from cdm_jax.sampling import sample_fn as sample_fn_lib
 from cdm_jax.sampling.sample_fn import make_sample_fn
 
 
@@ -251,7 +250,7 @@ class Generator:
   def _require_conditioning(self, condition):
     if builders.is_latent(self.config):
       if not (self.model.config.source_context and conditioning.is_source_layout(*condition)):
-        raise ValueError(sample_fn_lib.LATENT_CONDITION_ERROR)
+        raise ValueError(builders.LATENT_CONDITION_ERROR)
       return
     if not self.config.model.conditioning:
       raise ValueError("This model was trained without model.conditioning, so it cannot take a "

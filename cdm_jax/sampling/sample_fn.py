@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from cdm_jax.core import (conditioning, parameterization, rounding, sample_options, samplers,
                           schedules, vocab_ops)
-from cdm_jax.models import DiffusionLM
+from cdm_jax.models import DiffusionLM, builders
 from cdm_jax.runtime import parallel
 from cdm_jax.core.tokens import PAD_ID
 
@@ -130,21 +130,36 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   @jax.jit
   def sample_fn(params, rng, known=None, known_mask=None, decoder_params=None, offset=0):
     if cfg.is_latent and not cfg.source_context and known is not None:
-      raise ValueError(LATENT_CONDITION_ERROR)
+      raise ValueError(builders.LATENT_CONDITION_ERROR)
     if contextual and decoder_params is None:
       raise ValueError("decoder='contextual' needs decoder_params (the trained decoder's).")
     condition = _padded_condition(known, known_mask, (config.num_samples, cfg.seq_len), padded)
     return sharded(params, parallel.example_keys(rng, padded, offset), condition,
                    decoder_params)[:config.num_samples]
 
-  return sample_fn
+  return _GuardedSampleFn(sample_fn, cfg.source_context)
 
 
-LATENT_CONDITION_ERROR = (
-    "This model diffuses the text autoencoder's latents (model.encoder='latent', m = n / k), which "
-    "are not tied to token positions: token-level conditions (prefix, suffix, infilling templates, "
-    "lengths) cannot apply. A latent model trained on a seq2seq corpus with condition.source > 0 "
-    "takes sources (generate(sources)); otherwise sample unconditionally.")
+class _GuardedSampleFn:
+  """`make_sample_fn`'s jitted function (`lower`, `eval_shape`... pass through), refusing, when
+  called with concrete arrays, a condition a source-context model cannot take: its known
+  positions must be each row's `BOS source EOS` (`conditioning.source_layout`), never a prefix or
+  a template (whose known tokens it would return around PAD)."""
+
+  def __init__(self, jitted, source_context: bool):
+    self._jitted, self._source_context = jitted, source_context
+
+  def __call__(self, params, rng, known=None, known_mask=None, *args, **kwargs):
+    concrete = not any(isinstance(x, jax.core.Tracer) for x in (known, known_mask))
+    if self._source_context and known is not None and concrete and not (
+        conditioning.is_source_layout(known, known_mask)):
+      raise ValueError(builders.LATENT_CONDITION_ERROR)
+    return self._jitted(params, rng, known, known_mask, *args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._jitted, name)
+
+
 
 
 def _with_condition(cfg, tokens, condition):
