@@ -86,7 +86,6 @@ def train_argv(workdir: pathlib.Path, steps: int, **data) -> list[str]:
 
 
 def loader_throughput(folder: pathlib.Path, batches: int = 300) -> float:
-  sys.path.insert(0, str(ROOT))
   from cdm_jax.data import batching, shards  # pylint: disable=g-import-not-at-top
   split = shards.PreparedSplit(str(folder), shards.read_manifest(str(folder)), "train")
   iterator = batching.BatchIterator(split, 64, seed=0, shuffle_window=1 << 18)
@@ -102,7 +101,6 @@ def host_feed(folder: pathlib.Path, *, global_batch: int, hosts: int, packing: b
   """Tokens/s one host's loader delivers: its 1/`hosts` share of each global batch of the
   prepared train split (windowed shuffle, packed rows when `packing`), content checks on first
   read included (the first batch is untimed)."""
-  sys.path.insert(0, str(ROOT))
   from cdm_jax.data import batching, shards  # pylint: disable=g-import-not-at-top
   split = shards.PreparedSplit(str(folder), shards.read_manifest(str(folder)), "train", packing)
   iterator = batching.BatchIterator(split, global_batch, seed=0, process_index=0,
@@ -118,7 +116,6 @@ def feed_against_projection(args):
   """--feed: prepare a corpus at the pod config's seq_len (long lines split, as the config does)
   and compare one host's loader with the tokens per second per host that `cdm-compile`'s roofline
   projects for the config (its --output JSON: train step tokens/s/chip x chips per host)."""
-  sys.path.insert(0, str(ROOT))
   from cdm_jax.runtime import config_files  # pylint: disable=g-import-not-at-top
   config = config_files.load(ROOT / args.feed_config)
   report = json.loads(pathlib.Path(args.compile_report).read_text())

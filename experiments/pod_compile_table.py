@@ -22,9 +22,9 @@ RUNS = [
     ("v4_8_v4-8", "configs/tpu_v4_8.py", "v4-8", []),
     ("pod_v4-32", "configs/tpu_pod.py", "v4-32", []),
     ("owt_1b_v5e-256", "configs/owt_1b.py", "v5e-256", []),
+    ("owt_1b_v5e-256_training", "configs/owt_1b.py", "v5e-256",
+     ["--functions=train_step,eval_step,sample"]),
     ("pod_1b_v5e-64_fsdp16", "configs/tpu_pod_1b.py", "v5e-64", ["--config.train.fsdp_axis_size=16"]),
-    ("pod_1b_v4-128", "configs/tpu_pod_1b.py", "v4-128", []),
-    ("v4_8_v5e-8", "configs/tpu_v4_8.py", "v5e-8", []),
 ]
 
 
@@ -48,15 +48,14 @@ def main():
       refusal.write_text(result.stderr.strip().splitlines()[-1] + "\n")
       print(f"[{name}] {refusal.read_text().strip()}", flush=True)
   from cdm_jax.evaluation import pod_compile  # pylint: disable=g-import-not-at-top
-  print(pod_compile.SUMMARY_HEADER)
+  print(pod_compile.SUMMARY_HEADER.replace("| slice |", "| config on slice |", 1))
   for name, config, _, overrides in RUNS:
     report = out / f"{name}.json"
     if report.exists():
       result = json.loads(report.read_text())
+      label = " ".join([f"`{pathlib.Path(config).name}`", *overrides, "on", result["slice"]])
       for row in pod_compile.summary_rows(result):
-        print(row.replace(f"| {result['slice']} |",
-                          f"| `{pathlib.Path(config).name}` {' '.join(overrides)} on "
-                          f"{result['slice']} |", 1))
+        print(row.replace(f"| {result['slice']} |", f"| {label} |", 1))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from cdm_jax.models import builders
 from cdm_jax.models.autoencoder import FEATURE_MODEL, AutoencoderConfig, TextAutoencoder
 from cdm_jax.runtime import parallel
 from cdm_jax.training import autoencoder as ae_stage
+from cdm_jax.evaluation import program_stats
 from cdm_jax.training import flops
 from cdm_jax.runtime import config_files
 
@@ -32,11 +33,16 @@ def test_flops_of_the_ar_feature_encoder_match_xla():
   tokens = jnp.zeros((8, 16), jnp.int32)
   params = model.init(jax.random.PRNGKey(0), tokens)
   assert FEATURE_MODEL in params["params"]
-  counted = jax.jit(lambda p, t: model.apply(p, t, method="encode")).lower(
-      params, tokens).compile().cost_analysis()["flops"]
+  encode = lambda p, t: model.apply(p, t, method="encode")
+  counted = jax.jit(encode).lower(params, tokens).compile().cost_analysis()["flops"]
   expected = flops.autoencoder_forward_flops(ae)
   assert expected["features"] > 0 and expected["align"] > 0
-  assert 0.9 < counted / (8 * (expected["encode"] + expected["features"])) < 1.1
+  # Every matmul exactly: the traced program also holds the LM's read-out, which XLA compiles
+  # away (its logits are unused); XLA's count is above the analytic one by the element-wise work.
+  readout = 8 * 16 * 2 * ae.feature_width * ae.vocab_size
+  assert program_stats.matmul_flops(encode, params, tokens) == 8 * (
+      expected["encode"] + expected["features"]) + readout
+  assert 1.0 <= counted / (8 * (expected["encode"] + expected["features"])) < 1.2
 
 
 @pytest.fixture(scope="module")

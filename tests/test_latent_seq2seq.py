@@ -289,6 +289,7 @@ def test_sampled_targets_come_out_after_their_sources():
   np.testing.assert_array_equal(plain, [[BOS_ID, 5, 6, EOS_ID, 11, 12, 13, 14]])
 
 
+@pytest.mark.slow  # compiles a sampler (~30 s on two cores)
 def test_the_low_level_sample_function_refuses_what_a_source_context_model_cannot_take():
   """`make_sample_fn` of a source-context model takes source layouts (`BOS source EOS` known) and
   refuses a prefix layout with the one latent-condition message, where it used to return the

@@ -229,7 +229,7 @@ def state_layout(config, model, tx, mesh, seed: int = 0):
 
 
 def make_distill_step(model, schedule, tx: optax.GradientTransformation, mesh,
-                      condition: conditioning.ConditionConfig, state_specs=None):
+                      condition: conditioning.ConditionConfig, *, state_specs=None):
   """jit((state, tokens [global batch, length], teacher grid [2N + 1]) -> (state, metrics)); the
   state replicated, or split by `state_specs` (`state_layout`'s; XLA's partitioner gathers what
   each product needs), and donated; the batch split over the mesh's devices."""
