@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdm_jax.evaluation import pod_compile, program_stats
+from cdm_jax.evaluation import batch_search, pod_compile, program_stats
 from cdm_jax.runtime import config_files, topology
 from cdm_jax.training import flops as flops_lib
 
@@ -178,7 +178,7 @@ def test_find_batch_bisects_to_the_largest_fitting_multiple_of_the_chips(monkeyp
   for bytes_of, most in ((lambda per_chip: 7 + 2 * per_chip, 6), (lambda p: 95 if p <= 44 else 96,
                                                                  22)):
     monkeypatch.setattr(pod_compile, "compile_run", fake(bytes_of))
-    found = pod_compile.find_batch(_tiny(), "v5e-4", upper=1 << 12)
+    found = batch_search.find_batch(_tiny(), "v5e-4", upper=1 << 12)
     assert found["batch"] == 176 and found["per_chip"] == 44, found
     assert all(batch % 4 == 0 for batch in found["tried"]) and len(found["tried"]) <= most
 

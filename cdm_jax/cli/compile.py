@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cdm_jax.cli import common
-from cdm_jax.evaluation import pod_compile
+from cdm_jax.evaluation import batch_search, pod_compile
 from cdm_jax.runtime import fs
 
 
@@ -47,7 +47,7 @@ def _run(argv):
     raise ValueError(f"Unknown --functions {sorted(unknown)}; choose from "
                      f"{', '.join(pod_compile.FUNCTIONS)}.")
   if values.find_batch:
-    result = pod_compile.find_batch(config, values.topology, upper=values.max_batch,
+    result = batch_search.find_batch(config, values.topology, upper=values.max_batch,
                                     fraction=values.fit_fraction)
     print(json.dumps(result))
     return

@@ -13,14 +13,13 @@ bound on the call's time with the tokens per second per chip and MFU it implies.
 
 The evaluation and sample functions run while the train state is resident, so their fit is
 judged with the train state's bytes added (`resident_bytes`). `check_fit` turns a report into
-one-line errors; `find_batch` bisects the largest global batch that fits.
+one-line errors; `batch_search.find_batch` searches the largest global batch that fits.
 """
 
 import contextlib
 import dataclasses
 import math
 import re
-import sys
 import time
 
 import jax
@@ -264,71 +263,6 @@ def check_fit(result: dict, fraction: float = FIT_FRACTION):
           f"{result['slice']}, more than {fraction:.0%} of a {result['chip']['name']} chip's "
           f"{_gib(hbm)} (temporaries {_gib(report['temp_bytes'])}; largest arguments: {largest}); "
           f"{_REMEDY}")
-
-
-def find_batch(config: ml_collections.ConfigDict, slice_name: str, *, upper: int = 1 << 16,
-               fraction: float = FIT_FRACTION, names=("train_step",)) -> dict:
-  """The largest global batch (a multiple of the chip count) whose `names` functions fit, by
-  bisection over compiles. Memory grows about linearly with the batch, so after the config's
-  batch and twice it each probe is where the line through the largest batch that fit and the
-  smallest that did not (regula falsi) meets the limit; where a probe did not compile at all, the
-  interval is halved instead.
-  {"batch": ..., "per_chip": ..., "tried": {batch: bytes per chip, or None if it did not compile}}."""
-  chips = topology.parse_slice(slice_name).num_chips
-  limit = fraction * topology.parse_slice(slice_name).chip.hbm_bytes
-  tried = {}
-
-  def resident(per_chip: int) -> float | None:
-    trial = ml_collections.ConfigDict(config.to_dict())
-    trial.train.batch_size = per_chip * chips
-    try:
-      result = compile_run(trial, slice_name, names)
-      tried[per_chip * chips] = max(r["resident_bytes"] for r in result["functions"])
-    except ValueError as err:
-      if "needs" not in str(err):
-        raise
-      tried[per_chip * chips] = None
-    used = tried[per_chip * chips]
-    print(f"find_batch: global batch {per_chip * chips}: "
-          f"{'does not compile' if used is None else _gib(used) + ' per chip'} (limit "
-          f"{_gib(limit)})", file=sys.stderr, flush=True)  # progress: each compile takes minutes
-    return used
-
-  fits = lambda size: size is not None and size <= limit
-  top = upper // chips + 1
-  low, high = 0, top  # per chip: `low` fits (0: none known), `high` does not (or is past `upper`)
-  fitting, failing = {}, {}  # per-chip batch -> bytes per chip, where it compiled
-  last_at_edge = False
-
-  def probe(per_chip: int):
-    nonlocal low, high
-    used = resident(per_chip)
-    if fits(used):
-      low, fitting[per_chip] = per_chip, used
-    else:
-      high = per_chip
-      if used is not None:
-        failing[per_chip] = used
-
-  start = max(1, min(config.train.batch_size // chips, top - 1))
-  probe(start)
-  if low == start and 2 * start < top:
-    probe(2 * start)
-  while high - low > 1:
-    middle = (low + high) // 2
-    guess = None  # where the line through two measured batches meets the limit
-    if low in fitting and high in failing and failing[high] > fitting[low]:
-      guess = low + (limit - fitting[low]) * (high - low) / (failing[high] - fitting[low])
-    elif high == top and len(fitting) >= 2:
-      (a, used_a), (b, used_b) = sorted(fitting.items())[-2:]
-      guess = b + (limit - used_b) * (b - a) / (used_b - used_a) if used_b > used_a else None
-    target = middle if guess is None else min(max(int(guess), low + 1), high - 1)
-    at_edge = target in (low + 1, high - 1) and high - low > 2
-    if at_edge and last_at_edge:  # the line keeps landing beside a known batch: halve instead
-      target, at_edge = middle, False
-    last_at_edge = at_edge
-    probe(target)
-  return {"batch": low * chips, "per_chip": low, "tried": dict(sorted(tried.items()))}
 
 
 def summary_rows(result: dict) -> list[str]:
