@@ -93,6 +93,20 @@ def verify_shard(root: pathlib.Path, shard: dict, vocab_size: int):
                      "again in a new folder.")
 
 
+_CHECKED = set()  # (file, size, mtime) of the shards this process checked: each is hashed once
+
+
+def _verify_once(root: pathlib.Path, shard: dict, vocab_size: int):
+  """`verify_shard`, skipped for a shard whose files this process already checked unchanged (one
+  run opens a split several times: its rows, its texts)."""
+  key = tuple((str(path), stat.st_size, stat.st_mtime_ns) for path in
+              (shard_file(root, shard["name"], part) for part in PARTS)
+              for stat in (path.stat(),))
+  if key not in _CHECKED:
+    verify_shard(root, shard, vocab_size)
+    _CHECKED.add(key)
+
+
 def verify_folder(folder: str) -> dict:
   """Every shard of a prepared folder checked (`verify_shard`); its counts when all are whole."""
   manifest = read_manifest(folder)
@@ -164,7 +178,7 @@ class PreparedSplit:
     out = np.full((len(rows), self.seq_len), PAD_ID, np.int32)
     shard_of = np.searchsorted(self._ends, rows, side="right")
     for shard in set(shard_of.tolist()) - self._verified:
-      verify_shard(self._root, self._entries[shard], self._vocab_size)
+      _verify_once(self._root, self._entries[shard], self._vocab_size)
       self._verified.add(shard)
     for row, (number, shard) in enumerate(zip(rows, shard_of)):
       tokens, index, windows = self._shards[shard]
