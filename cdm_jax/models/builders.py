@@ -118,21 +118,73 @@ def adamw_cosine(*, peak_learning_rate: float, warmup_steps: int, total_steps: i
                  grad_clip_norm: float, weight_decay: float) -> optax.GradientTransformation:
   """AdamW (b2 = 0.99) with linear warm-up, cosine decay to 10% of the peak, optional clipping:
   the recipe of both the diffusion model and the AR judge."""
-  total = max(total_steps, warmup_steps + 1)
-  lr = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak_learning_rate, warmup_steps=warmup_steps, decay_steps=total,
-      end_value=0.1 * peak_learning_rate)
+  return adamw(cosine_schedule(peak_learning_rate, warmup_steps, total_steps),
+               grad_clip_norm=grad_clip_norm, weight_decay=weight_decay)
+
+
+def cosine_schedule(peak_learning_rate: float, warmup_steps: int, total_steps: int
+                    ) -> optax.Schedule:
+  """Linear warm-up, then cosine decay to 10% of the peak at `total_steps`."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak_learning_rate, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.1 * peak_learning_rate)
+
+
+def adamw(learning_rate, *, grad_clip_norm: float, weight_decay: float
+          ) -> optax.GradientTransformation:
+  """AdamW (b2 = 0.99) at `learning_rate` (a number or a schedule), after global-norm clipping
+  when `grad_clip_norm` > 0."""
   chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
-  chain.append(optax.adamw(lr, b2=0.99, weight_decay=weight_decay))
+  chain.append(optax.adamw(learning_rate, b2=0.99, weight_decay=weight_decay))
   return optax.chain(*chain)
 
 
-def make_optimizer(train_config) -> optax.GradientTransformation:
-  return adamw_cosine(peak_learning_rate=train_config.learning_rate,
+SCHEDULES = ("cosine", "wsd")
+COOLDOWNS = ("linear", "cosine")
+
+
+def cooldown_start(train_config) -> int:
+  """The first step of a "wsd" run's cooldown: num_train_steps less its cooldown_fraction share
+  (never inside the warm-up). A branch at budget N starts from the step this gives for N."""
+  total = train_config.num_train_steps
+  start = total - int(round(train_config.get("cooldown_fraction", 0.2) * total))
+  return max(start, min(train_config.warmup_steps, total))
+
+
+def wsd_schedule(*, peak_learning_rate: float, warmup_steps: int, total_steps: int,
+                 cooldown_from: int, cooldown: str = "linear") -> optax.Schedule:
+  """Warmup-stable-decay: linear warm-up over `warmup_steps`, the peak until `cooldown_from`, then a
+  linear or cosine cooldown to 0 at `total_steps`. Until `cooldown_from` it does not depend on
+  `total_steps`, so one stable run can be cooled down at any of its checkpoints (a branch)."""
+  if cooldown not in COOLDOWNS:
+    raise ValueError(f"train.cooldown must be one of {COOLDOWNS}, got {cooldown!r}.")
+  length = max(total_steps - cooldown_from, 1)
+  decay = (optax.linear_schedule(peak_learning_rate, 0.0, length) if cooldown == "linear" else
+           optax.cosine_decay_schedule(peak_learning_rate, length))
+  warm = optax.linear_schedule(0.0, peak_learning_rate, warmup_steps)
+  return optax.join_schedules([warm, optax.constant_schedule(peak_learning_rate), decay],
+                              [warmup_steps, cooldown_from])
+
+
+def learning_rate_schedule(train_config) -> optax.Schedule:
+  """train.schedule: "cosine" (warm-up, cosine decay to 10% of the peak at num_train_steps) or
+  "wsd" (warm-up, constant, a cooldown_fraction share of the steps cooled to 0)."""
+  kind = train_config.get("schedule", "cosine")
+  if kind not in SCHEDULES:
+    raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {kind!r}.")
+  if kind == "cosine":
+    return cosine_schedule(train_config.learning_rate, train_config.warmup_steps,
+                           train_config.num_train_steps)
+  return wsd_schedule(peak_learning_rate=train_config.learning_rate,
                       warmup_steps=train_config.warmup_steps,
                       total_steps=train_config.num_train_steps,
-                      grad_clip_norm=train_config.grad_clip_norm,
-                      weight_decay=train_config.weight_decay)
+                      cooldown_from=cooldown_start(train_config),
+                      cooldown=train_config.get("cooldown", "linear"))
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  return adamw(learning_rate_schedule(train_config), grad_clip_norm=train_config.grad_clip_norm,
+               weight_decay=train_config.weight_decay)
 
 
 FROZEN_ENCODER = "embedder"  # the subtree of a latent model's parameters that never trains

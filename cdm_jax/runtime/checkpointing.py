@@ -16,10 +16,18 @@ log = logging.getLogger(__name__)
 QUARANTINE = "checkpoints_unreadable"  # beside checkpoints/: where unreadable steps are moved
 
 
-def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True,
+                 keep_steps=()) -> ocp.CheckpointManager:
+  """The manager of `workdir/checkpoints`: the newest `max_to_keep` steps are kept, and every step
+  in `keep_steps` (branch points) as well."""
   directory = fs.path(workdir) / "checkpoints"
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         enable_async_checkpointing=async_save)
+  if keep_steps:
+    policies = ocp.checkpoint_managers
+    keep = {"preservation_policy": policies.AnyPreservationPolicy(
+        [policies.LatestN(max_to_keep), policies.CustomSteps(list(keep_steps))])}
+  else:
+    keep = {"max_to_keep": max_to_keep}
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save, **keep)
   return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
 

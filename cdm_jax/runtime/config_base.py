@@ -113,7 +113,11 @@ def _train() -> ml_collections.ConfigDict:
   train.batch_size = 64        # global batch over all devices and hosts
   train.num_train_steps = 2000
   train.learning_rate = 1e-3   # peak AdamW learning rate
-  train.warmup_steps = 200     # linear warm-up, then cosine decay to 10% of the peak
+  train.warmup_steps = 200     # linear warm-up, then the schedule's decay
+  train.schedule = "cosine"    # "cosine": decay to 10% of the peak at num_train_steps; "wsd":
+                               # warmup-stable-decay, constant until the cooldown, then to 0
+  train.cooldown_fraction = 0.2  # (wsd) share of num_train_steps spent cooling down
+  train.cooldown = "linear"    # (wsd) "linear" or "cosine" cooldown
   train.weight_decay = 0.0
   train.grad_clip_norm = 1.0   # global-norm clipping; 0 disables it
   train.ema_decay = 0.999      # EMA of parameters (warmed up: min(decay, (1+s)/(10+s)))
@@ -124,6 +128,9 @@ def _train() -> ml_collections.ConfigDict:
   train.num_eval_batches = 4
   train.checkpoint_every_steps = 250
   train.keep_checkpoints = 3
+  train.keep_steps = ()        # steps also checkpointed and never deleted (e.g. wsd branch points)
+  train.branch_from = ""       # a workdir: a fresh run starts from its checkpoint at branch_step
+  train.branch_step = 0        # (e.g. a wsd cooldown from a stable-phase checkpoint)
   train.sample_every_steps = 500  # write samples to workdir/samples/; 0 disables it
   train.time_limit_minutes = 0.0  # > 0: stop (and checkpoint) after this much training time
   train.stop_at_step = 0       # > 0: checkpoint and stop there (split a run into jobs); rerun resumes

@@ -29,7 +29,7 @@ def has_checkpoint(workdir) -> bool:
 # Fields a resume may change: how long and how often, not what is trained. Prefixes end with ".".
 MUTABLE = ("train.num_train_steps", "train.time_limit_minutes", "train.stop_at_step",
            "train.log_every_steps", "train.eval_every_steps", "train.num_eval_batches",
-           "train.checkpoint_every_steps", "train.keep_checkpoints", "train.sample_every_steps",
+           "train.checkpoint_every_steps", "train.keep_checkpoints", "train.keep_steps", "train.sample_every_steps",
            "train.num_devices", "train.steps_per_call", "train.embedding_stats_t", "train.fsdp",
            "train.fsdp_min_size", "train.fsdp_axis_size", "model.remat", "sample.")
 _ABSENT = "(absent)"

@@ -27,7 +27,7 @@ from cdm_jax.runtime import metric_writers
 from cdm_jax.runtime import parallel
 from cdm_jax.runtime import periodic
 from cdm_jax.runtime import config_record as record
-from cdm_jax.training import autoencoder, checks, loop, steps
+from cdm_jax.training import autoencoder, branch, checks, loop, steps
 from cdm_jax.data import batching, pipeline, tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ class _Run:
   def after_step(self, state, step: int, step_metrics: dict, last: bool):
     return _after_step(self, state, step, step_metrics, last)
 
-  def checkpoint_due(self, unused_step: int) -> bool:
-    return False
+  def checkpoint_due(self, step: int) -> bool:
+    return step in self.config.train.get("keep_steps", ())
 
   def paused(self):
     return self.chrono.paused()
@@ -112,7 +112,8 @@ def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> _Run | Non
              batches=batching.BatchIterator(data.train, tcfg.batch_size, config.seed,
                                             jax.process_index(), jax.process_count(),
                                             shuffle_window=data.shuffle_window),
-             manager=checkpointing.make_manager(str(workdir), tcfg.keep_checkpoints),
+             manager=checkpointing.make_manager(str(workdir), tcfg.keep_checkpoints,
+                                                keep_steps=tuple(tcfg.get("keep_steps", ()))),
              writer=metric_writers.MetricWriter(str(workdir)), tx=tx,
              encoder_params=encoder_params,
              spec=loop.LoopSpec(total_steps=tcfg.num_train_steps,
@@ -225,11 +226,13 @@ def _sample(run: _Run, state, step: int):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the diffusion LM in `workdir`; returns the last logged metrics."""
   checks.check_train_config(config)  # before anything is read, written or compiled
+  branch.check_branch(config)
   workdir_path = fs.path(workdir)
   with lock.workdir_lock(workdir, "training job"):
     # On a resume this refuses a conflicting config before anything is written.
     distributed.on_primary(lambda: record.write_config(workdir_path, config),
                            "checking config.json")
+    distributed.on_primary(lambda: branch.prepare_branch(config, workdir), "copying the branch point")
     run = _build(config, workdir_path)
     if run is None:
       return {"step": 0, "stopped_in": "autoencoder"}
