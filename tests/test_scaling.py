@@ -1,0 +1,69 @@
+"""cdm_jax.evaluation.scaling: the plan of runs, the slope, and the command end to end on a tiny
+config (slow tier)."""
+
+import json
+import math
+
+import pytest
+
+from cdm_jax.evaluation import gap_protocol, scaling
+from cdm_jax.runtime import config_files
+
+from conftest import ROOT  # tests/ is on sys.path
+
+
+def test_plan_keeps_each_branch_point_in_the_largest_run(tmp_path):
+  config = config_files.load(str(ROOT / "configs/tiny.py"))
+  runs = scaling.plan(config, [600, 6000, 2000], [0, 1], tmp_path)
+  assert [(r["seed"], r["steps"]) for r in runs] == [(0, 6000), (0, 600), (0, 2000),
+                                                     (1, 6000), (1, 600), (1, 2000)]
+  main, short, middle = runs[:3]
+  assert tuple(main["config"].train.keep_steps) == (480, 1600)
+  assert short["config"].train.branch_from == str(tmp_path / "seed0" / "steps6000")
+  assert (short["config"].train.branch_step, middle["config"].train.branch_step) == (480, 1600)
+  for run in runs:
+    assert run["config"].train.schedule == "wsd" and run["config"].seed == run["seed"]
+    assert run["config"].train.num_train_steps == run["steps"]
+  assert config.train.schedule == "cosine"  # the caller's config is left alone
+
+
+def test_slopes_per_seed_against_hand_fits():
+  rows = [{"seed": 0, "flops": 1e12, "gap": 4.0}, {"seed": 0, "flops": 1e13, "gap": 8.0},
+          {"seed": 1, "flops": 1e12, "gap": 4.0}, {"seed": 1, "flops": 1e13, "gap": 4.0},
+          {"seed": 1, "flops": 1e14, "gap": None}]  # a bound is not a measured gap
+  s = scaling.slopes(rows)
+  assert s["per_seed"][0] == pytest.approx(math.log(2) / math.log(10))
+  assert s["per_seed"][1] == pytest.approx(0.0, abs=1e-9)
+  assert s["mean"] == pytest.approx(math.log(2) / math.log(10) / 2)
+  assert s["spread"] == pytest.approx(math.log(2) / math.log(10))
+  assert scaling.slopes([{"seed": 0, "flops": 1.0, "gap": 2.0}])["mean"] is None
+
+
+@pytest.mark.slow
+def test_scaling_command_end_to_end_and_resumable(corpus, tmp_path, monkeypatch):
+  monkeypatch.setenv("CDM_JAX_CACHE", str(tmp_path / "cache"))
+  config_path = tmp_path / "config.py"
+  config_path.write_text(
+      "from cdm_jax.runtime import config_files\n"
+      "def get_config():\n"
+      f"  c = config_files.load({str(ROOT / 'configs/tiny.py')!r})\n"
+      f"  c.data.path = {str(corpus)!r}\n"
+      "  c.train.warmup_steps = 2\n"
+      "  return c\n")
+  out = tmp_path / "scaling"
+  argv = [f"--config={config_path}", "--budgets=6,10", f"--out={out}", "--num_samples=8",
+          "--fractions=1/4,1/2,1"]
+  scaling.main(argv)
+  summary = json.loads((out / scaling.SUMMARY).read_text())
+  assert [r["steps"] for r in summary["rows"]] == [6, 10]
+  assert summary["rows"][0]["flops"] < summary["rows"][1]["flops"]
+  assert all(r["judge_ppl"] > 1 for r in summary["rows"])
+  branch = json.loads((out / "seed0/steps6/config.json").read_text())
+  assert branch["train"]["branch_from"] == str(out / "seed0/steps10")
+  assert branch["train"]["branch_step"] == 5  # 6 - round(0.2 * 6)
+  assert (out / scaling.TABLE).read_text().count("| tiny") == 0  # named after the config file
+  assert (out / scaling.TABLE).read_text().count("| config |") == 2
+  # A rerun measures nothing again.
+  monkeypatch.setattr(gap_protocol, "measure", lambda *_: pytest.fail("measured again"))
+  scaling.main(argv)
+  assert json.loads((out / scaling.SUMMARY).read_text())["rows"] == summary["rows"]
