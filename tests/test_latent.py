@@ -130,9 +130,8 @@ def test_latent_config_refuses_token_level_settings(corpus):
   with pytest.raises(ValueError, match="rounding_weight"):
     builders.loss_config(config)
   config = latent_config(corpus)
-  config.model.conditioning = True
-  config.condition.prefix = 0.2
-  with pytest.raises(ValueError, match="cannot apply to it yet"):
+  config.condition.update(prefix=0.2, source=0.2)
+  with pytest.raises(ValueError, match="not both"):
     builders.loss_config(config)
   config = latent_config(corpus)
   config.model.output = "logits"
@@ -304,7 +303,7 @@ def test_token_level_conditions_on_a_latent_model_are_one_line_errors(latent_wor
            lambda: generator.infill("the ___ sat", 2), lambda: generator.generate(["the cat"]),
            lambda: generator.sample(2, lengths=[3, 4])]
   for call in calls:
-    with pytest.raises(ValueError, match="cannot apply to it yet") as info:
+    with pytest.raises(ValueError, match="trained without conditions") as info:
       call()
     assert "\n" not in str(info.value)
   with pytest.raises(ValueError, match="clamp='none'"):

@@ -106,16 +106,20 @@ def test_the_denoiser_reads_a_source_in_context_and_outputs_the_targets_position
     ModelConfig(encoder="embedding", source_context=True)
 
 
-def test_only_a_seq2seq_source_conditions_a_latent_config(corpus):
+def test_a_latent_config_reads_sources_or_known_positions_not_both(corpus):
   config = _config(corpus)
   assert builders.model_config(config).source_context
+  assert builders.model_config(config).context_layout == "pairs"
   assert builders.loss_config(config).condition.source == 0.9
   for kind in ("prefix", "suffix", "spans"):
     bad = _config(corpus)
     bad.condition[kind] = 0.05
-    with pytest.raises(ValueError, match="cannot apply to it yet") as info:
+    with pytest.raises(ValueError, match="not both") as info:
       builders.loss_config(bad)
     assert "\n" not in str(info.value)
+    positions = _config(corpus)
+    positions.condition.update(source=0.0, **{kind: 0.05})
+    assert builders.model_config(positions).context_layout == "positions"
   unconditional = _config(corpus)
   unconditional.condition.update(source=0.0)
   assert not builders.model_config(unconditional).source_context
@@ -199,7 +203,7 @@ def test_generate_puts_targets_after_their_sources_and_guidance_runs(workdir):
   calls = [lambda: generator.sample(2, prefix="the cat"), lambda: generator.infill("the ___ sat", 2),
            lambda: generator.sample(2, lengths=[3, 4]), lambda: generator.sample(2, suffix="mat")]
   for call in calls:
-    with pytest.raises(ValueError, match="cannot apply to it yet") as info:
+    with pytest.raises(ValueError, match="takes sources only") as info:
       call()
     assert "\n" not in str(info.value)
 
@@ -308,7 +312,7 @@ def test_the_low_level_sample_function_refuses_what_a_source_context_model_canno
   tokens = np.asarray(fn(params, jax.random.PRNGKey(0), rows, np.repeat(source_mask, 2, 0)))
   assert tokens.shape == (2, 32) and (tokens[:, :4] == rows[:, :4]).all()
   prefix_mask = np.repeat(np.arange(32)[None, :] <= 2, 2, 0)  # BOS 7 8 known, no EOS: a prefix
-  with pytest.raises(ValueError, match="cannot apply to it yet") as info:
+  with pytest.raises(ValueError, match="takes sources only") as info:
     fn(params, jax.random.PRNGKey(0), rows, prefix_mask)
   assert "\n" not in str(info.value)
   assert fn.lower(params, jax.random.PRNGKey(0)).compile() is not None

@@ -248,6 +248,17 @@ def split_pairs(tokens: Array) -> tuple[Array, Array]:
   return source, xp.where(positions == 0, BOS_ID, target)
 
 
+def context_rows(tokens: Array, known: Array, layout: str) -> tuple[Array, Array]:
+  """(context rows, diffused rows) of a latent model that reads its condition in context:
+  "pairs" (seq2seq) splits `BOS source EOS target EOS` rows (`split_pairs`); "positions" keeps the
+  whole row to diffuse and puts the row with its unknown positions PAD in context (a prefix, a
+  suffix, a template's known text), position for position."""
+  if layout == "pairs":
+    return split_pairs(tokens)
+  xp = np if isinstance(tokens, np.ndarray) else jnp
+  return xp.where(known, tokens, PAD_ID), tokens
+
+
 def join_pairs(source: Array, target: Array) -> Array:
   """The inverse of `split_pairs`: `BOS source EOS` then the target's pieces after its BOS,
   cut at n."""

@@ -93,7 +93,7 @@ def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.S
   apply = lambda method, *args, **kw: model.apply(params, *args, method=method, rngs=rngs, **kw)
   cond = {}
   if cfg.source_context:  # from here on, the rows are the targets
-    inputs, cond = source_in_context(apply, inputs)
+    inputs, cond = source_in_context(apply, inputs, cfg.context_layout)
   x0 = apply("embed", inputs.tokens)  # [batch, m, dim]
   t_pos = schedule.position_times(inputs.t, x0.shape[1])  # [batch] or [batch, m]
   x_t = q_sample(x0, t_pos, inputs.noise[0], schedule)
@@ -124,12 +124,14 @@ def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.S
   return loss_sum, (metrics, per_example_loss)
 
 
-def source_in_context(apply, inputs: LossInputs) -> tuple[LossInputs, dict]:
-  """A `source_context` model's batch of `BOS source EOS target EOS` rows: (the inputs with the
-  target rows as tokens, {"context": the source rows' latents}). An example drawn with nothing
-  known, or with the null condition, has the null source (zeros), as classifier-free guidance
-  contrasts with; every target latent carries loss."""
-  source, target = conditioning.split_pairs(inputs.tokens)
+def source_in_context(apply, inputs: LossInputs, layout: str = "pairs") -> tuple[LossInputs, dict]:
+  """A `source_context` model's batch: (the inputs with the diffused rows as tokens, {"context":
+  the context rows' latents}), by `conditioning.context_rows`: for "pairs" the target and source
+  rows of `BOS source EOS target EOS` rows; for "positions" the whole rows and the rows with their
+  unknown positions PAD. An example drawn with nothing known, or with the null condition, has the
+  null context (zeros), as classifier-free guidance contrasts with; every diffused latent carries
+  loss."""
+  source, target = conditioning.context_rows(inputs.tokens, inputs.known, layout)
   context = apply("embed", source)
   null = ~jnp.any(inputs.known, axis=-1)
   if inputs.null_cond is not None:

@@ -35,12 +35,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  """The `model` block with n and the vocabulary from `data`; a latent model trained with seq2seq
-  sources (condition.source > 0) reads them in context (`source_context`)."""
-  source = "condition" in config and config.condition.get("source", 0.0) > 0
+  """The `model` block with n and the vocabulary from `data`. A latent model trained with
+  conditions reads them in context (`source_context`): seq2seq sources (condition.source > 0) as
+  source rows ("pairs"), prefixes, suffixes and templates (condition.prefix / suffix / spans) as
+  the row with its unknown positions PAD ("positions")."""
+  shares = config.condition.to_dict() if "condition" in config else {}
+  source = shares.get("source", 0.0) > 0
+  positions = any(shares.get(kind, 0.0) > 0 for kind in ("prefix", "suffix", "spans"))
   return ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": config.data.vocab_size,
                                 "seq_len": config.data.seq_len,
-                                "source_context": is_latent(config) and source})
+                                "source_context": is_latent(config) and (source or positions),
+                                "context_layout": "pairs" if source else "positions"})
 
 
 # Keys of the `autoencoder` block that configure its training stage, not the module.
@@ -81,8 +86,10 @@ def condition_config(config: ml_collections.ConfigDict) -> conditioning.Conditio
   values = config.condition.to_dict() if "condition" in config else {}
   condition = conditioning.ConditionConfig.from_dict(values)
   if is_latent(config):
-    if condition.prefix or condition.suffix or condition.spans:
-      raise ValueError(LATENT_CONDITION_ERROR)
+    if condition.source and (condition.prefix or condition.suffix or condition.spans):
+      raise ValueError("A latent model reads either seq2seq sources (condition.source) or known "
+                       "positions (condition.prefix / suffix / spans) in context, not both: set "
+                       "the other shares to 0.")
   elif condition.active and not config.model.conditioning:
     raise ValueError("The condition mixture trains with known positions: set "
                      "model.conditioning=True (or all condition shares to 0).")
@@ -90,11 +97,20 @@ def condition_config(config: ml_collections.ConfigDict) -> conditioning.Conditio
 
 
 LATENT_CONDITION_ERROR = (
-    "A latent model (model.encoder='latent') conditions only on a seq2seq source, whose latents it "
-    "reads in context (condition.source > 0; generate(sources)): it is not trained to keep tokens "
-    "fixed at positions, so prefix, suffix, infilling and length conditions (condition.prefix / "
-    "suffix / spans) cannot apply to it yet. Sample it unconditionally, or train "
-    "model.encoder='embedding' for those.")
+    "This latent model was trained without conditions (condition.prefix, suffix, spans and source "
+    "all 0), so it reads no context: sample it unconditionally, or train it with the condition "
+    "mixture (e.g. --config.condition.prefix=0.2 --config.condition.suffix=0.1 "
+    "--config.condition.spans=0.2) for prefixes, suffixes, templates and lengths.")
+LATENT_SOURCE_ONLY_ERROR = (
+    "This latent model was trained on seq2seq sources (condition.source > 0): it reads a source "
+    "row (BOS source EOS) in context, so it takes sources only (generate(sources), cdm-generate "
+    "--source), not a prefix, suffix, template or length; those need a latent model trained "
+    "with condition.prefix / suffix / spans.")
+
+
+def latent_condition_error(model_cfg: ModelConfig) -> str:
+  """Why a latent model refuses a condition that is not a seq2seq source layout."""
+  return LATENT_CONDITION_ERROR if not model_cfg.source_context else LATENT_SOURCE_ONLY_ERROR
 
 
 def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:

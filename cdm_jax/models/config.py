@@ -9,6 +9,7 @@ from cdm_jax.core import parameterization
 from cdm_jax.runtime import registry
 
 ENCODERS = ("embedding", "latent")
+CONTEXT_LAYOUTS = ("pairs", "positions")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -28,9 +29,13 @@ class ModelConfig:
   time_conditioning: str = "adaln"   # "adaln" (adaptive LayerNorm) or "add"
   self_conditioning: bool = True
   conditioning: bool = False    # accept known latents + mask (prefix / infilling) in denoise()
-  source_context: bool = False  # latent seq2seq: the denoiser reads a source row's clean latents
-                                # in context, beside x_t (set from condition.source; m more
-                                # positions)
+  source_context: bool = False  # latent conditions: the denoiser reads a row's clean latents in
+                                # context, beside x_t (m more positions); set by the condition
+                                # mixture of a latent config
+  context_layout: str = "pairs"  # (source_context) "pairs": seq2seq, the source row in context and
+                                 # the target row diffused; "positions": the row with its unknown
+                                 # positions PAD in context and the whole row diffused (prefix,
+                                 # suffix, infilling, lengths)
   normalize_embeddings: bool = False  # L2-normalize rows of E before every use (CDCD)
   embed_scale: float = 1.0      # rows have norm ~ embed_scale * sqrt(embed_dim)
   output: str = "x0"            # what the denoiser predicts: x0 | eps | v | logits | logits_prior
@@ -53,6 +58,9 @@ class ModelConfig:
     if self.source_context and self.encoder != "latent":
       raise ValueError("model.source_context is the latent encoder's seq2seq conditioning; an "
                        "embedding model conditions on known positions (model.conditioning).")
+    if self.context_layout not in CONTEXT_LAYOUTS:
+      raise ValueError(f"model.context_layout must be one of {CONTEXT_LAYOUTS}, got "
+                       f"{self.context_layout!r}.")
     if self.encoder == "latent" and parameterization.get(self.output).predicts_logits:
       raise ValueError(f"model.output={self.output!r} predicts logits over an embedding table; a "
                        "latent encoder has none: use x0, eps or v.")

@@ -176,8 +176,8 @@ def distillation_losses(model, params, teacher, tokens: Array, grid: Array, *, k
   if condition.active:  # as in training: the mixture's known positions, the null condition's share
     known, null = jax.vmap(lambda k, row: conditioning.draw_condition(
         jax.random.fold_in(k, 2), row, condition))(keys, tokens)
-  if model.config.source_context:  # the targets diffuse, their sources (or the null one) in context
-    source, tokens = conditioning.split_pairs(tokens)
+  if model.config.source_context:  # the targets diffuse, their context rows (or null) in context
+    source, tokens = conditioning.context_rows(tokens, known, model.config.context_layout)
     context = model.apply(teacher, source, method="embed")
     given = jnp.any(known, axis=-1) & ~null if known is not None else jnp.zeros((batch,), bool)
     kwargs = {"context": jnp.where(given[:, None, None], context, 0.0)}

@@ -249,8 +249,10 @@ class Generator:
 
   def _require_conditioning(self, condition):
     if builders.is_latent(self.config):
-      if not (self.model.config.source_context and conditioning.is_source_layout(*condition)):
-        raise ValueError(builders.LATENT_CONDITION_ERROR)
+      cfg = self.model.config
+      if not cfg.source_context or (cfg.context_layout == "pairs" and
+                                    not conditioning.is_source_layout(*condition)):
+        raise ValueError(builders.latent_condition_error(cfg))
       return
     if not self.config.model.conditioning:
       raise ValueError("This model was trained without model.conditioning, so it cannot take a "

@@ -55,7 +55,7 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
       raise ValueError("guidance_scale needs a condition (a prefix, template or source).")
     return plain
   known, known_mask = condition
-  if model.config.source_context:  # the source row (`BOS source EOS`) read in context
+  if model.config.source_context:  # the known row (a source, or PAD at unknown positions) in context
     context = model.apply(params, jnp.where(known_mask, known, PAD_ID), method="embed")
     given, null = {"context": context}, {"context": jnp.zeros_like(context)}
     keep_known = lambda x0_hat: x0_hat
@@ -130,30 +130,30 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
   @jax.jit
   def sample_fn(params, rng, known=None, known_mask=None, decoder_params=None, offset=0):
     if cfg.is_latent and not cfg.source_context and known is not None:
-      raise ValueError(builders.LATENT_CONDITION_ERROR)
+      raise ValueError(builders.latent_condition_error(cfg))
     if contextual and decoder_params is None:
       raise ValueError("decoder='contextual' needs decoder_params (the trained decoder's).")
     condition = _padded_condition(known, known_mask, (config.num_samples, cfg.seq_len), padded)
     return sharded(params, parallel.example_keys(rng, padded, offset), condition,
                    decoder_params)[:config.num_samples]
 
-  return _GuardedSampleFn(sample_fn, cfg.source_context)
+  return _GuardedSampleFn(sample_fn, cfg.source_context and cfg.context_layout == "pairs")
 
 
 class _GuardedSampleFn:
   """`make_sample_fn`'s jitted function (`lower`, `eval_shape`... pass through), refusing, when
-  called with concrete arrays, a condition a source-context model cannot take: its known
+  called with concrete arrays, a condition a seq2seq source-context model cannot take: its known
   positions must be each row's `BOS source EOS` (`conditioning.source_layout`), never a prefix or
   a template (whose known tokens it would return around PAD)."""
 
-  def __init__(self, jitted, source_context: bool):
-    self._jitted, self._source_context = jitted, source_context
+  def __init__(self, jitted, sources_only: bool):
+    self._jitted, self._sources_only = jitted, sources_only
 
   def __call__(self, params, rng, known=None, known_mask=None, *args, **kwargs):
     concrete = not any(isinstance(x, jax.core.Tracer) for x in (known, known_mask))
-    if self._source_context and known is not None and concrete and not (
+    if self._sources_only and known is not None and concrete and not (
         conditioning.is_source_layout(known, known_mask)):
-      raise ValueError(builders.LATENT_CONDITION_ERROR)
+      raise ValueError(builders.LATENT_SOURCE_ONLY_ERROR)
     return self._jitted(params, rng, known, known_mask, *args, **kwargs)
 
   def __getattr__(self, name):
@@ -163,12 +163,12 @@ class _GuardedSampleFn:
 
 
 def _with_condition(cfg, tokens, condition):
-  """The sampled rows with the condition's known tokens in place; a `source_context` model's
-  sampled target rows after their sources (seq2seq rows)."""
+  """The sampled rows with the condition's known tokens in place; a seq2seq `source_context`
+  model's sampled target rows after their sources (seq2seq rows)."""
   if condition is None:
     return tokens
   known, known_mask = condition
-  if cfg.source_context:
+  if cfg.source_context and cfg.context_layout == "pairs":
     tokens = conditioning.join_pairs(jnp.where(known_mask, known, PAD_ID), tokens)
   return jnp.where(known_mask, known, tokens)
 

@@ -69,9 +69,24 @@ def reconstruction_counts(logits, tokens) -> dict:
           "exact_rows": f32(jnp.all(correct, axis=-1))}
 
 
-def make_train_step(model: TextAutoencoder, tx):
-  """jit((state, tokens [batch, n]) -> (state, metrics)): one AdamW step on the augmented CE."""
+def masked_rows(key, tokens, condition: conditioning.ConditionConfig):
+  """`tokens` [batch, n] with each row's unknown positions PAD under a known mask drawn from the
+  condition mixture (rows drawn unconditioned stay whole): the context rows a latent model with
+  known positions in context encodes (prefix rows without their EOS, suffix and template rows)."""
+  known = jax.vmap(lambda i, row: conditioning.draw_known(jax.random.fold_in(key, i), row,
+                                                          condition))(
+      jnp.arange(tokens.shape[0]), tokens)
+  whole = ~jnp.any(known, axis=-1, keepdims=True)
+  return jnp.where(whole | known, tokens, PAD_ID)
+
+
+def make_train_step(model: TextAutoencoder, tx, condition: conditioning.ConditionConfig | None = None):
+  """jit((state, tokens [batch, n]) -> (state, metrics)): one AdamW step on the augmented CE.
+  With `condition` (a latent model reading known positions in context) the rows are first
+  masked as that model's context rows are (`masked_rows`), so E learns them too."""
   def loss_fn(params, tokens, key):
+    if condition is not None:
+      tokens = masked_rows(jax.random.fold_in(key, 1), tokens, condition)
     draws = augmentation_draws(key, tokens.shape[0], model.config)
     logits, align = model.apply(params, tokens, draws, method="train_outputs")
     ce = jnp.mean(vocab_ops.token_cross_entropy(logits, tokens))
@@ -277,7 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
                                    jax.process_index(), jax.process_count(),
                                    shuffle_window=data.shuffle_window)
   run = _Run(directory=directory, settings=settings, model=model, mesh=mesh, tx=tx,
-             step_fn=make_train_step(model, tx), batches=batches,
+             step_fn=make_train_step(model, tx, _context_condition(config)), batches=batches,
              manager=checkpointing.make_manager(str(directory), max_to_keep=2),
              spec=loop.LoopSpec(total_steps=settings.num_steps,
                                 checkpoint_every_steps=settings.checkpoint_every_steps,
@@ -292,11 +307,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
   return _finish(run, config, workdir, data, state.params)
 
 
+def _context_condition(config: ml_collections.ConfigDict):
+  """The condition mixture whose masked rows a "positions" latent model reads in context (the
+  autoencoder learns them beside whole rows), or None."""
+  model_cfg = builders.model_config(config)
+  if model_cfg.source_context and model_cfg.context_layout == "positions":
+    return builders.condition_config(config)
+  return None
+
+
 def autoencoder_data(config: ml_collections.ConfigDict, data: pipeline.Dataset) -> pipeline.Dataset:
   """The rows the autoencoder learns: for a latent seq2seq model (`source_context`) each
   `BOS source EOS target EOS` row split into its source row and its target row (the diffusion
   encodes them apart), else the rows as they are."""
-  if not builders.model_config(config).source_context:
+  model_cfg = builders.model_config(config)
+  if not (model_cfg.source_context and model_cfg.context_layout == "pairs"):
     return data
   split = lambda rows: np.concatenate(conditioning.split_pairs(np.asarray(rows)))  # on the host
   return dataclasses.replace(data, train=split(data.train), valid=split(data.valid))

@@ -1,0 +1,136 @@
+"""Prefix, suffix, infilling and length conditions on a latent model: the known row (unknown
+positions PAD) read in context, the whole row diffused, the known tokens in place in every output."""
+
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cdm_jax.core import conditioning, diffusion
+from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
+from cdm_jax.models import builders
+from cdm_jax.training import autoencoder
+
+from conftest import ROOT
+from test_latent import latent_config
+
+CONDITIONS = dict(prefix=0.3, suffix=0.2, spans=0.3, dropout=0.1)
+
+
+def conditioned_config(corpus, **autoencoder_settings):
+  config = latent_config(corpus, **autoencoder_settings)
+  config.condition.update(**CONDITIONS)
+  return config
+
+
+def test_positions_context_rows_against_numpy():
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, 30, (5, 12)).astype(np.int32)
+  known = rng.random((5, 12)) < 0.4
+  context, diffused = conditioning.context_rows(jnp.asarray(tokens), jnp.asarray(known), "positions")
+  np.testing.assert_array_equal(np.asarray(diffused), tokens)
+  np.testing.assert_array_equal(np.asarray(context), np.where(known, tokens, PAD_ID))
+  host, _ = conditioning.context_rows(tokens, known, "positions")  # NumPy rows stay on the host
+  assert isinstance(host, np.ndarray)
+
+
+def test_autoencoder_learns_the_masked_context_rows(corpus):
+  rows = np.full((64, 16), PAD_ID, np.int32)
+  rows[:, 0], rows[:, 1:9], rows[:, 9] = BOS_ID, np.arange(3, 11), EOS_ID
+  masked = np.asarray(autoencoder.masked_rows(
+      jax.random.PRNGKey(0), jnp.asarray(rows), conditioning.ConditionConfig(**CONDITIONS)))
+  kept = masked != PAD_ID
+  np.testing.assert_array_equal(masked[kept], rows[kept])  # nothing but PAD is ever written
+  whole = (masked == rows).all(axis=1)
+  assert 0.05 < whole.mean() < 0.5  # the unconditioned 20% stay whole
+  prefixes = (~whole) & (masked[:, 9] == PAD_ID) & kept[:, 1]
+  assert prefixes.any()  # prefix rows without their EOS
+  assert autoencoder._context_condition(conditioned_config(corpus)) is not None  # pylint: disable=protected-access
+  assert autoencoder._context_condition(latent_config(corpus)) is None  # pylint: disable=protected-access
+
+
+def test_positions_model_reads_the_known_row_in_context(corpus):
+  """The loss of a "positions" model sees the masked row's latents in context: changing an
+  unknown token of the context row changes nothing, changing a known one changes the loss."""
+  config = conditioned_config(corpus)
+  model = builders.make_model(config)
+  assert model.config.source_context and model.config.context_layout == "positions"
+  params = builders.init_params(config, model)
+  schedule = builders.make_schedule(config)
+  tokens = jnp.asarray(np.tile(np.r_[BOS_ID, np.arange(3, 13), EOS_ID, [PAD_ID] * 4], (2, 1)),
+                       jnp.int32)
+  known = jnp.asarray(np.tile(np.arange(16) < 5, (2, 1)))
+
+  def loss(rows, known_mask):
+    inputs = diffusion.LossInputs(tokens=rows, mask=rows != PAD_ID, t=jnp.array([0.3, 0.6]),
+                                  weight=jnp.ones(2), noise=jnp.zeros((2, 2, 8, 16)), self_cond=jnp.array(False),
+                                  known=known_mask, null_cond=jnp.zeros((2,), bool))
+    return float(diffusion.training_losses(model, params, inputs, schedule,
+                                           builders.loss_config(config), train=False)[0])
+
+  base = loss(tokens, known)
+  assert np.isfinite(base)
+  unknown_changed = tokens.at[:, 7].set(20)  # position 7 unknown: a different target only
+  known_changed = tokens.at[:, 2].set(20)    # position 2 known: a different context too
+  inputs_only = lambda rows: diffusion.source_in_context(
+      lambda method, *a, **k: model.apply(params, *a, method=method, **k),
+      diffusion.LossInputs(tokens=rows, mask=rows != PAD_ID, t=jnp.array([0.3, 0.6]),
+                           weight=jnp.ones(2), noise=jnp.zeros((2, 2, 8, 16)), self_cond=jnp.array(False),
+                           known=known, null_cond=jnp.zeros((2,), bool)), "positions")[1]["context"]
+  np.testing.assert_array_equal(inputs_only(unknown_changed), inputs_only(tokens))
+  assert not np.allclose(inputs_only(known_changed), inputs_only(tokens))
+  assert loss(tokens, jnp.zeros_like(known)) != base  # nothing known: the null context
+
+
+@pytest.fixture(scope="module")
+def conditioned_workdir(corpus, tmp_path_factory):
+  """A latent workdir trained with the prefix / suffix / spans mixture (a short autoencoder)."""
+  from cdm_jax.training import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("latent_conditions")
+  config = conditioned_config(corpus, num_steps=200)
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+@pytest.mark.slow
+def test_known_text_verbatim_in_every_output(conditioned_workdir):
+  import cdm_jax  # pylint: disable=g-import-not-at-top
+  generator = cdm_jax.load(str(conditioned_workdir))
+  n = generator.config.data.seq_len
+  layouts = {
+      "prefix": conditioning.prefix_layout(generator.tokenizer, "the cat", n),
+      "suffix": conditioning.template_layout(generator.tokenizer, "___:4 on the mat", n),
+      "infill": conditioning.template_layout(generator.tokenizer, "the ___:3 sat on ___:2 mat", n),
+      "length": conditioning.length_layout(5, n),
+  }
+  for name, (known, mask) in layouts.items():
+    rows = np.repeat(known[None], 6, 0)
+    masks = np.repeat(mask[None], 6, 0)
+    for guidance in (0.0, 1.5):
+      tokens = generator.sample_tokens(6, seed=1, condition=(rows, masks), guidance_scale=guidance)
+      np.testing.assert_array_equal(tokens[masks], rows[masks], err_msg=name)
+  assert all(t.startswith("the cat") for t in generator.sample(4, prefix="the cat", seed=0))
+  assert all(t.endswith("on the mat") for t in generator.sample(4, suffix="on the mat", gap_length=4,
+                                                                   seed=0))
+  for text in generator.infill("the ___:3 sat on ___:2 mat", 4, seed=0):
+    # (a generated piece may continue a known word: "on" + "e")
+    assert re.fullmatch(r"the.* sat on.*mat", text), text
+  assert len(generator.sample(3, lengths=[2, 3, 4])) == 3
+
+
+@pytest.mark.slow
+def test_cli_prefix_and_template_on_a_latent_workdir(conditioned_workdir, tmp_path):
+  out = tmp_path / "samples.jsonl"
+  command = [sys.executable, "-m", "cdm_jax.cli.generate", f"--workdir={conditioned_workdir}",
+             "--num_samples=3", "--steps=4", "--prefix=the dog", f"--output={out}"]
+  subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+  texts = out.read_text().splitlines()
+  assert len(texts) == 3 and all(t.startswith("the dog") for t in texts)
+  command[-2:] = ["--template=a ___:2 ran", f"--output={out}"]
+  subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+  texts = out.read_text().splitlines()
+  assert len(texts) == 3 and all(t.startswith("a ") and t.endswith(" ran") for t in texts)
