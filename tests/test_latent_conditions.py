@@ -12,6 +12,7 @@ import pytest
 
 from cdm_jax.core import conditioning, diffusion
 from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
+from cdm_jax.evaluation import tasks
 from cdm_jax.models import builders
 from cdm_jax.training import autoencoder
 
@@ -134,3 +135,49 @@ def test_cli_prefix_and_template_on_a_latent_workdir(conditioned_workdir, tmp_pa
   subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
   texts = out.read_text().splitlines()
   assert len(texts) == 3 and all(t.startswith("a ") and t.endswith(" ran") for t in texts)
+
+
+def test_continuation_layouts_and_generated_parts():
+  rows = np.array([[BOS_ID, 5, 6, 7, 8, EOS_ID, PAD_ID, PAD_ID],
+                   [BOS_ID, 5, 6, 7, EOS_ID, PAD_ID, PAD_ID, PAD_ID]])
+  known = tasks.continuation_layouts(rows)
+  np.testing.assert_array_equal(known.sum(axis=1), [3, 2])  # BOS + 2 of 4 pieces, BOS + 1 of 3
+  sampled = np.array([[BOS_ID, 5, 6, 9, EOS_ID, 4, 4, 4],
+                      [BOS_ID, 5, 9, 9, 9, 9, 9, 9]])
+  parts = tasks.continuations(sampled, known)
+  np.testing.assert_array_equal(parts[0], [9, EOS_ID])
+  np.testing.assert_array_equal(parts[1], [9] * 6)  # no EOS: to the row's end
+
+
+class _CopyJudge:
+  """A stand-in judge: a target costs 1 nat when it repeats the token before it, else 3."""
+
+  def score(self, tokens):
+    targets, previous = tokens[:, 1:], tokens[:, :-1]
+    real = targets != PAD_ID
+    nll = np.where(targets == previous, 1.0, 3.0) * real
+    return {"nll": nll.sum(axis=1), "tokens": real.sum(axis=1)}
+
+
+def test_continuation_scores_by_the_chain_rule():
+  prefixes = [np.array([BOS_ID, 5]), np.array([BOS_ID, 6])]
+  generated = [np.array([5, 5, EOS_ID]), np.array([6, EOS_ID])]
+  scores = tasks.continuation_scores(_CopyJudge(), prefixes, generated, seq_len=8)
+  # Own prefixes: 1 + 1 + 3 and 1 + 3 nats over 5 tokens; foreign ones: 3 + 1 + 3 and 3 + 3.
+  assert scores["judge_ppl"] == pytest.approx(np.exp(9 / 5))
+  assert scores["context_use_nats"] == pytest.approx(np.mean([(7 - 5) / 3, (6 - 4) / 2]))
+  assert scores["mean_length_pieces"] == 1.5 and scores["empty_fraction"] == 0.0
+
+
+@pytest.mark.slow
+def test_continuation_task_on_a_latent_workdir(conditioned_workdir, tmp_path, monkeypatch):
+  from cdm_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("CDM_JAX_CACHE", str(tmp_path / "cache"))
+  result = evaluate.evaluate_task(str(conditioned_workdir), "continuation", num_examples=12,
+                                  seed=0, judge_steps=20, write=False)
+  assert result["examples"] == 12 and result["judge"]["steps"] == 20
+  for name in ("diffusion", "ar_baseline", "real"):
+    scores = result[name]
+    assert scores["judge_ppl"] > 1 and np.isfinite(scores["context_use_nats"]), name
+  for shown in result["diffusion"]["examples_shown"]:
+    assert shown["text"].startswith(shown["prefix"])

@@ -32,9 +32,11 @@ def main(argv=None):
   flags.DEFINE_float("ar_temperature", 1.0, "Temperature of the AR baseline's samples (both "
                      "tasks: lm and seq2seq).")
   flags.DEFINE_float("ar_top_p", 1.0, "Nucleus mass of the AR baseline's samples.")
-  flags.DEFINE_enum("task", "lm", ["lm", "seq2seq", "infill"], "lm: unconditional samples; "
-                    "seq2seq / infill: conditional tasks on held-out data (cdm_jax/tasks.py).")
-  flags.DEFINE_integer("num_examples", 200, "Held-out examples of --task=seq2seq/infill.")
+  flags.DEFINE_enum("task", "lm", ["lm", "seq2seq", "infill", "continuation"],
+                    "lm: unconditional samples; seq2seq / infill / continuation: conditional tasks "
+                    "on held-out data (cdm_jax/evaluation/tasks.py).")
+  flags.DEFINE_integer("num_examples", 200, "Held-out examples of --task=seq2seq/infill/"
+                       "continuation.")
   flags.DEFINE_integer("candidates", 10, "k of accuracy@k (--task=seq2seq): the length of each "
                        "model's ranked list of targets per source.")
   flags.DEFINE_integer("draws", 0, "Targets drawn per source (--task=seq2seq; 0: --candidates); "
@@ -52,7 +54,7 @@ def main(argv=None):
       _print_then_save(f.workdir, evaluate.evaluate_task(
           f.workdir, f.task, num_examples=f.num_examples, seed=f.seed, candidates=f.candidates,
           draws=f.draws, start=f.start, baseline=f.baseline, ar_temperature=f.ar_temperature,
-          sample_overrides=overrides, write=False))
+          sample_overrides=overrides, write=False, judge_steps=f.judge_steps))
       return
     if f.guidance_scale:
       raise ValueError("--guidance_scale needs a condition: use it with --task=seq2seq or infill.")

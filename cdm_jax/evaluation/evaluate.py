@@ -194,10 +194,12 @@ def evaluate(workdir: str, *, num_samples: int = 1000, seed: int = 0,
 def evaluate_task(workdir: str, task: str, *, num_examples: int = 200, seed: int = 0,
                   candidates: int = 10, draws: int = 0, start: int = 0, baseline: bool = True,
                   ar_temperature: float = 1.0, sample_overrides: dict | None = None,
-                  write: bool = True) -> dict:
-  """A conditional task ("seq2seq" or "infill", see `tasks`) on the workdir's held-out data;
+                  write: bool = True, judge_steps: int = 0) -> dict:
+  """A conditional task ("seq2seq", "infill" or "continuation", see `tasks`) on the workdir's
+  held-out data;
   written to DIR/eval/task_<task>_n<N>_seed<S>[_start<I>][_draws<D>].json when `write`.
-  `draws`, `start` and `ar_temperature` are seq2seq's (`tasks.evaluate_seq2seq`)."""
+  `draws`, `start` and `ar_temperature` are seq2seq's (`tasks.evaluate_seq2seq`); `judge_steps`
+  continuation's (`tasks.continuation_judge`)."""
   started = time.perf_counter()
   generator = sampling.load(workdir)
   data = pipeline.prepare_data(generator.config.data, workdir)
@@ -209,8 +211,13 @@ def evaluate_task(workdir: str, task: str, *, num_examples: int = 200, seed: int
   elif task == "infill":
     result = tasks.evaluate_infill(generator, data, num_examples=num_examples, seed=seed,
                                    sample_overrides=sample_overrides, baseline=baseline)
+  elif task == "continuation":
+    result = tasks.evaluate_continuation(generator, data, num_examples=num_examples, seed=seed,
+                                         sample_overrides=sample_overrides, baseline=baseline,
+                                         judge_steps=judge_steps)
   else:
-    raise ValueError(f"Unknown task {task!r}; choose seq2seq or infill (or use evaluate()).")
+    raise ValueError(f"Unknown task {task!r}; choose seq2seq, infill or continuation (or use "
+                     "evaluate()).")
   result["sample_overrides"] = {k: v for k, v in (sample_overrides or {}).items() if v is not None}
   result["wall_seconds"] = time.perf_counter() - started
   name = f"task_{task}_n{num_examples}_seed{seed}"
