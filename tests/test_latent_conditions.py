@@ -42,7 +42,7 @@ def test_positions_context_rows_against_numpy():
 def test_autoencoder_learns_the_masked_context_rows(corpus):
   rows = np.full((64, 16), PAD_ID, np.int32)
   rows[:, 0], rows[:, 1:9], rows[:, 9] = BOS_ID, np.arange(3, 11), EOS_ID
-  masked = np.asarray(autoencoder.masked_rows(
+  masked = np.asarray(conditioning.masked_rows(
       jax.random.PRNGKey(0), jnp.asarray(rows), conditioning.ConditionConfig(**CONDITIONS)))
   kept = masked != PAD_ID
   np.testing.assert_array_equal(masked[kept], rows[kept])  # nothing but PAD is ever written

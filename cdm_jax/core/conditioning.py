@@ -103,6 +103,17 @@ def draw_known(key: Array, tokens: Array, config: ConditionConfig) -> Array:
   return masks[kind]
 
 
+def masked_rows(key: Array, tokens: Array, condition: ConditionConfig) -> Array:
+  """`tokens` [batch, n] with each row's unknown positions PAD under a known mask drawn from the
+  condition mixture (rows drawn unconditioned stay whole): the context rows a latent model with
+  known positions in context encodes (prefix rows without their EOS, suffix and template rows)."""
+  known = jax.vmap(lambda i, row: draw_known(jax.random.fold_in(key, i), row,
+                                                          condition))(
+      jnp.arange(tokens.shape[0]), tokens)
+  whole = ~jnp.any(known, axis=-1, keepdims=True)
+  return jnp.where(whole | known, tokens, PAD_ID)
+
+
 def draw_condition(key: Array, tokens: Array, config: ConditionConfig) -> tuple[Array, Array]:
   """(known mask [length] bool, null condition: scalar bool) for one example."""
   mask_key, drop_key = jax.random.split(key)

@@ -62,16 +62,11 @@ def measure(args: GapSettings) -> dict:
   """The compute-gap result of `args.workdir` (see the module docstring): the diffusion row, the AR
   ladder's rows, the real text's row and the verdict."""
   # pylint: disable=g-import-not-at-top
-  from cdm_jax.models import builders
-  from cdm_jax.core import conditioning
-  from cdm_jax.evaluation import evaluate
-  from cdm_jax.training import flops
-  from cdm_jax.training import autoencoder as ae_stage
   from cdm_jax import sampling
-  from cdm_jax.core import rounding
-  from cdm_jax.evaluation import text_metrics
-  from cdm_jax.evaluation import ar_model as judge_lib
-  from cdm_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from cdm_jax.data import pipeline
+  from cdm_jax.evaluation import ar_model as judge_lib, evaluate, text_metrics
+  from cdm_jax.models import builders
+  from cdm_jax.training import flops
 
   generator = sampling.load(args.workdir, use_ema=not args.raw_params)
   config = generator.config
@@ -96,55 +91,11 @@ def measure(args: GapSettings) -> dict:
   scorer = evaluate.Scorer(judge, generator.tokenizer, config.data.seq_len, references,
                            train_index=text_metrics.TrainingSetIndex(data.train_text), seed=args.seed)
 
-  def ar_row(name, ar_config):
-    # A rung's row depends only on its model, the judge, the sample count and the seed: cached
-    # beside the rung's model, so runs compared on one ladder score it once.
-    start = time.perf_counter()
-    ar = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, ar_config)
-    cached = pathlib.Path(ar.info["cache"]) / (
-        f"row_judge-{pathlib.Path(judge.info['cache']).name}_n{n}_seed{args.seed}.json")
-    if cached.exists():
-      row = json.loads(cached.read_text())
-      if "texts" in row:  # rows cached before the texts were kept are scored again
-        return {**row, "name": name}
-    texts = generator.decode(ar.sample(n, args.seed))
-    row = {"name": name, "steps": ar.info["steps"], "train_seconds": ar.info["train_seconds"],
-           "wall_seconds": time.perf_counter() - start, **scorer.score(texts), "examples": texts[:5],
-           "texts": texts}
-    cached.write_text(evaluate.to_json(row))
-    return row
-
+  ar_row = lambda name, ar_config: _ar_row(name, ar_config, generator, data, corpus_id, judge,
+                                           scorer, n, args.seed)
   overrides = overrides_lib.dataclass_overrides(generator.sample_config, args.set or [])
-  decoder_flops = 0.0
-  if generator.options(**overrides).decoder == rounding.CONTEXTUAL_DECODER:  # counts as training
-    generator.make_sample_fn(**overrides)  # a clear error when the workdir has no such decoder
-    decoder_flops = generator.readout_decoder.flops
-  # A latent model's autoencoder stage trained for it: its FLOPs count in the diffusion budget.
-  autoencoder_flops = (ae_stage.autoencoder_flops(config) if builders.is_latent(config) else 0.0)
-  start = time.perf_counter()
-  lengths = (conditioning.draw_lengths(data.train, n, args.seed) if args.lengths == "data"
-             else None)
-  texts = generator.sample(n, seed=args.seed, lengths=lengths, **overrides)
-  diffusion = {"name": "diffusion", "steps": generator.step,
-               "flops": diffusion_flops + decoder_flops + autoencoder_flops,
-               "readout_decoder_flops": decoder_flops, "autoencoder_flops": autoencoder_flops,
-               "sampling_seconds": time.perf_counter() - start, **scorer.score(texts),
-               "examples": texts[:5], "texts": texts}
-  rows = {}
-  pending = sorted(set(fractions))
-  while pending:
-    fraction = pending.pop(0)
-    ar_config = dataclasses.replace(base, seed=args.ar_seed, max_steps=steps_of(fraction))
-    row = ar_row(f"ar {fraction}", ar_config)
-    row.update(fraction=str(fraction), flops=ar_config.max_steps * ar_step_flops)
-    rows[fraction] = row
-    print(f"{row['name']:>10s}: {row['steps']:6d} steps, judge ppl {row['judge_ppl']:.1f}, "
-          f"entropy {row['unigram_entropy']:.3f}", flush=True)
-    smallest = min(rows)
-    behind = diffusion["judge_ppl"] >= rows[smallest]["judge_ppl"]
-    if not pending and behind and steps_of(smallest / 2) >= args.min_steps:
-      pending.append(smallest / 2)  # extend the ladder down
-  ladder = [rows[f] for f in sorted(rows)]
+  diffusion = _diffusion_row(generator, data, scorer, args, n, overrides, diffusion_flops)
+  ladder = _ladder(base, args, steps_of, ar_step_flops, ar_row, diffusion["judge_ppl"])
   words = equal_word_entropies([diffusion] + ladder)
   real_row = {"name": "real", **scorer.score(real)}
   return {"workdir": args.workdir, "checkpoint_step": generator.step, "num_samples": n,
@@ -193,3 +144,74 @@ def write(result: dict, out: pathlib.Path):
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(out / "compute_gap.png", dpi=120)
+
+
+def _ar_row(name: str, ar_config, generator, data, corpus_id: str, judge, scorer, n: int,
+            seed: int) -> dict:
+  """The scored samples of one AR rung (trained on first use)."""
+  # pylint: disable=g-import-not-at-top
+  from cdm_jax.evaluation import ar_model as judge_lib, evaluate
+  # A rung's row depends only on its model, the judge, the sample count and the seed: cached
+  # beside the rung's model, so runs compared on one ladder score it once.
+  start = time.perf_counter()
+  ar = judge_lib.get_judge(generator.tokenizer, data.train, corpus_id, ar_config)
+  cached = pathlib.Path(ar.info["cache"]) / (
+      f"row_judge-{pathlib.Path(judge.info['cache']).name}_n{n}_seed{seed}.json")
+  if cached.exists():
+    row = json.loads(cached.read_text())
+    if "texts" in row:  # rows cached before the texts were kept are scored again
+      return {**row, "name": name}
+  texts = generator.decode(ar.sample(n, seed))
+  row = {"name": name, "steps": ar.info["steps"], "train_seconds": ar.info["train_seconds"],
+         "wall_seconds": time.perf_counter() - start, **scorer.score(texts), "examples": texts[:5],
+         "texts": texts}
+  cached.write_text(evaluate.to_json(row))
+  return row
+
+
+def _diffusion_row(generator, data, scorer, args: GapSettings, n: int, overrides: dict,
+                   diffusion_flops: float) -> dict:
+  """The diffusion samples' scores; its budget counts a read-out decoder's and a latent model's
+  autoencoder stage's training FLOPs."""
+  # pylint: disable=g-import-not-at-top
+  from cdm_jax.core import conditioning, rounding
+  from cdm_jax.models import builders
+  from cdm_jax.training import autoencoder as ae_stage
+  config = generator.config
+  decoder_flops = 0.0
+  if generator.options(**overrides).decoder == rounding.CONTEXTUAL_DECODER:  # counts as training
+    generator.make_sample_fn(**overrides)  # a clear error when the workdir has no such decoder
+    decoder_flops = generator.readout_decoder.flops
+  # A latent model's autoencoder stage trained for it: its FLOPs count in the diffusion budget.
+  autoencoder_flops = (ae_stage.autoencoder_flops(config) if builders.is_latent(config) else 0.0)
+  start = time.perf_counter()
+  lengths = (conditioning.draw_lengths(data.train, n, args.seed) if args.lengths == "data"
+             else None)
+  texts = generator.sample(n, seed=args.seed, lengths=lengths, **overrides)
+  return {"name": "diffusion", "steps": generator.step,
+               "flops": diffusion_flops + decoder_flops + autoencoder_flops,
+               "readout_decoder_flops": decoder_flops, "autoencoder_flops": autoencoder_flops,
+               "sampling_seconds": time.perf_counter() - start, **scorer.score(texts),
+               "examples": texts[:5], "texts": texts}
+
+
+def _ladder(base, args: GapSettings, steps_of, ar_step_flops: float, ar_row,
+            diffusion_ppl: float) -> list[dict]:
+  """The AR rungs' rows, smallest budget first; extended down (halving) while diffusion is behind
+  the smallest and a rung keeps `args.min_steps` steps."""
+  fractions = [Fraction(f) for f in args.fractions.split(",")]
+  rows = {}
+  pending = sorted(set(fractions))
+  while pending:
+    fraction = pending.pop(0)
+    ar_config = dataclasses.replace(base, seed=args.ar_seed, max_steps=steps_of(fraction))
+    row = ar_row(f"ar {fraction}", ar_config)
+    row.update(fraction=str(fraction), flops=ar_config.max_steps * ar_step_flops)
+    rows[fraction] = row
+    print(f"{row['name']:>10s}: {row['steps']:6d} steps, judge ppl {row['judge_ppl']:.1f}, "
+          f"entropy {row['unigram_entropy']:.3f}", flush=True)
+    smallest = min(rows)
+    behind = diffusion_ppl >= rows[smallest]["judge_ppl"]
+    if not pending and behind and steps_of(smallest / 2) >= args.min_steps:
+      pending.append(smallest / 2)  # extend the ladder down
+  return [rows[f] for f in sorted(rows)]

@@ -69,24 +69,13 @@ def reconstruction_counts(logits, tokens) -> dict:
           "exact_rows": f32(jnp.all(correct, axis=-1))}
 
 
-def masked_rows(key, tokens, condition: conditioning.ConditionConfig):
-  """`tokens` [batch, n] with each row's unknown positions PAD under a known mask drawn from the
-  condition mixture (rows drawn unconditioned stay whole): the context rows a latent model with
-  known positions in context encodes (prefix rows without their EOS, suffix and template rows)."""
-  known = jax.vmap(lambda i, row: conditioning.draw_known(jax.random.fold_in(key, i), row,
-                                                          condition))(
-      jnp.arange(tokens.shape[0]), tokens)
-  whole = ~jnp.any(known, axis=-1, keepdims=True)
-  return jnp.where(whole | known, tokens, PAD_ID)
-
-
 def make_train_step(model: TextAutoencoder, tx, condition: conditioning.ConditionConfig | None = None):
   """jit((state, tokens [batch, n]) -> (state, metrics)): one AdamW step on the augmented CE.
   With `condition` (a latent model reading known positions in context) the rows are first
-  masked as that model's context rows are (`masked_rows`), so E learns them too."""
+  masked as that model's context rows are (`conditioning.masked_rows`), so E learns them too."""
   def loss_fn(params, tokens, key):
     if condition is not None:
-      tokens = masked_rows(jax.random.fold_in(key, 1), tokens, condition)
+      tokens = conditioning.masked_rows(jax.random.fold_in(key, 1), tokens, condition)
     draws = augmentation_draws(key, tokens.shape[0], model.config)
     logits, align = model.apply(params, tokens, draws, method="train_outputs")
     ce = jnp.mean(vocab_ops.token_cross_entropy(logits, tokens))
