@@ -297,8 +297,8 @@ def test_a_distillation_step_on_an_fsdp_state_matches_the_replicated_one():
 class _ContextRecorder:
   """A stand-in source-context model: embeds a row as its tokens (one latent per token, dim 1),
   denoises to zeros, and records the context every denoiser call reads."""
-  def __init__(self):
-    self.config = types.SimpleNamespace(source_context=True)
+  def __init__(self, layout: str = "pairs"):
+    self.config = types.SimpleNamespace(source_context=True, context_layout=layout)
     self.contexts = []
 
   def apply(self, params, *args, method, **kwargs):
@@ -325,3 +325,23 @@ def test_distilling_a_source_context_model_honours_the_null_condition_share(drop
   context = np.asarray(model.contexts[0])[..., 0]  # [4, 8]: each row's source, or zeros
   expected = np.zeros_like(context) if dropout else np.asarray([[2, 9, 8, 3, 0, 0, 0, 0]] * 4)
   np.testing.assert_array_equal(context, expected)
+
+
+def test_distilling_a_positions_model_reads_the_known_row_in_context():
+  """A latent model with known positions in context: the teacher and the student read each row
+  with its unknown positions PAD (here every row a prefix of 3 known positions)."""
+  from cdm_jax.core import conditioning  # pylint: disable=g-import-not-at-top
+  from cdm_jax.posttrain import distill_step  # pylint: disable=g-import-not-at-top
+  model = _ContextRecorder("positions")
+  rows = jnp.asarray([[2, 9, 8, 7, 5, 6, 3, 0]] * 4, jnp.int32)
+  condition = conditioning.ConditionConfig(prefix=1.0)
+  distill_step.distillation_losses(model, {}, {}, rows, jnp.linspace(1.0, 0.0, 3),
+                              key=jax.random.PRNGKey(0), schedule=schedules.get_schedule("cosine"),
+                              condition=condition)
+  for context in model.contexts:
+    context = np.asarray(context)[..., 0]
+    known = context != 0
+    assert known[:, 0].all() and (known.sum(axis=1) < 7).all()  # BOS and a prefix, never all
+    full = np.tile(np.asarray(rows), (len(context) // len(rows), 1))  # the student's calls: copies
+    np.testing.assert_array_equal(context[known], full[known])
+    assert (known == (np.arange(8) < known.sum(axis=1, keepdims=True))).all()  # a leading run
