@@ -92,7 +92,9 @@ def conditioned_workdir(corpus, tmp_path_factory):
   """A latent workdir trained with the prefix / suffix / spans mixture (a short autoencoder)."""
   from cdm_jax.training import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("latent_conditions")
-  config = conditioned_config(corpus, num_steps=200)
+  config = conditioned_config(corpus, num_steps=100)
+  config.train.update(num_train_steps=10, eval_every_steps=0, sample_every_steps=0,
+                      checkpoint_every_steps=10)
   train.train_and_evaluate(config, str(workdir))
   return workdir
 

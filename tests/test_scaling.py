@@ -52,7 +52,7 @@ def test_scaling_command_end_to_end_and_resumable(corpus, tmp_path, monkeypatch)
       "  return c\n")
   out = tmp_path / "scaling"
   argv = [f"--config={config_path}", "--budgets=6,10", f"--out={out}", "--num_samples=8",
-          "--fractions=1/4,1/2,1"]
+          "--fractions=1/2,1"]
   scaling.main(argv)
   summary = json.loads((out / scaling.SUMMARY).read_text())
   assert [r["steps"] for r in summary["rows"]] == [6, 10]
