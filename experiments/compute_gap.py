@@ -13,9 +13,11 @@ import dataclasses
 import pathlib
 
 from cdm_jax.evaluation import gap_protocol
+from cdm_jax.runtime import topology
 
 
 def main():
+  topology.quiet_libtpu()  # libtpu installed on a machine without chips: no page of warnings
   from cdm_jax.evaluation import ar_model as judge_lib  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)

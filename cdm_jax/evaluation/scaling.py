@@ -28,7 +28,7 @@ import pathlib
 
 import numpy as np
 
-from cdm_jax.runtime import overrides as overrides_lib
+from cdm_jax.runtime import overrides as overrides_lib, topology
 
 TABLE, SUMMARY, PLOT = "scaling.md", "scaling.json", "scaling.png"
 
@@ -188,6 +188,7 @@ def report(summaries: list[dict], out: pathlib.Path):
 
 
 def main(argv=None):
+  topology.quiet_libtpu()  # libtpu installed on a machine without chips: no page of warnings
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True)
   parser.add_argument("--budgets", required=True, help="diffusion steps, e.g. 600,2000,6000")
