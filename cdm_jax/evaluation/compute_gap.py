@@ -63,14 +63,20 @@ def equal_word_entropies(rows: list[dict]) -> int:
   return count
 
 
+def gap_figure(gap: float | None, status: str, bound: float | None) -> str:
+  """"16.60x", or a bound: "> 64x" behind the smallest rung, "< 1.00x" ahead of the largest."""
+  if gap is not None:
+    return f"{gap:.2f}x"
+  return f"> {bound:.0f}x" if status == "behind_smallest" else f"< {bound:.2f}x"
+
+
 def describe_gap(gap: dict) -> str:
   """"16.6x (valid)", "> 64x (...)", "< 1.00x (...)", with the entropy verdict."""
-  if gap["compute_gap"] is not None:
-    text = f"{gap['compute_gap']:.2f}x"
-  elif gap["status"] == "behind_smallest":
-    text = f"> {gap['compute_gap_lower_bound']:.0f}x (behind the smallest rung)"
-  else:
-    text = f"< {gap['compute_gap_upper_bound']:.2f}x (ahead of the largest rung)"
+  bound = gap.get("compute_gap_lower_bound", gap.get("compute_gap_upper_bound"))
+  text = gap_figure(gap["compute_gap"], gap["status"], bound)
+  if gap["compute_gap"] is None:
+    text += (" (behind the smallest rung)" if gap["status"] == "behind_smallest" else
+             " (ahead of the largest rung)")
   verdict = ("valid" if gap["entropy_valid"] else
              f"GAMED: diffusion entropy below AR's {gap['ar_unigram_entropy_at_match']:.2f} - 0.1")
   return f"{text}, {verdict}"

@@ -28,6 +28,7 @@ import pathlib
 
 import numpy as np
 
+from cdm_jax.evaluation import compute_gap
 from cdm_jax.runtime import overrides as overrides_lib, topology
 
 TABLE, SUMMARY, PLOT = "scaling.md", "scaling.json", "scaling.png"
@@ -91,12 +92,7 @@ def slopes(rows: list[dict]) -> dict:
 
 
 def _gap_text(row: dict) -> str:
-  if row["gap"] is not None:
-    text = f"{row['gap']:.2f}x"
-  elif row["status"] == "behind_smallest":
-    text = f"> {row['gap_bound']:.0f}x"
-  else:
-    text = f"< {row['gap_bound']:.2f}x"
+  text = compute_gap.gap_figure(row["gap"], row["status"], row["gap_bound"])
   return text + ("" if row["entropy_valid"] else " (entropy rule failed)")
 
 
