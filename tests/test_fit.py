@@ -85,6 +85,9 @@ class _Stage:
   def checkpoint_due(self, step):
     return bool(self.due_every) and step % self.due_every == 0
 
+  def checkpoint_view(self, state):
+    return state
+
   def paused(self):
     return contextlib.nullcontext()
 

@@ -141,7 +141,7 @@ def test_latent_config_refuses_token_level_settings(corpus):
 
 def test_frozen_encoder_takes_no_update(corpus):
   """A train step moves the denoiser and leaves every autoencoder parameter as it was (no weight
-  decay either), and keeps no optimizer state for it."""
+  decay either), in the parameters and their EMA, and keeps no optimizer state for it."""
   from cdm_jax.runtime import parallel
   from cdm_jax.training import steps
   config = latent_config(corpus)
@@ -160,8 +160,9 @@ def test_frozen_encoder_takes_no_update(corpus):
     state, _ = step(state, tokens, tokens != 0)
   after = jax.device_get(state.params)
   encoder = lambda p: jax.tree.leaves(p["params"]["embedder"])
-  for a, b in zip(encoder(before), encoder(after)):
+  for a, b, c in zip(encoder(before), encoder(after), encoder(jax.device_get(state.ema_params))):
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)  # the EMA copies it, with no rounding drift
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["params"]["denoiser"]),
                                                      jax.tree.leaves(after["params"]["denoiser"]))]
   assert any(moved)
@@ -293,6 +294,44 @@ def test_latent_workdir_trains_loads_and_samples_with_every_sampler(latent_workd
   assert clean["accuracy_decoder_on_noisy"] > 0.6 > noisy["accuracy_decoder_on_noisy"] + 0.3
   assert math.isnan(clean["accuracy_no_network"])
   assert 0.0 <= clean["accuracy_foreign_context"] <= 1.0
+
+
+@pytest.mark.slow
+def test_checkpoints_leave_the_frozen_encoder_out_and_older_ones_still_load(
+    latent_workdir, corpus, tmp_path, monkeypatch):
+  """The train state's checkpoints hold the denoiser but not the frozen autoencoder, which loads
+  from autoencoder/final; a workdir whose checkpoints hold it (as they did before) loads to the
+  same model and resumes, its new checkpoints without it."""
+  import shutil
+  import cdm_jax
+  from cdm_jax.runtime import checkpointing, parallel
+  from cdm_jax.sampling import artifacts
+  from cdm_jax.training import train
+  workdir, _ = latent_workdir
+  encoder_keys = lambda field: (field, "params", builders.FROZEN_ENCODER)
+  assert checkpointing.has_saved(workdir / "checkpoints", 20, ("params", "params", "denoiser"))
+  for field in ("params", "ema_params"):
+    assert not checkpointing.has_saved(workdir / "checkpoints", 20, encoder_keys(field))
+  new = cdm_jax.load(str(workdir))
+  final = artifacts.load_autoencoder(latent_config(corpus), str(workdir), parallel.make_mesh(1))
+  for a, b in zip(jax.tree.leaves(final["params"]),
+                  jax.tree.leaves(new.params["params"][builders.FROZEN_ENCODER])):
+    np.testing.assert_array_equal(a, b)
+
+  old_dir = tmp_path / "old"
+  shutil.copytree(workdir / "autoencoder", old_dir / "autoencoder")
+  with monkeypatch.context() as patch:  # the earlier format: the whole state in every checkpoint
+    patch.setattr(builders, "checkpoint_view", lambda config, state: state)
+    train.train_and_evaluate(latent_config(corpus), str(old_dir))
+  assert checkpointing.has_saved(old_dir / "checkpoints", 20, encoder_keys("ema_params"))
+  old = cdm_jax.load(str(old_dir))
+  for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(new.params)):
+    np.testing.assert_array_equal(a, b)
+  assert old.sample(3, seed=0) == new.sample(3, seed=0)
+  longer = latent_config(corpus)
+  longer.train.num_train_steps = 30
+  assert train.train_and_evaluate(longer, str(old_dir))["step"] == 30
+  assert not checkpointing.has_saved(old_dir / "checkpoints", 30, encoder_keys("params"))
 
 
 @pytest.mark.slow

@@ -149,6 +149,15 @@ def test_continuation_layouts_and_generated_parts():
   parts = tasks.continuations(sampled, known)
   np.testing.assert_array_equal(parts[0], [9, EOS_ID])
   np.testing.assert_array_equal(parts[1], [9] * 6)  # no EOS: to the row's end
+  # PAD inside the generated part is dropped, as in the text a user reads; a row whose generated
+  # part is PAD up to its EOS is empty
+  holes = np.array([[BOS_ID, 5, 6, PAD_ID, 9, PAD_ID, EOS_ID, 4],
+                    [BOS_ID, 5, PAD_ID, PAD_ID, EOS_ID, 9, 9, 9]])
+  parts = tasks.continuations(holes, known)
+  np.testing.assert_array_equal(parts[0], [9, EOS_ID])
+  np.testing.assert_array_equal(parts[1], [EOS_ID])
+  assert tasks.continuation_scores(_CopyJudge(), [rows[0, :3], rows[1, :2]], parts,
+                                   seq_len=8)["empty_fraction"] == 0.5
 
 
 class _CopyJudge:

@@ -242,14 +242,15 @@ def continuation_layouts(rows: np.ndarray) -> np.ndarray:
 
 
 def continuations(tokens: np.ndarray, known: np.ndarray) -> list[np.ndarray]:
-  """The generated part of each row: the pieces after its known prefix, up to and including the
-  first EOS (to the row's end when there is none; PAD ends it too)."""
+  """The generated part of each row as a user reads it (`tokenizer.decode_tokens`): the pieces
+  after its known prefix up to and including the first EOS (to the row's end when there is
+  none), PAD dropped."""
   out = []
   for row, mask in zip(tokens, known):
     rest = row[int(mask.sum()):]
-    stop = np.flatnonzero((rest == tokenizer_lib.EOS_ID) | (rest == tokenizer_lib.PAD_ID))
-    end = stop[0] + (rest[stop[0]] == tokenizer_lib.EOS_ID) if len(stop) else len(rest)
-    out.append(rest[:end])
+    stop = np.flatnonzero(rest == tokenizer_lib.EOS_ID)
+    rest = rest[:stop[0] + 1] if len(stop) else rest
+    out.append(rest[rest != tokenizer_lib.PAD_ID])
   return out
 
 

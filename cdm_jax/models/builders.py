@@ -236,6 +236,29 @@ def with_encoder(params, encoder_params):
   return {**params, "params": inner}
 
 
+def without_encoder(config, params):
+  """`params` as checkpoints hold them: a latent model's frozen encoder left out (it is the
+  trained autoencoder's, read back from WORKDIR/autoencoder/final); other models' unchanged."""
+  if not is_latent(config):
+    return params
+  return {**params, "params": {k: v for k, v in params["params"].items() if k != FROZEN_ENCODER}}
+
+
+def checkpoint_view(config, state: train_state.TrainState) -> train_state.TrainState:
+  """The train state as checkpointed: parameters and EMA `without_encoder`."""
+  return state.replace(params=without_encoder(config, state.params),
+                       ema_params=without_encoder(config, state.ema_params))
+
+
+def with_frozen_encoder(config, state: train_state.TrainState, encoder_params):
+  """The inverse of `checkpoint_view` (a no-op for token-level models): parameters and EMA with
+  the trained autoencoder's parameters as their frozen encoder."""
+  if not is_latent(config):
+    return state
+  return state.replace(params=with_encoder(state.params, encoder_params),
+                       ema_params=with_encoder(state.ema_params, encoder_params))
+
+
 def init_state(config, model: DiffusionLM, tx, encoder_params=None) -> train_state.TrainState:
   """Step 0's state; `encoder_params`: a latent model's trained autoencoder (required to train
   one; shapes alone need none)."""

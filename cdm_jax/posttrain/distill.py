@@ -74,6 +74,9 @@ class _Run:
   def checkpoint_due(self, step: int) -> bool:
     return step % self.config.steps_per_round == 0
 
+  def checkpoint_view(self, state):
+    return state
+
   def paused(self):
     return contextlib.nullcontext()
 
@@ -127,18 +130,17 @@ def _build(workdir: str, config: DistillConfig) -> _Run:
 
 
 def _restore_or_init(run: _Run) -> DistillState:
-  abstract = {"ema_params": builders.abstract_params(run.teacher_config, run.model, run.mesh)}
-  if uses_warp(run.teacher_config):
-    abstract["warp"] = builders.abstract_warp(run.teacher_config, run.mesh)
+  extra = ({"warp": builders.abstract_warp(run.teacher_config, run.mesh)}
+           if uses_warp(run.teacher_config) else {})
   teacher_file = run.workdir / DISTILL_DIR / "teacher.json"
   # A resumed distillation keeps the teacher checkpoint it started from, even if training has
   # written newer ones since (the students record it; `load(student=...)` warns when it is old).
   pinned = (json.loads(teacher_file.read_text())["teacher_checkpoint_step"]
             if teacher_file.is_file() and run.manager.latest_step() is not None else None)
-  restored, run.teacher_step = checkpointing.restore_subtree(str(run.workdir), abstract, pinned)
+  teacher, restored, run.teacher_step = artifacts.restore_model_params(
+      run.teacher_config, str(run.workdir), run.mesh, step=pinned, extra=extra)
   distributed.on_primary(lambda: fs.write_atomic(teacher_file, json.dumps(
       {"teacher_checkpoint_step": run.teacher_step})), "writing distill/teacher.json")
-  teacher = restored["ema_params"]
   run.warp = distributed.to_host(restored["warp"]) if "warp" in restored else None
   shapes = jax.eval_shape(lambda: init_state(teacher, run.tx, run.config.seed))
   latest = checkpointing.restore_latest(run.manager, jax.tree.map(

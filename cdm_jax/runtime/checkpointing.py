@@ -92,16 +92,18 @@ def finish(manager: ocp.CheckpointManager, *, raise_errors: bool = True):
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
   """(state, data_state, step) from the newest readable checkpoint, or None if there is none.
 
-  `abstract_state` gives the structure, shapes and shardings (e.g. from `jax.eval_shape`).
+  `abstract_state` gives the structure, shapes and shardings (e.g. from `jax.eval_shape`), or is a
+  function of the step that gives them (when a run's format changed between its checkpoints).
   Unfinished saves (a `*.orbax-checkpoint-tmp` folder left by a crash) are ignored by Orbax. A
   newer step that cannot be read (truncated, missing metadata, garbage bytes) is logged, moved
   aside to `checkpoints_unreadable/` (never deleted) once an older step restores, and the older
   one is used; when no step is readable, nothing is moved and the first error is raised.
   """
-  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                            data=ocp.args.JsonRestore())
+  target = abstract_state if callable(abstract_state) else lambda unused_step: abstract_state
+  args = lambda s: ocp.args.Composite(state=ocp.args.StandardRestore(target(s)),
+                                      data=ocp.args.JsonRestore())
   restored, step, unreadable = _newest_readable(
-      sorted(manager.all_steps(), reverse=True), lambda s: manager.restore(s, args=args),
+      sorted(manager.all_steps(), reverse=True), lambda s: manager.restore(s, args=args(s)),
       epath.Path(manager.directory))
   if restored is None:
     return None
@@ -148,6 +150,18 @@ def saved_steps(workdir: str) -> list[int]:
   steps = sorted(manager.all_steps())
   manager.close()
   return steps
+
+
+def has_saved(directory, step: int, keys: tuple[str, ...]) -> bool:
+  """Whether the train state saved at `step` under the checkpoint folder `directory` holds the
+  subtree at `keys` (e.g. ("params", "params", "embedder")); its metadata is read, no array."""
+  tree = ocp.PyTreeCheckpointer().metadata(fs.path(directory) / str(step) / "state").item_metadata
+  tree = tree.tree if hasattr(tree, "tree") else tree
+  for key in keys:
+    if not isinstance(tree, dict) or key not in tree:
+      return False
+    tree = tree[key]
+  return True
 
 
 def restore_subtree(workdir: str, abstract: dict, step: int | None = None):

@@ -1,7 +1,8 @@
-"""What post-training writes beside a model, read back for sampling: the few-step students of
-`cdm_jax.posttrain.distill` (`WORKDIR/students/steps_N/`) and the contextual read-out decoder of
-`cdm_jax.posttrain.readout` (`WORKDIR/readout_decoder/`). This module owns both formats, so sampling
-needs no post-training module."""
+"""What training and post-training write beside a model, read back for sampling: a latent model's
+autoencoder (`WORKDIR/autoencoder/final/`, its frozen encoder and decoder), the few-step students
+of `cdm_jax.posttrain.distill` (`WORKDIR/students/steps_N/`) and the contextual read-out decoder of
+`cdm_jax.posttrain.readout` (`WORKDIR/readout_decoder/`). This module owns these formats, so
+sampling needs no training or post-training module."""
 
 import dataclasses
 import json
@@ -9,12 +10,50 @@ import json
 import jax
 import jax.numpy as jnp
 
+from cdm_jax.models import builders
+from cdm_jax.models.autoencoder import TextAutoencoder
 from cdm_jax.models.config import ModelConfig
 from cdm_jax.models.contextual_decoder import ContextualDecoder, ReadoutConfig, decoder_model_config
-from cdm_jax.runtime import checkpointing, fs
+from cdm_jax.runtime import checkpointing, fs, parallel
 
+AUTOENCODER_DIR = "autoencoder"
+FINAL_DIR = "final"
 DECODER_DIR = "readout_decoder"
 STUDENTS_DIR = "students"
+
+
+def autoencoder_final(workdir):
+  """The folder of a latent workdir's finished autoencoder: `params/` and its report."""
+  return fs.path(workdir) / AUTOENCODER_DIR / FINAL_DIR
+
+
+def load_autoencoder(config, workdir: str, mesh) -> dict:
+  """The finished autoencoder's variables ({"params": ...}, standardization statistics included),
+  replicated over `mesh`."""
+  model = TextAutoencoder(builders.autoencoder_config(config))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, model.config.seq_len), jnp.int32)))
+  path = autoencoder_final(workdir) / "params"
+  if not path.is_dir():
+    raise FileNotFoundError(f"No finished autoencoder at {path}: {workdir} holds no trained latent "
+                            "model (cdm-train trains the autoencoder first).")
+  return checkpointing.restore_tree(path, checkpointing.abstract_like(shapes,
+                                                                      parallel.replicated(mesh)))
+
+
+def restore_model_params(config, workdir: str, mesh, key: str = "ema_params", *, step=None,
+                         extra: dict | None = None):
+  """(parameters, the other restored fields, step) of the train state's `key` ("params" or
+  "ema_params") at `step` (default: the newest), with a latent model's frozen encoder from
+  `load_autoencoder`; `extra`: other fields of the state to restore ({name: abstract}). Both
+  checkpoint formats read: with the encoder inside (before it was left out) and without."""
+  abstract = builders.abstract_params(config, builders.make_model(config), mesh)
+  restored, step = checkpointing.restore_subtree(
+      workdir, {key: builders.without_encoder(config, abstract), **(extra or {})}, step)
+  params = restored.pop(key)
+  if builders.is_latent(config):
+    params = builders.with_encoder(params, load_autoencoder(config, workdir, mesh)["params"])
+  return params, restored, step
 
 
 def student_path(workdir, steps: int):

@@ -275,12 +275,10 @@ def load(workdir: str, *, use_ema: bool = True, step: int | None = None,
   mesh = parallel.make_mesh(num_devices)
   if student is not None:
     return _load_student(workdir, config, mesh, student)
-  key = "ema_params" if use_ema else "params"
-  model = builders.make_model(config)
-  abstract = {key: builders.abstract_params(config, model, mesh),
-              "warp": builders.abstract_warp(config, mesh)}
-  restored, step = checkpointing.restore_subtree(workdir, abstract, step)
-  return Generator(config, restored[key], tokenizer_lib.load_tokenizer(workdir), step=step,
+  params, restored, step = artifacts.restore_model_params(
+      config, workdir, mesh, "ema_params" if use_ema else "params", step=step,
+      extra={"warp": builders.abstract_warp(config, mesh)})
+  return Generator(config, params, tokenizer_lib.load_tokenizer(workdir), step=step,
                    mesh=mesh, warp=distributed.to_host(restored["warp"]),
                    readout_decoder=artifacts.load_decoder(workdir, builders.model_config(config), mesh))
 

@@ -29,12 +29,12 @@ from cdm_jax.models import builders
 from cdm_jax.models.autoencoder import FEATURE_MODEL, TextAutoencoder, augmentation_draws
 from cdm_jax.models.transformer import TransformerLM
 from cdm_jax.runtime import checkpointing, distributed, fs, parallel, periodic
+from cdm_jax.sampling import artifacts
 from cdm_jax.training import flops, loop
 
 log = logging.getLogger(__name__)
 
-AUTOENCODER_DIR = "autoencoder"
-FINAL_DIR = "final"
+AUTOENCODER_DIR = artifacts.AUTOENCODER_DIR
 REPORT_FILE = "autoencoder.json"
 
 
@@ -186,6 +186,9 @@ class _Run:
   def checkpoint_due(self, unused_step: int) -> bool:
     return False
 
+  def checkpoint_view(self, state):
+    return state
+
   def paused(self):
     return contextlib.nullcontext()
 
@@ -241,21 +244,16 @@ def load_feature_model(config: ml_collections.ConfigDict) -> dict:
 
 
 def _final_paths(workdir):
-  final = fs.path(workdir) / AUTOENCODER_DIR / FINAL_DIR
+  final = artifacts.autoencoder_final(workdir)
   return final / "params", final / REPORT_FILE
 
 
 def load_final(config: ml_collections.ConfigDict, workdir: str, mesh):
   """(parameters with statistics, report) of a finished stage, or None."""
-  params_path, report_path = _final_paths(workdir)
+  report_path = _final_paths(workdir)[1]
   if not report_path.is_file():
     return None
-  model = TextAutoencoder(builders.autoencoder_config(config))
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             jnp.zeros((1, model.config.seq_len), jnp.int32)))
-  params = checkpointing.restore_tree(
-      params_path, checkpointing.abstract_like(shapes, parallel.replicated(mesh)))
-  return params, json.loads(report_path.read_text())
+  return artifacts.load_autoencoder(config, workdir, mesh), json.loads(report_path.read_text())
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Dataset, mesh):

@@ -10,6 +10,8 @@ A stage is any object with:
   dispatch(state, step) -> (state, metrics)    one compiled call from `step`: `spec.steps_per_call` steps
   after_step(state, step, metrics, last) -> state  logging, evaluation, rounds... (may replace it)
   checkpoint_due(step) -> bool                 a checkpoint the stage needs now (e.g. a round end)
+  checkpoint_view(state) -> pytree             what a checkpoint holds of the state (what
+                                               `restore_or_init` reads back)
   paused() -> context manager                  time kept out of throughput figures
   close()                                      after the loop, on success or failure
 """
@@ -70,8 +72,8 @@ def _steps(stage, state):
       due = stage.checkpoint_due(step)
       if periodic.itstime(step, spec.checkpoint_every_steps, last or due):
         with stage.paused():
-          checkpointing.save(stage.manager, step, state, stage.batches.get_state(),
-                             force=last or due)
+          checkpointing.save(stage.manager, step, stage.checkpoint_view(state),
+                             stage.batches.get_state(), force=last or due)
       if last:
         break
   return state, step

@@ -19,7 +19,7 @@ from cdm_jax.core import diffusion
 from cdm_jax.runtime import distributed
 from cdm_jax.runtime import parallel
 from cdm_jax.core import schedules as schedules_lib
-from cdm_jax.models import diffusion_lm, partitioning
+from cdm_jax.models import builders, diffusion_lm, partitioning
 from cdm_jax.models.train_state import TrainState, init_train_state  # noqa: F401  (re-exported)
 
 Array = jax.Array
@@ -35,6 +35,15 @@ def ema_decay_at(step, decay: float):
   """Warmed-up EMA decay min(decay, (1 + step) / (10 + step)): the random init fades quickly."""
   step = step.astype(jnp.float32)
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def _ema_update(ema_params, params, decay, latent: bool):
+  """decay * EMA + (1 - decay) * params; a latent model's frozen encoder is copied as it is."""
+  def update(path, e, p):
+    if latent and any(getattr(k, "key", None) == builders.FROZEN_ENCODER for k in path):
+      return p
+    return decay * e + (1.0 - decay) * p
+  return jax.tree_util.tree_map_with_path(update, ema_params, params)
 
 
 def merge_metrics(total: dict | None, new: dict) -> dict:
@@ -112,7 +121,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: schedules
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay)
-    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    ema_params = _ema_update(state.ema_params, params, decay, model.config.is_latent)
     warp = state.warp
     if loss_config.time_warp:
       warp = warp.update(jax.lax.all_gather(inputs.t, BATCH, tiled=True),

@@ -75,6 +75,9 @@ class _Run:
   def checkpoint_due(self, step: int) -> bool:
     return step in self.config.train.get("keep_steps", ())
 
+  def checkpoint_view(self, state):
+    return builders.checkpoint_view(self.config, state)
+
   def paused(self):
     return self.chrono.paused()
 
@@ -127,8 +130,13 @@ def _build(config: ml_collections.ConfigDict, workdir: epath.Path) -> _Run | Non
 def _restore_or_init(run: _Run, tx):
   """The newest checkpoint's state (and data position), or a fresh state."""
   config = run.config
-  restored = checkpointing.restore_latest(
-      run.manager, builders.abstract_state(config, run.model, tx, run.mesh, layout=run.layout))
+  abstract = builders.abstract_state(config, run.model, tx, run.mesh, layout=run.layout)
+  encoder_keys = ("params", "params", builders.FROZEN_ENCODER)
+  # A latent model's checkpoints leave its frozen encoder out (`builders.checkpoint_view`); those
+  # written before that change hold it, and restore as they were saved.
+  restored = checkpointing.restore_latest(run.manager, lambda step: (
+      abstract if checkpointing.has_saved(run.manager.directory, step, encoder_keys)
+      else builders.checkpoint_view(config, abstract)))
   if restored is None:
     log.info("Starting from scratch in %s (global batch %d on %d devices).", run.workdir,
              config.train.batch_size, run.mesh.devices.size)
@@ -137,7 +145,8 @@ def _restore_or_init(run: _Run, tx):
   state, data_state, start = restored
   run.batches.set_state(data_state)
   log.info("Resumed from step %d in %s.", start, run.workdir)
-  return state
+  state = builders.with_frozen_encoder(config, state, run.encoder_params)
+  return jax.device_put(state, parallel.shardings(run.mesh, run.layout[1]))
 
 
 def _next_batch(run: _Run):
