@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cdm_jax.core import conditioning, diffusion
-from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
+from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from cdm_jax.evaluation import tasks
 from cdm_jax.models import builders
 from cdm_jax.training import autoencoder
@@ -50,8 +50,33 @@ def test_autoencoder_learns_the_masked_context_rows(corpus):
   assert 0.05 < whole.mean() < 0.5  # the unconditioned 20% stay whole
   prefixes = (~whole) & (masked[:, 9] == PAD_ID) & kept[:, 1]
   assert prefixes.any()  # prefix rows without their EOS
-  assert autoencoder._context_condition(conditioned_config(corpus)) is not None  # pylint: disable=protected-access
-  assert autoencoder._context_condition(latent_config(corpus)) is None  # pylint: disable=protected-access
+  marked = np.asarray(conditioning.masked_rows(
+      jax.random.PRNGKey(0), jnp.asarray(rows), conditioning.ConditionConfig(**CONDITIONS), UNK_ID))
+  assert (marked == UNK_ID).any()  # the same draws, UNK where the rows above have PAD written
+  np.testing.assert_array_equal(np.where(marked == UNK_ID, PAD_ID, marked), masked)
+  masking = autoencoder._context_masking  # pylint: disable=protected-access
+  assert masking(conditioned_config(corpus))[1] == PAD_ID
+  marked_config = conditioned_config(corpus)
+  marked_config.model.context_layout = "marked"
+  assert masking(marked_config)[1] == UNK_ID
+  assert masking(latent_config(corpus)) == ()
+
+
+def test_the_context_layout_by_config_and_its_rows(corpus):
+  """Without model.context_layout (as in older workdirs) the unknown positions are PAD; "marked"
+  fills them with UNK; seq2seq sources keep "pairs"."""
+  config = conditioned_config(corpus)
+  assert builders.model_config(config).context_layout == "positions"
+  config.model.context_layout = "marked"
+  assert builders.model_config(config).context_layout == "marked"
+  config.condition.update(prefix=0.0, suffix=0.0, spans=0.0, source=0.5)
+  assert builders.model_config(config).context_layout == "pairs"
+  tokens = np.array([[BOS_ID, 5, 6, 7, EOS_ID, PAD_ID]])
+  known = np.array([[True, True, False, False, False, True]])
+  for layout, fill in (("positions", PAD_ID), ("marked", UNK_ID)):
+    context, diffused = conditioning.context_rows(tokens, known, layout)
+    np.testing.assert_array_equal(context, [[BOS_ID, 5, fill, fill, fill, PAD_ID]])
+    np.testing.assert_array_equal(diffused, tokens)
 
 
 def test_positions_model_reads_the_known_row_in_context(corpus):

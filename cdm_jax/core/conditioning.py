@@ -29,11 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from cdm_jax.runtime import registry
-from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
+from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 Array = jax.Array
 KINDS = ("none", "prefix", "suffix", "spans", "source")
 GAP = re.compile(r"___(?::(\d+))?")
+# What a latent model's context row holds at unknown positions, by `ModelConfig.context_layout`:
+# "positions" PAD (unknown reads as empty, as in workdirs trained before "marked"), "marked" UNK
+# (unknown reads as unknown, apart from a row that ends).
+UNKNOWN_FILL = {"positions": PAD_ID, "marked": UNK_ID}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,15 +107,15 @@ def draw_known(key: Array, tokens: Array, config: ConditionConfig) -> Array:
   return masks[kind]
 
 
-def masked_rows(key: Array, tokens: Array, condition: ConditionConfig) -> Array:
-  """`tokens` [batch, n] with each row's unknown positions PAD under a known mask drawn from the
+def masked_rows(key: Array, tokens: Array, condition: ConditionConfig, fill: int = PAD_ID) -> Array:
+  """`tokens` [batch, n] with each row's unknown positions `fill` under a known mask drawn from the
   condition mixture (rows drawn unconditioned stay whole): the context rows a latent model with
   known positions in context encodes (prefix rows without their EOS, suffix and template rows)."""
   known = jax.vmap(lambda i, row: draw_known(jax.random.fold_in(key, i), row,
                                                           condition))(
       jnp.arange(tokens.shape[0]), tokens)
   whole = ~jnp.any(known, axis=-1, keepdims=True)
-  return jnp.where(whole | known, tokens, PAD_ID)
+  return jnp.where(whole | known, tokens, fill)
 
 
 def draw_condition(key: Array, tokens: Array, config: ConditionConfig) -> tuple[Array, Array]:
@@ -261,13 +265,14 @@ def split_pairs(tokens: Array) -> tuple[Array, Array]:
 
 def context_rows(tokens: Array, known: Array, layout: str) -> tuple[Array, Array]:
   """(context rows, diffused rows) of a latent model that reads its condition in context:
-  "pairs" (seq2seq) splits `BOS source EOS target EOS` rows (`split_pairs`); "positions" keeps the
-  whole row to diffuse and puts the row with its unknown positions PAD in context (a prefix, a
-  suffix, a template's known text), position for position."""
+  "pairs" (seq2seq) splits `BOS source EOS target EOS` rows (`split_pairs`); "positions" and
+  "marked" keep the whole row to diffuse and put the row with its unknown positions PAD, or UNK
+  (`UNKNOWN_FILL`), in context (a prefix, a suffix, a template's known text), position for
+  position."""
   if layout == "pairs":
     return split_pairs(tokens)
   xp = np if isinstance(tokens, np.ndarray) else jnp
-  return xp.where(known, tokens, PAD_ID), tokens
+  return xp.where(known, tokens, UNKNOWN_FILL[layout]), tokens
 
 
 def join_pairs(source: Array, target: Array) -> Array:

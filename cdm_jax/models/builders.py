@@ -38,14 +38,17 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   """The `model` block with n and the vocabulary from `data`. A latent model trained with
   conditions reads them in context (`source_context`): seq2seq sources (condition.source > 0) as
   source rows ("pairs"), prefixes, suffixes and templates (condition.prefix / suffix / spans) as
-  the row with its unknown positions PAD ("positions")."""
+  the row with its unknown positions marked: UNK with model.context_layout="marked", else PAD
+  ("positions", what a config without the field, e.g. an older workdir's, means)."""
   shares = config.condition.to_dict() if "condition" in config else {}
   source = shares.get("source", 0.0) > 0
   positions = any(shares.get(kind, 0.0) > 0 for kind in ("prefix", "suffix", "spans"))
+  marked = config.model.get("context_layout", "positions") == "marked"
   return ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": config.data.vocab_size,
                                 "seq_len": config.data.seq_len,
                                 "source_context": is_latent(config) and (source or positions),
-                                "context_layout": "pairs" if source else "positions"})
+                                "context_layout": ("pairs" if source else
+                                                   "marked" if marked else "positions")})
 
 
 # Keys of the `autoencoder` block that configure its training stage, not the module.

@@ -56,6 +56,9 @@ def _model() -> ml_collections.ConfigDict:
   model.time_conditioning = "adaln"  # adaln (adaptive LayerNorm from log-SNR) | add
   model.self_conditioning = True     # feed the previous x0_hat as an input
   model.conditioning = True    # accept known latents + a mask (prefix / infilling / seq2seq)
+  model.context_layout = "positions"  # a latent model trained with condition.prefix/suffix/spans
+                               # reads the row with its unknown positions PAD ("positions") or UNK
+                               # ("marked") in context; seq2seq sources are always "pairs"
   model.normalize_embeddings = False  # L2-normalize embedding rows before every use (CDCD)
   model.embed_scale = 1.0      # row norm ~ embed_scale * sqrt(embed_dim)
   model.output = "x0"          # x0 | eps | v (MSE targets) | logits (cross-entropy, CDCD) |

@@ -55,8 +55,10 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
       raise ValueError("guidance_scale needs a condition (a prefix, template or source).")
     return plain
   known, known_mask = condition
-  if model.config.source_context:  # the known row (a source, or PAD at unknown positions) in context
-    context = model.apply(params, jnp.where(known_mask, known, PAD_ID), method="embed")
+  if model.config.source_context:  # the known row (a source, or its unknown positions filled) in context
+    layout = model.config.context_layout
+    fill = conditioning.UNKNOWN_FILL.get(layout, PAD_ID)  # "pairs": the source row, PAD after it
+    context = model.apply(params, jnp.where(known_mask, known, fill), method="embed")
     given, null = {"context": context}, {"context": jnp.zeros_like(context)}
     keep_known = lambda x0_hat: x0_hat
   else:  # known positions carry their clean latents

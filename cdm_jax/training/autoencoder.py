@@ -69,13 +69,15 @@ def reconstruction_counts(logits, tokens) -> dict:
           "exact_rows": f32(jnp.all(correct, axis=-1))}
 
 
-def make_train_step(model: TextAutoencoder, tx, condition: conditioning.ConditionConfig | None = None):
+def make_train_step(model: TextAutoencoder, tx, condition: conditioning.ConditionConfig | None = None,
+                    fill: int = PAD_ID):
   """jit((state, tokens [batch, n]) -> (state, metrics)): one AdamW step on the augmented CE.
   With `condition` (a latent model reading known positions in context) the rows are first
-  masked as that model's context rows are (`conditioning.masked_rows`), so E learns them too."""
+  masked as that model's context rows are (`conditioning.masked_rows`, unknown positions `fill`),
+  so E learns them too."""
   def loss_fn(params, tokens, key):
     if condition is not None:
-      tokens = conditioning.masked_rows(jax.random.fold_in(key, 1), tokens, condition)
+      tokens = conditioning.masked_rows(jax.random.fold_in(key, 1), tokens, condition, fill)
     draws = augmentation_draws(key, tokens.shape[0], model.config)
     logits, align = model.apply(params, tokens, draws, method="train_outputs")
     ce = jnp.mean(vocab_ops.token_cross_entropy(logits, tokens))
@@ -279,7 +281,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
                                    jax.process_index(), jax.process_count(),
                                    shuffle_window=data.shuffle_window)
   run = _Run(directory=directory, settings=settings, model=model, mesh=mesh, tx=tx,
-             step_fn=make_train_step(model, tx, _context_condition(config)), batches=batches,
+             step_fn=make_train_step(model, tx, *_context_masking(config)), batches=batches,
              manager=checkpointing.make_manager(str(directory), max_to_keep=2),
              spec=loop.LoopSpec(total_steps=settings.num_steps,
                                 checkpoint_every_steps=settings.checkpoint_every_steps,
@@ -294,13 +296,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
   return _finish(run, config, workdir, data, state.params)
 
 
-def _context_condition(config: ml_collections.ConfigDict):
-  """The condition mixture whose masked rows a "positions" latent model reads in context (the
-  autoencoder learns them beside whole rows), or None."""
+def _context_masking(config: ml_collections.ConfigDict) -> tuple:
+  """(condition mixture, fill) of the masked rows a "positions" or "marked" latent model reads in
+  context (the autoencoder learns them beside whole rows), or () for any other model."""
   model_cfg = builders.model_config(config)
-  if model_cfg.source_context and model_cfg.context_layout == "positions":
-    return builders.condition_config(config)
-  return None
+  if model_cfg.source_context and model_cfg.context_layout in conditioning.UNKNOWN_FILL:
+    return builders.condition_config(config), conditioning.UNKNOWN_FILL[model_cfg.context_layout]
+  return ()
 
 
 def autoencoder_data(config: ml_collections.ConfigDict, data: pipeline.Dataset) -> pipeline.Dataset:
