@@ -217,3 +217,18 @@ def test_continuation_task_on_a_latent_workdir(conditioned_workdir, tmp_path, mo
     assert scores["judge_ppl"] > 1 and np.isfinite(scores["context_use_nats"]), name
   for shown in result["diffusion"]["examples_shown"]:
     assert shown["text"].startswith(shown["prefix"])
+
+
+def test_the_demo_config_is_the_latent_recipe_with_conditions():
+  """configs/wordnet_latent_cond.py (what scripts/demo.sh trains) differs from the latent recipe
+  only in its condition mixture and the demo's time limit."""
+  from cdm_jax.runtime import config_files
+  from cdm_jax.runtime.config_record import flatten
+  load = lambda name: config_files.load(ROOT / "configs" / name, {"data.path": "unused.txt"})
+  demo, recipe = load("wordnet_latent_cond.py"), load("wordnet_latent.py")
+  model = builders.model_config(demo)
+  assert model.is_latent and model.source_context and model.context_layout == "positions"
+  old, new = flatten(recipe.to_dict()), flatten(demo.to_dict())
+  changed = {key for key in new if new[key] != old.get(key)}
+  assert changed == {"condition.prefix", "condition.suffix", "condition.spans",
+                     "train.time_limit_minutes"}, changed

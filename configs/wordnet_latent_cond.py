@@ -1,0 +1,20 @@
+"""The CPU demo: `configs/wordnet_latent.py`'s latent recipe (a text autoencoder to m = 8 latents of
+64 dims, then the 6 x 256 denoiser) trained with the token-level configs' condition mixture, so one
+model samples unconditionally, continues prefixes, ends with suffixes and fills templates. Known
+text is read in context as the row's latents with its unknown positions PAD (`"positions"`; the
+UNK-marked `model.context_layout="marked"` ends fewer continuations early but scores worse by the
+judge, docs/latent.md), and the autoencoder learns those rows too.
+
+2,000 steps, capped at 17 minutes: about 15 minutes on a 2-core x86 CPU (the context doubles the
+positions each denoiser call reads, so a step costs 1.7x the unconditioned recipe's FLOPs).
+Figures: docs/latent.md.
+"""
+
+from cdm_jax.runtime import config_files
+
+
+def get_config():
+  config = config_files.sibling(__file__, "wordnet_latent.py")
+  config.condition.update(prefix=0.2, suffix=0.1, spans=0.2, dropout=0.1)
+  config.train.time_limit_minutes = 17.0
+  return config
