@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cdm_jax
-from cdm_jax.core import conditioning
+from cdm_jax.core import conditioning, mbr
 from cdm_jax.core import diffusion
 from cdm_jax import sampling
 from cdm_jax.runtime import parallel
@@ -182,8 +182,8 @@ def test_length_layouts_and_the_corpus_length_distribution():
 
 
 def test_mbr_keeps_the_consensus_candidate():
-  assert conditioning.mbr_select(["x y z", "a b c", "a b d", "a b c e"]) == 1
-  assert conditioning.mbr_select(["only"]) == 0
+  assert mbr.mbr_select(["x y z", "a b c", "a b d", "a b c e"]) == 1
+  assert mbr.mbr_select(["only"]) == 0
 
 
 # An exact conditional denoiser: every sequence is all token 1 (embedding +c e_0) or all token 2

@@ -55,10 +55,13 @@ def test_autoencoder_learns_the_masked_context_rows(corpus):
   assert (marked == UNK_ID).any()  # the same draws, UNK where the rows above have PAD written
   np.testing.assert_array_equal(np.where(marked == UNK_ID, PAD_ID, marked), masked)
   masking = autoencoder._context_masking  # pylint: disable=protected-access
-  assert masking(conditioned_config(corpus))[1] == PAD_ID
+  assert masking(conditioned_config(corpus))[1] == "positions"
   marked_config = conditioned_config(corpus)
   marked_config.model.context_layout = "marked"
-  assert masking(marked_config)[1] == UNK_ID
+  assert masking(marked_config)[1] == "marked"
+  np.testing.assert_array_equal(conditioning.context_training_rows(
+      jax.random.PRNGKey(0), jnp.asarray(rows), conditioning.ConditionConfig(**CONDITIONS),
+      "marked"), marked)  # what the autoencoder learns for this layout
   assert masking(latent_config(corpus)) == ()
 
 

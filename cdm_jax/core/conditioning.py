@@ -1,5 +1,6 @@
 """Conditions given as known positions: which positions a training example reveals, how a prompt
-becomes known tokens for sampling, classifier-free guidance and MBR selection.
+becomes known tokens for sampling, how a latent model reads them in context, and classifier-free
+guidance.
 
 A condition is a pair (known tokens [length] int, known mask [length] bool). The denoiser sees the
 clean latents of the known positions in place of their noisy ones and a learned marker on them
@@ -116,6 +117,21 @@ def masked_rows(key: Array, tokens: Array, condition: ConditionConfig, fill: int
       jnp.arange(tokens.shape[0]), tokens)
   whole = ~jnp.any(known, axis=-1, keepdims=True)
   return jnp.where(whole | known, tokens, fill)
+
+
+def context_training_rows(key: Array, tokens: Array, condition: ConditionConfig,
+                          layout: str) -> Array:
+  """What the autoencoder of a latent model reading known text in context learns beside whole
+  rows: "positions" / "marked" `masked_rows`; "split" each conditioned row's prefix row or its
+  continuation row (a fair coin per row, `context_rows`). Rows drawn unconditioned stay whole."""
+  if layout in UNKNOWN_FILL:
+    return masked_rows(key, tokens, condition, UNKNOWN_FILL[layout])
+  mask_key, coin_key = jax.random.split(key)
+  known = jax.vmap(lambda i, row: draw_known(jax.random.fold_in(mask_key, i), row, condition))(
+      jnp.arange(tokens.shape[0]), tokens)
+  head, tail = context_rows(tokens, known, layout)
+  take_head = jnp.any(known, axis=-1) & jax.random.bernoulli(coin_key, shape=(tokens.shape[0],))
+  return jnp.where(take_head[:, None], head, tail)
 
 
 def draw_condition(key: Array, tokens: Array, config: ConditionConfig) -> tuple[Array, Array]:
@@ -247,6 +263,26 @@ def _first_eos(tokens: Array, xp=jnp) -> Array:
                   tokens.shape[-1])
 
 
+def _split_at(tokens, split, xp):
+  """Rows [..., n] cut before position `split` [..., 1] (>= 1): (the rows up to it, PAD after;
+  the rows from it on as `BOS rest... PAD`)."""
+  n = tokens.shape[-1]
+  positions = xp.arange(n)
+  head = xp.where(positions < split, tokens, PAD_ID)
+  index = split - 1 + positions  # tail position j >= 1 is the row's position split - 1 + j
+  tail = xp.where(index < n, xp.take_along_axis(tokens, xp.minimum(index, n - 1), -1), PAD_ID)
+  return head, xp.where(positions == 0, BOS_ID, tail)
+
+
+def _join_at(head: Array, tail: Array, split: Array) -> Array:
+  """The inverse of `_split_at`: the head's positions before `split`, then the tail's pieces
+  after its BOS, cut at n."""
+  n = head.shape[-1]
+  positions = jnp.arange(n)
+  from_tail = jnp.take_along_axis(tail, jnp.clip(positions - split + 1, 0, n - 1), -1)
+  return jnp.where(positions < split, head, from_tail)
+
+
 def split_pairs(tokens: Array) -> tuple[Array, Array]:
   """Seq2seq rows `BOS source EOS target EOS PAD...` [..., n] -> (source rows `BOS source EOS PAD...`,
   target rows `BOS target EOS PAD...`), each laid out as a plain row of n, so that a latent model
@@ -254,35 +290,48 @@ def split_pairs(tokens: Array) -> tuple[Array, Array]:
   (a whole corpus) stay on the host; others are traced with jnp."""
   xp = np if isinstance(tokens, np.ndarray) else jnp
   tokens = xp.asarray(tokens)
-  n = tokens.shape[-1]
-  positions = xp.arange(n)
-  first = _first_eos(tokens, xp)
-  source = xp.where(positions <= first, tokens, PAD_ID)
-  index = first + positions  # target position j >= 1 is the row's position first + j
-  target = xp.where(index < n, xp.take_along_axis(tokens, xp.minimum(index, n - 1), -1), PAD_ID)
-  return source, xp.where(positions == 0, BOS_ID, target)
+  return _split_at(tokens, _first_eos(tokens, xp) + 1, xp)
+
+
+def leading_known(known: Array) -> Array:
+  """[..., 1] the length of each row's leading run of known positions, at least 1 (BOS): where a
+  "split" model cuts a prefix from its continuation (nothing known: the whole row diffuses)."""
+  xp = np if isinstance(known, np.ndarray) else jnp
+  run = xp.sum(xp.cumprod(xp.asarray(known).astype(xp.int32), axis=-1), axis=-1, keepdims=True)
+  return xp.maximum(run, 1)
 
 
 def context_rows(tokens: Array, known: Array, layout: str) -> tuple[Array, Array]:
   """(context rows, diffused rows) of a latent model that reads its condition in context:
-  "pairs" (seq2seq) splits `BOS source EOS target EOS` rows (`split_pairs`); "positions" and
-  "marked" keep the whole row to diffuse and put the row with its unknown positions PAD, or UNK
-  (`UNKNOWN_FILL`), in context (a prefix, a suffix, a template's known text), position for
-  position."""
+  "pairs" (seq2seq) splits `BOS source EOS target EOS` rows (`split_pairs`); "split" cuts each row
+  after its known prefix, `BOS prefix PAD...` in context and the continuation diffused as a row of
+  its own, `BOS continuation EOS PAD...`; "positions" and "marked" keep the whole row to diffuse
+  and put the row with its unknown positions PAD, or UNK (`UNKNOWN_FILL`), in context (a prefix, a
+  suffix, a template's known text), position for position."""
   if layout == "pairs":
     return split_pairs(tokens)
   xp = np if isinstance(tokens, np.ndarray) else jnp
+  if layout == "split":
+    return _split_at(xp.asarray(tokens), leading_known(known), xp)
   return xp.where(known, tokens, UNKNOWN_FILL[layout]), tokens
 
 
 def join_pairs(source: Array, target: Array) -> Array:
   """The inverse of `split_pairs`: `BOS source EOS` then the target's pieces after its BOS,
   cut at n."""
-  n = source.shape[-1]
-  positions = jnp.arange(n)
-  first = _first_eos(source)
-  from_target = jnp.take_along_axis(target, jnp.clip(positions - first, 0, n - 1), -1)
-  return jnp.where(positions <= first, source, from_target)
+  return _join_at(source, target, _first_eos(source) + 1)
+
+
+def join_context(layout: str, known: Array, known_mask: Array, tokens: Array) -> Array:
+  """A source-context model's sampled rows `tokens` as whole rows: "pairs" targets after their
+  `BOS source EOS`, "split" continuations after their prefixes; the other layouts diffuse whole
+  rows already."""
+  if layout == "pairs":
+    return join_pairs(jnp.where(known_mask, known, PAD_ID), tokens)
+  if layout == "split":  # (a row with nothing known is a whole sampled row)
+    joined = _join_at(known, tokens, leading_known(known_mask))
+    return jnp.where(jnp.any(known_mask, axis=-1, keepdims=True), joined, tokens)
+  return tokens
 
 
 def is_source_layout(known: np.ndarray, mask: np.ndarray) -> bool:
@@ -291,31 +340,16 @@ def is_source_layout(known: np.ndarray, mask: np.ndarray) -> bool:
   return bool(np.array_equal(mask, np.arange(known.shape[-1]) <= np.asarray(_first_eos(known))))
 
 
+def is_prefix_layout(known_mask: np.ndarray) -> bool:
+  """Whether every mask row is a prefix's: BOS and a leading run known, nothing after it, at least
+  one position left to generate."""
+  mask = np.asarray(known_mask, bool)
+  lead = np.asarray(leading_known(mask))
+  return bool(mask[..., 0].all() and (lead < mask.shape[-1]).all()
+              and np.array_equal(mask, np.arange(mask.shape[-1]) < lead))
+
+
 def target_tokens(tokens: np.ndarray) -> np.ndarray:
   """The part of a seq2seq sequence after its first EOS (the whole row when there is none)."""
   eos = np.flatnonzero(tokens == EOS_ID)
   return tokens[eos[0] + 1:] if len(eos) else tokens
-
-
-def mbr_select(candidates: list[str]) -> int:
-  """Index of the minimum-Bayes-risk candidate: the one with the highest mean unigram F1 against
-  the others (ties: the first). With one candidate, 0."""
-  if len(candidates) < 2:
-    return 0
-  bags = [_bag(text) for text in candidates]
-  scores = [np.mean([_unigram_f1(a, b) for j, b in enumerate(bags) if j != i])
-            for i, a in enumerate(bags)]
-  return int(np.argmax(scores))
-
-
-def _bag(text: str) -> dict:
-  counts = {}
-  for word in text.split():
-    counts[word] = counts.get(word, 0) + 1
-  return counts
-
-
-def _unigram_f1(a: dict, b: dict) -> float:
-  overlap = sum(min(count, b.get(word, 0)) for word, count in a.items())
-  total = sum(a.values()) + sum(b.values())
-  return 2.0 * overlap / total if total else 1.0

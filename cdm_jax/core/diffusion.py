@@ -230,6 +230,8 @@ def likelihood_bound(model, params, tokens: Array, *, t: Array, noise: Array,
   error floor as SNR grows, and the SNR-weighted integral over the last, nearly clean stretch would
   otherwise dominate the bound while the read-out decodes those latents almost perfectly anyway.
   Args: tokens [batch, n]; t [batch] uniforms in [0, 1]; noise [2, batch, m, dim] (m latents).
+  A seq2seq source-context model ("pairs") bounds its targets given their sources; other layouts
+  bound whole rows with the null context (unconditionally).
   Returns: dict of sums over the batch ("prior", "reconstruction", "diffusion", "total") and
   "positions", the denominator: the n tokens (PAD included, part of the modelled sequence).
   """
@@ -239,7 +241,7 @@ def likelihood_bound(model, params, tokens: Array, *, t: Array, noise: Array,
   cfg = model.config
   apply = lambda method, *args, **kw: model.apply(params, *args, method=method, **kw)
   context = None
-  if cfg.source_context:  # the bound on -log p(target | source)
+  if cfg.source_context and cfg.context_layout == "pairs":  # the bound on -log p(target | source)
     source, tokens = conditioning.split_pairs(tokens)
     context = apply("embed", source)
   x0 = apply("embed", tokens)

@@ -9,6 +9,7 @@ import json
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from cdm_jax.runtime import checkpointing
@@ -39,16 +40,17 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   conditions reads them in context (`source_context`): seq2seq sources (condition.source > 0) as
   source rows ("pairs"), prefixes, suffixes and templates (condition.prefix / suffix / spans) as
   the row with its unknown positions marked: UNK with model.context_layout="marked", else PAD
-  ("positions", what a config without the field, e.g. an older workdir's, means)."""
+  ("positions", what a config without the field, e.g. an older workdir's, means); prefixes alone
+  as their own row with the continuation diffused apart with "split"."""
   shares = config.condition.to_dict() if "condition" in config else {}
   source = shares.get("source", 0.0) > 0
   positions = any(shares.get(kind, 0.0) > 0 for kind in ("prefix", "suffix", "spans"))
-  marked = config.model.get("context_layout", "positions") == "marked"
+  layout = config.model.get("context_layout", "positions")
   return ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": config.data.vocab_size,
                                 "seq_len": config.data.seq_len,
                                 "source_context": is_latent(config) and (source or positions),
-                                "context_layout": ("pairs" if source else
-                                                   "marked" if marked else "positions")})
+                                "context_layout": "pairs" if source else (
+                                    layout if layout in ("marked", "split") else "positions")})
 
 
 # Keys of the `autoencoder` block that configure its training stage, not the module.
@@ -93,6 +95,11 @@ def condition_config(config: ml_collections.ConfigDict) -> conditioning.Conditio
       raise ValueError("A latent model reads either seq2seq sources (condition.source) or known "
                        "positions (condition.prefix / suffix / spans) in context, not both: set "
                        "the other shares to 0.")
+    if (config.model.get("context_layout") == "split" and not condition.source
+        and (condition.suffix or condition.spans)):
+      raise ValueError("model.context_layout='split' reads prefixes only (the prefix row in "
+                       "context, its continuation diffused apart): set condition.suffix and "
+                       "condition.spans to 0, or use 'positions' for suffixes and templates.")
   elif condition.active and not config.model.conditioning:
     raise ValueError("The condition mixture trains with known positions: set "
                      "model.conditioning=True (or all condition shares to 0).")
@@ -104,6 +111,10 @@ LATENT_CONDITION_ERROR = (
     "all 0), so it reads no context: sample it unconditionally, or train it with the condition "
     "mixture (e.g. --config.condition.prefix=0.2 --config.condition.suffix=0.1 "
     "--config.condition.spans=0.2) for prefixes, suffixes, templates and lengths.")
+LATENT_PREFIX_ONLY_ERROR = (
+    "This latent model reads prefixes only (model.context_layout='split': the prefix row in "
+    "context, the continuation diffused apart): sample(prefix=...) or cdm-generate --prefix, not a "
+    "suffix, template or length; those need a model trained with context_layout 'positions'.")
 LATENT_SOURCE_ONLY_ERROR = (
     "This latent model was trained on seq2seq sources (condition.source > 0): it reads a source "
     "row (BOS source EOS) in context, so it takes sources only (generate(sources), cdm-generate "
@@ -112,8 +123,22 @@ LATENT_SOURCE_ONLY_ERROR = (
 
 
 def latent_condition_error(model_cfg: ModelConfig) -> str:
-  """Why a latent model refuses a condition that is not a seq2seq source layout."""
-  return LATENT_CONDITION_ERROR if not model_cfg.source_context else LATENT_SOURCE_ONLY_ERROR
+  """Why a latent model refuses a condition its context layout cannot take."""
+  if not model_cfg.source_context:
+    return LATENT_CONDITION_ERROR
+  return LATENT_PREFIX_ONLY_ERROR if model_cfg.context_layout == "split" else LATENT_SOURCE_ONLY_ERROR
+
+
+def latent_condition_fits(model_cfg: ModelConfig, known: np.ndarray, known_mask: np.ndarray) -> bool:
+  """Whether a latent model reads this condition (host-side rows): "pairs" sources
+  (`BOS source EOS` known), "split" prefixes, "positions" / "marked" any known positions."""
+  if not model_cfg.source_context:
+    return False
+  if model_cfg.context_layout == "pairs":
+    return conditioning.is_source_layout(known, known_mask)
+  if model_cfg.context_layout == "split":
+    return conditioning.is_prefix_layout(known_mask)
+  return True
 
 
 def loss_config(config: ml_collections.ConfigDict) -> diffusion.LossConfig:

@@ -9,7 +9,7 @@ from cdm_jax.core import parameterization
 from cdm_jax.runtime import registry
 
 ENCODERS = ("embedding", "latent")
-CONTEXT_LAYOUTS = ("pairs", "positions", "marked")
+CONTEXT_LAYOUTS = ("pairs", "positions", "marked", "split")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -35,7 +35,8 @@ class ModelConfig:
   context_layout: str = "pairs"  # (source_context) "pairs": seq2seq, the source row in context and
                                  # the target row diffused; "marked" ("positions"): the row with
                                  # its unknown positions UNK (PAD) in context and the whole row
-                                 # diffused (prefix, suffix, infilling, lengths)
+                                 # diffused (prefix, suffix, infilling, lengths); "split": the
+                                 # prefix row in context, its continuation diffused (prefixes only)
   normalize_embeddings: bool = False  # L2-normalize rows of E before every use (CDCD)
   embed_scale: float = 1.0      # rows have norm ~ embed_scale * sqrt(embed_dim)
   output: str = "x0"            # what the denoiser predicts: x0 | eps | v | logits | logits_prior

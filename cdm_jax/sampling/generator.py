@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from cdm_jax.core import conditioning, rounding, sample_options, schedules
+from cdm_jax.core import mbr as mbr_lib
 from cdm_jax.data import tokenizer as tokenizer_lib
 from cdm_jax.models import builders
 from cdm_jax.runtime import checkpointing, distributed, parallel
@@ -20,7 +21,7 @@ from cdm_jax.sampling.sample_fn import make_sample_fn
 
 def _mbr_picks(groups: list[list[str]]) -> list[str]:
   """The minimum-Bayes-risk candidate of each group."""
-  return [group[conditioning.mbr_select(group)] for group in groups]
+  return [group[mbr_lib.mbr_select(group)] for group in groups]
 
 
 DEFAULT_BATCH_SIZE = 64  # samples per compiled call of `Generator.sample_tokens`
@@ -199,7 +200,7 @@ class Generator:
     """Fills the gaps of `template`: `___` is a gap of `gap_length` pieces, `___:N` one of N.
     `gap_length=(lo, hi)` draws each sample's default gap length uniformly from lo..hi (seeded).
     The text outside the gaps appears verbatim and the sample ends where the template does.
-    `mbr=k`: k candidates per sample, the minimum-Bayes-risk one kept (`conditioning.mbr_select`).
+    `mbr=k`: k candidates per sample, the minimum-Bayes-risk one kept (`core.mbr.mbr_select`).
     """
     seq_len = self.config.data.seq_len
     if isinstance(gap_length, int):
@@ -249,10 +250,8 @@ class Generator:
 
   def _require_conditioning(self, condition):
     if builders.is_latent(self.config):
-      cfg = self.model.config
-      if not cfg.source_context or (cfg.context_layout == "pairs" and
-                                    not conditioning.is_source_layout(*condition)):
-        raise ValueError(builders.latent_condition_error(cfg))
+      if not builders.latent_condition_fits(self.model.config, *condition):
+        raise ValueError(builders.latent_condition_error(self.model.config))
       return
     if not self.config.model.conditioning:
       raise ValueError("This model was trained without model.conditioning, so it cannot take a "

@@ -7,6 +7,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cdm_jax.core import (conditioning, parameterization, rounding, sample_options, samplers,
                           schedules, vocab_ops)
@@ -57,7 +58,7 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
   known, known_mask = condition
   if model.config.source_context:  # the known row (a source, or its unknown positions filled) in context
     layout = model.config.context_layout
-    fill = conditioning.UNKNOWN_FILL.get(layout, PAD_ID)  # "pairs": the source row, PAD after it
+    fill = conditioning.UNKNOWN_FILL.get(layout, PAD_ID)  # "pairs", "split": PAD after the row
     context = model.apply(params, jnp.where(known_mask, known, fill), method="embed")
     given, null = {"context": context}, {"context": jnp.zeros_like(context)}
     keep_known = lambda x0_hat: x0_hat
@@ -139,23 +140,24 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
     return sharded(params, parallel.example_keys(rng, padded, offset), condition,
                    decoder_params)[:config.num_samples]
 
-  return _GuardedSampleFn(sample_fn, cfg.source_context and cfg.context_layout == "pairs")
+  return _GuardedSampleFn(sample_fn, cfg if cfg.is_latent else None)
 
 
 class _GuardedSampleFn:
   """`make_sample_fn`'s jitted function (`lower`, `eval_shape`... pass through), refusing, when
-  called with concrete arrays, a condition a seq2seq source-context model cannot take: its known
-  positions must be each row's `BOS source EOS` (`conditioning.source_layout`), never a prefix or
-  a template (whose known tokens it would return around PAD)."""
+  called with concrete arrays, a condition a latent model's context layout cannot take
+  (`builders.latent_condition_fits`): a seq2seq model's known positions must be each row's
+  `BOS source EOS`, a "split" model's a prefix (other known tokens it would return around PAD)."""
 
-  def __init__(self, jitted, sources_only: bool):
-    self._jitted, self._sources_only = jitted, sources_only
+  def __init__(self, jitted, latent_cfg):
+    self._jitted, self._latent_cfg = jitted, latent_cfg
 
   def __call__(self, params, rng, known=None, known_mask=None, *args, **kwargs):
     concrete = not any(isinstance(x, jax.core.Tracer) for x in (known, known_mask))
-    if self._sources_only and known is not None and concrete and not (
-        conditioning.is_source_layout(known, known_mask)):
-      raise ValueError(builders.LATENT_SOURCE_ONLY_ERROR)
+    cfg = self._latent_cfg
+    if (cfg is not None and cfg.source_context and known is not None and concrete
+        and not builders.latent_condition_fits(cfg, np.asarray(known), np.asarray(known_mask))):
+      raise ValueError(builders.latent_condition_error(cfg))
     return self._jitted(params, rng, known, known_mask, *args, **kwargs)
 
   def __getattr__(self, name):
@@ -166,12 +168,13 @@ class _GuardedSampleFn:
 
 def _with_condition(cfg, tokens, condition):
   """The sampled rows with the condition's known tokens in place; a seq2seq `source_context`
-  model's sampled target rows after their sources (seq2seq rows)."""
+  model's sampled target rows after their sources, a "split" model's continuations after their
+  prefixes (`conditioning.join_context`)."""
   if condition is None:
     return tokens
   known, known_mask = condition
-  if cfg.source_context and cfg.context_layout == "pairs":
-    tokens = conditioning.join_pairs(jnp.where(known_mask, known, PAD_ID), tokens)
+  if cfg.source_context:
+    tokens = conditioning.join_context(cfg.context_layout, known, known_mask, tokens)
   return jnp.where(known_mask, known, tokens)
 
 

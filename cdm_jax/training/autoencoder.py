@@ -70,14 +70,15 @@ def reconstruction_counts(logits, tokens) -> dict:
 
 
 def make_train_step(model: TextAutoencoder, tx, condition: conditioning.ConditionConfig | None = None,
-                    fill: int = PAD_ID):
+                    layout: str = "positions"):
   """jit((state, tokens [batch, n]) -> (state, metrics)): one AdamW step on the augmented CE.
-  With `condition` (a latent model reading known positions in context) the rows are first
-  masked as that model's context rows are (`conditioning.masked_rows`, unknown positions `fill`),
-  so E learns them too."""
+  With `condition` (a latent model reading known text in context, by its context `layout`) the
+  rows are first made into what that model's context and diffused rows hold
+  (`conditioning.context_training_rows`), so E learns them too."""
   def loss_fn(params, tokens, key):
     if condition is not None:
-      tokens = conditioning.masked_rows(jax.random.fold_in(key, 1), tokens, condition, fill)
+      tokens = conditioning.context_training_rows(jax.random.fold_in(key, 1), tokens, condition,
+                                                  layout)
     draws = augmentation_draws(key, tokens.shape[0], model.config)
     logits, align = model.apply(params, tokens, draws, method="train_outputs")
     ce = jnp.mean(vocab_ops.token_cross_entropy(logits, tokens))
@@ -297,11 +298,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, data: pipeline.Datase
 
 
 def _context_masking(config: ml_collections.ConfigDict) -> tuple:
-  """(condition mixture, fill) of the masked rows a "positions" or "marked" latent model reads in
-  context (the autoencoder learns them beside whole rows), or () for any other model."""
+  """(condition mixture, context layout) of a latent model reading known text in context (the
+  autoencoder learns its context and diffused rows beside whole rows), or () for any other
+  model (seq2seq "pairs": `autoencoder_data`)."""
   model_cfg = builders.model_config(config)
-  if model_cfg.source_context and model_cfg.context_layout in conditioning.UNKNOWN_FILL:
-    return builders.condition_config(config), conditioning.UNKNOWN_FILL[model_cfg.context_layout]
+  if model_cfg.source_context and model_cfg.context_layout != "pairs":
+    return builders.condition_config(config), model_cfg.context_layout
   return ()
 
 
