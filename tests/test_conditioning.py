@@ -15,7 +15,7 @@ from cdm_jax import sampling
 from cdm_jax.runtime import parallel
 from cdm_jax.core import sample_options, samplers
 from cdm_jax.core import schedules
-from cdm_jax.data import tokenizer as tokenizer_lib
+from cdm_jax.data import encoding, tokenizer as tokenizer_lib
 from cdm_jax.models import DiffusionLM, ModelConfig
 
 PAD, BOS, EOS = tokenizer_lib.PAD_ID, tokenizer_lib.BOS_ID, tokenizer_lib.EOS_ID
@@ -171,14 +171,14 @@ def test_length_layouts_and_the_corpus_length_distribution():
   rows = _rows([4, 4, 4, 7, 2])  # 2, 2, 2, 5 and 0 pieces between BOS and EOS
   rows = np.concatenate([rows, np.full((1, 12), 9, np.int32)])  # cut at seq_len: no EOS
   rows[-1, 0] = BOS
-  np.testing.assert_array_equal(conditioning.piece_lengths(rows), [2, 2, 2, 5, 0, 11])
-  drawn = conditioning.draw_lengths(rows, 6000, seed=3)
-  np.testing.assert_array_equal(drawn, conditioning.draw_lengths(rows, 6000, seed=3))
+  np.testing.assert_array_equal(encoding.piece_lengths(rows), [2, 2, 2, 5, 0, 11])
+  drawn = encoding.draw_lengths(rows, 6000, seed=3)
+  np.testing.assert_array_equal(drawn, encoding.draw_lengths(rows, 6000, seed=3))
   assert set(drawn) == {2, 5, 11}  # rows without pieces are never drawn
   np.testing.assert_allclose([np.mean(drawn == n) for n in (2, 5, 11)], [0.6, 0.2, 0.2],
                              atol=0.03)
   with pytest.raises(ValueError, match="No row"):
-    conditioning.draw_lengths(_rows([2, 2]), 3)
+    encoding.draw_lengths(_rows([2, 2]), 3)
 
 
 def test_mbr_keeps_the_consensus_candidate():

@@ -155,7 +155,7 @@ def test_the_likelihood_bound_of_a_prefix_model_covers_the_whole_row(corpus, lay
   config.model.context_layout = layout
   model = builders.make_model(config)
   params = builders.init_params(config, model)
-  rows = jnp.asarray(np.tile(np.r_[BOS_ID, np.arange(3, 9), EOS_ID, [PAD_ID] * 8], (2, 1)),
+  rows = jnp.asarray(np.tile(np.r_[BOS_ID, np.arange(5, 11), EOS_ID, [PAD_ID] * 8], (2, 1)),
                      jnp.int32)
   bound = lambda tokens: diffusion.likelihood_bound(
       model, params, tokens, t=jnp.array([0.3, 0.7]), noise=jnp.zeros((2, 2, 8, 16)),

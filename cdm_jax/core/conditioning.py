@@ -1,11 +1,10 @@
-"""Conditions given as known positions: which positions a training example reveals, how a prompt
-becomes known tokens for sampling, how a latent model reads them in context, and classifier-free
-guidance.
+"""Conditions as known positions: which ones a training example reveals, how a prompt becomes known
+tokens, how a latent model reads them in context (`context_rows`), classifier-free guidance.
 
 A condition is a pair (known tokens [length] int, known mask [length] bool). The denoiser sees the
 clean latents of the known positions in place of their noisy ones and a learned marker on them
-(`model.conditioning=True`); the loss counts only the unknown positions. Training draws, per example,
-one kind of mask from a mixture (as CDCD does):
+(`model.conditioning=True`); the loss counts only the unknown positions. Training draws one kind
+of mask per example from a mixture (as CDCD does):
 
   none    nothing known: the unconditional model;
   prefix  BOS and the first k - 1 pieces, k uniform in [1, n - 1] for an example of n non-PAD tokens;
@@ -14,12 +13,10 @@ one kind of mask from a mixture (as CDCD does):
   source  everything up to and including the first EOS: the source half of a seq2seq example
           `BOS source EOS target EOS PAD...` (DiffuSeq's partial noising).
 
-With probability `dropout` an example's known latents are replaced by zeros (the null condition),
-which is what classifier-free guidance contrasts with (`guide`).
-
-Prompts for sampling (`prefix_layout`, `template_layout`, `source_layout`) are host-side NumPy. The
-infilling template marks a gap with three underscores: `___` is a gap of the default length,
-`___:N` a gap of N pieces, e.g. "the ___:3 of a tree".
+With probability `dropout` an example's known latents are zeros (the null condition), which
+classifier-free guidance contrasts with (`guide`). Prompts for sampling (`prefix_layout`,
+`template_layout`, `source_layout`) are host-side NumPy; a template marks a gap with `___` (the
+default length) or `___:N` (N pieces), e.g. "the ___:3 of a tree".
 """
 
 import dataclasses
@@ -108,13 +105,17 @@ def draw_known(key: Array, tokens: Array, config: ConditionConfig) -> Array:
   return masks[kind]
 
 
+def _draw_rows(key: Array, tokens: Array, condition: ConditionConfig) -> Array:
+  """Known masks [batch, n] for rows `tokens`, row i's from `fold_in(key, i)`."""
+  draw = lambda i, row: draw_known(jax.random.fold_in(key, i), row, condition)
+  return jax.vmap(draw)(jnp.arange(tokens.shape[0]), tokens)
+
+
 def masked_rows(key: Array, tokens: Array, condition: ConditionConfig, fill: int = PAD_ID) -> Array:
   """`tokens` [batch, n] with each row's unknown positions `fill` under a known mask drawn from the
   condition mixture (rows drawn unconditioned stay whole): the context rows a latent model with
   known positions in context encodes (prefix rows without their EOS, suffix and template rows)."""
-  known = jax.vmap(lambda i, row: draw_known(jax.random.fold_in(key, i), row,
-                                                          condition))(
-      jnp.arange(tokens.shape[0]), tokens)
+  known = _draw_rows(key, tokens, condition)
   whole = ~jnp.any(known, axis=-1, keepdims=True)
   return jnp.where(whole | known, tokens, fill)
 
@@ -127,8 +128,7 @@ def context_training_rows(key: Array, tokens: Array, condition: ConditionConfig,
   if layout in UNKNOWN_FILL:
     return masked_rows(key, tokens, condition, UNKNOWN_FILL[layout])
   mask_key, coin_key = jax.random.split(key)
-  known = jax.vmap(lambda i, row: draw_known(jax.random.fold_in(mask_key, i), row, condition))(
-      jnp.arange(tokens.shape[0]), tokens)
+  known = _draw_rows(mask_key, tokens, condition)
   head, tail = context_rows(tokens, known, layout)
   take_head = jnp.any(known, axis=-1) & jax.random.bernoulli(coin_key, shape=(tokens.shape[0],))
   return jnp.where(take_head[:, None], head, tail)
@@ -224,25 +224,6 @@ def length_layout(length: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
   mask = np.ones((seq_len,), bool)
   mask[1:length + 1] = False
   return known, mask
-
-
-def piece_lengths(tokens: np.ndarray) -> np.ndarray:
-  """The pieces between BOS and the first EOS of each `BOS pieces EOS PAD...` row [N, seq_len]; a
-  row without EOS (cut at seq_len) counts to its end."""
-  tokens = np.asarray(tokens)
-  is_eos = tokens == EOS_ID
-  ends = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1), tokens.shape[1])
-  return (ends - 1).astype(np.int64)
-
-
-def draw_lengths(tokens: np.ndarray, num: int, seed: int = 0) -> np.ndarray:
-  """`num` piece counts drawn (with replacement, seeded) from the empirical length distribution of
-  training rows `tokens` (see `piece_lengths`); rows of length 0 are left out."""
-  lengths = piece_lengths(tokens)
-  lengths = lengths[lengths >= 1]
-  if not lengths.size:
-    raise ValueError("No row with at least one piece between BOS and EOS to draw lengths from.")
-  return np.random.default_rng(seed).choice(lengths, size=num)
 
 
 def source_layout(tokenizer, source: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -123,3 +123,22 @@ def encode(tokenizer, examples: list, seq_len: int, long_lines: str = "truncate"
   if not rows:
     raise ValueError(f"{name}: no examples left after encoding.")
   return np.stack(rows), stats
+
+
+def piece_lengths(tokens: np.ndarray) -> np.ndarray:
+  """The pieces between BOS and the first EOS of each `BOS pieces EOS PAD...` row [N, seq_len]; a
+  row without EOS (cut at seq_len) counts to its end."""
+  tokens = np.asarray(tokens)
+  is_eos = tokens == tokenizer_lib.EOS_ID
+  ends = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1), tokens.shape[1])
+  return (ends - 1).astype(np.int64)
+
+
+def draw_lengths(tokens: np.ndarray, num: int, seed: int = 0) -> np.ndarray:
+  """`num` piece counts drawn (with replacement, seeded) from the empirical length distribution of
+  training rows `tokens` (see `piece_lengths`); rows of length 0 are left out."""
+  lengths = piece_lengths(tokens)
+  lengths = lengths[lengths >= 1]
+  if not lengths.size:
+    raise ValueError("No row with at least one piece between BOS and EOS to draw lengths from.")
+  return np.random.default_rng(seed).choice(lengths, size=num)

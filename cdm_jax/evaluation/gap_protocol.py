@@ -174,7 +174,8 @@ def _diffusion_row(generator, data, scorer, args: GapSettings, n: int, overrides
   """The diffusion samples' scores; its budget counts a read-out decoder's and a latent model's
   autoencoder stage's training FLOPs."""
   # pylint: disable=g-import-not-at-top
-  from cdm_jax.core import conditioning, rounding
+  from cdm_jax.core import rounding
+  from cdm_jax.data import encoding
   from cdm_jax.models import builders
   from cdm_jax.training import autoencoder as ae_stage
   config = generator.config
@@ -185,7 +186,7 @@ def _diffusion_row(generator, data, scorer, args: GapSettings, n: int, overrides
   # A latent model's autoencoder stage trained for it: its FLOPs count in the diffusion budget.
   autoencoder_flops = (ae_stage.autoencoder_flops(config) if builders.is_latent(config) else 0.0)
   start = time.perf_counter()
-  lengths = (conditioning.draw_lengths(data.train, n, args.seed) if args.lengths == "data"
+  lengths = (encoding.draw_lengths(data.train, n, args.seed) if args.lengths == "data"
              else None)
   texts = generator.sample(n, seed=args.seed, lengths=lengths, **overrides)
   return {"name": "diffusion", "steps": generator.step,

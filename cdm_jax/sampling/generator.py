@@ -174,7 +174,7 @@ class Generator:
 
     `prefix`: every sample starts with it (its pieces verbatim) and continues freely. `suffix`:
     every sample ends with it, after `gap_length` generated pieces (`infill("___:N suffix")`).
-    `lengths`: one piece count per sample (e.g. `conditioning.draw_lengths(data.train, n)`, the
+    `lengths`: one piece count per sample (e.g. `data.encoding.draw_lengths(data.train, n)`, the
     corpus's length distribution): BOS, that many generated pieces, then EOS and PAD known.
     """
     if gap_length < 1:
