@@ -172,6 +172,8 @@ def test_continuation_layouts_and_generated_parts():
                    [BOS_ID, 5, 6, 7, EOS_ID, PAD_ID, PAD_ID, PAD_ID]])
   known = tasks.continuation_layouts(rows)
   np.testing.assert_array_equal(known.sum(axis=1), [3, 2])  # BOS + 2 of 4 pieces, BOS + 1 of 3
+  uncut = tasks.continuation_layouts(np.array([[BOS_ID, 5, 6, 7, 8, 9, 10, 11]]))  # no EOS
+  np.testing.assert_array_equal(uncut, [np.arange(8) < 4])  # BOS + 3 of 7 pieces
   sampled = np.array([[BOS_ID, 5, 6, 9, EOS_ID, 4, 4, 4],
                       [BOS_ID, 5, 9, 9, 9, 9, 9, 9]])
   parts = tasks.continuations(sampled, known)

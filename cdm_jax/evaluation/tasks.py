@@ -236,8 +236,9 @@ def evaluate_infill(generator: sampling.Generator, data: pipeline.Dataset, *, nu
 
 
 def continuation_layouts(rows: np.ndarray) -> np.ndarray:
-  """Known masks [n, length]: BOS and the first half (rounded down) of each row's pieces."""
-  pieces = np.argmax(rows == tokenizer_lib.EOS_ID, axis=1) - 1
+  """Known masks [n, length]: BOS and the first half (rounded down) of each row's pieces (a row cut
+  at the sequence length, without EOS, counts the pieces to its end)."""
+  pieces = encoding.piece_lengths(rows)
   return np.arange(rows.shape[1]) < (1 + pieces // 2)[:, None]
 
 
