@@ -9,7 +9,7 @@ import pytest
 
 from cdm_jax.core import conditioning, diffusion
 from cdm_jax.core.tokens import BOS_ID, EOS_ID, PAD_ID
-from cdm_jax.models import builders
+from cdm_jax.models import ModelConfig, builders
 from cdm_jax.runtime import parallel
 from cdm_jax.training import autoencoder
 
@@ -71,6 +71,14 @@ def test_a_split_config_takes_prefixes_and_refuses_the_rest(corpus):
   rows[:, :3] = [BOS_ID, 5, 6]
   prefix = np.repeat(np.arange(16)[None] < 3, 2, 0)
   assert builders.latent_condition_fits(cfg, rows, prefix)
+  padded = lambda a: np.concatenate([a, np.zeros_like(a)])  # a batch's padding: nothing known
+  assert builders.latent_condition_fits(cfg, padded(rows), padded(prefix))
+  pairs = ModelConfig(encoder="latent", source_context=True, context_layout="pairs")
+  source = np.repeat(np.arange(16)[None] <= 3, 2, 0)
+  rows[:, 3] = EOS_ID
+  assert builders.latent_condition_fits(pairs, padded(rows), padded(source))
+  assert not builders.latent_condition_fits(pairs, rows, prefix)
+  rows[:, 3] = 9
   assert not builders.latent_condition_fits(cfg, rows, prefix | (np.arange(16) >= 10))
   assert "reads prefixes only" in builders.latent_condition_error(cfg)
   config.condition.suffix = 0.1

@@ -131,9 +131,12 @@ def latent_condition_error(model_cfg: ModelConfig) -> str:
 
 def latent_condition_fits(model_cfg: ModelConfig, known: np.ndarray, known_mask: np.ndarray) -> bool:
   """Whether a latent model reads this condition (host-side rows): "pairs" sources
-  (`BOS source EOS` known), "split" prefixes, "positions" / "marked" any known positions."""
+  (`BOS source EOS` known), "split" prefixes, "positions" / "marked" any known positions. Rows
+  with nothing known (a batch's padding) sample unconditionally, which every layout can."""
   if not model_cfg.source_context:
     return False
+  given = np.asarray(known_mask).any(axis=-1)
+  known, known_mask = np.asarray(known)[given], np.asarray(known_mask)[given]
   if model_cfg.context_layout == "pairs":
     return conditioning.is_source_layout(known, known_mask)
   if model_cfg.context_layout == "split":
