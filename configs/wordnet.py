@@ -1,6 +1,6 @@
 """The CPU demo: WordNet 3.0 glosses and examples, 6.8M parameters (6 layers x 256, 64-dim
-embeddings, vocabulary 4,000, length 32); 2,000 steps of batch 64 (150 TFLOP), capped at 17 minutes:
-15-20 minutes on a 2-core x86 CPU.
+embeddings, vocabulary 4,000, length 32); 2,000 steps of batch 64 (150 TFLOP), capped at 17 minutes
+(about 1,200 steps on a 2-core x86 CPU: 8.8x behind AR there, docs/latent.md).
 
 Recipe: cross-entropy with the output prior on L2-normalized embeddings (CDCD, Plaid), time
 warping that follows the loss slope with the sampling grid warped alike (CDCD), a position embedding

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The main job: install, fetch WordNet (no root needed), train the CPU demo (diffusion in compressed
-# latents, configs/wordnet_latent_cond.py), sample, continue prefixes, evaluate.
+# The main job: install, fetch WordNet (no root needed), train the CPU demo (configs/wordnet.py,
+# diffusion over the embedding table; CONFIG=configs/wordnet_latent_cond.py for compressed latents),
+# sample, continue prefixes, evaluate.
 # Rerunning resumes training from the last checkpoint in $WORKDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKDIR="${WORKDIR:-workdirs/latent_demo}"
-CONFIG="${CONFIG:-configs/wordnet_latent_cond.py}"
+WORKDIR="${WORKDIR:-workdirs/wordnet}"
+CONFIG="${CONFIG:-configs/wordnet.py}"
 bash scripts/setup_venv.sh eval
 .venv/bin/python -m cdm_jax.data.corpora --fetch_wordnet
 .venv/bin/cdm-train --config="$CONFIG" --workdir="$WORKDIR" "$@"

@@ -225,8 +225,8 @@ def test_continuation_task_on_a_latent_workdir(conditioned_workdir, tmp_path, mo
 
 
 def test_the_demo_config_is_the_latent_recipe_with_conditions():
-  """configs/wordnet_latent_cond.py (what scripts/demo.sh trains) differs from the latent recipe
-  only in its condition mixture and the demo's time limit."""
+  """configs/wordnet_latent_cond.py (`CONFIG=` of scripts/demo.sh for the latent demo) differs from
+  the latent recipe only in its condition mixture and the demo's time limit."""
   from cdm_jax.runtime import config_files
   from cdm_jax.runtime.config_record import flatten
   load = lambda name: config_files.load(ROOT / "configs" / name, {"data.path": "unused.txt"})
