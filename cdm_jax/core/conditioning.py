@@ -326,8 +326,8 @@ def is_prefix_layout(known_mask: np.ndarray) -> bool:
   one position left to generate."""
   mask = np.asarray(known_mask, bool)
   lead = np.asarray(leading_known(mask))
-  return bool(mask[..., 0].all() and (lead < mask.shape[-1]).all()
-              and np.array_equal(mask, np.arange(mask.shape[-1]) < lead))
+  # (`leading_known` is at least 1, so a row without BOS known fails the comparison)
+  return bool((lead < mask.shape[-1]).all() and np.array_equal(mask, np.arange(mask.shape[-1]) < lead))
 
 
 def target_tokens(tokens: np.ndarray) -> np.ndarray:
