@@ -18,8 +18,13 @@ import tempfile
 # consistent program state") when the fake devices of one collective do not all arrive within its
 # rendezvous timeout. Two pytest workers plus a CLI subprocess on 2 cores starve some device
 # threads for that long; the generous timeouts below keep a slow collective a slow one.
+# The tests' programs are tiny: compiling them costs far more than running them, so LLVM does no
+# optimisation (about 30% off the fast tier's wall time from a cold cache; results stay within
+# every test's tolerance, and each bit-exact comparison compiles both sides the same way).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4"
+                           " --xla_backend_optimization_level=0"
+                           " --xla_llvm_disable_expensive_passes=true"
                            " --xla_cpu_collective_call_terminate_timeout_seconds=900"
                            " --xla_cpu_collective_call_warn_stuck_timeout_seconds=300"
                            " --xla_cpu_collective_timeout_seconds=900").strip()
@@ -64,11 +69,17 @@ def corpus(tmp_path_factory):
   return write_word_lines(tmp_path_factory.mktemp("corpus") / "corpus.txt", 600, (2, 7), seed=0)
 
 
+def trained_overrides(corpus_path, **train_overrides) -> dict:
+  """The dotted overrides of configs/tiny.py that make the `trained` workdir's config: the corpus,
+  time warping on, and `train_overrides` (tests/multiprocess_worker.py gets them in its spec)."""
+  return {"data.path": str(corpus_path), "diffusion.time_warp": True,
+          **{f"train.{key}": value for key, value in train_overrides.items()}}
+
+
 def trained_config(corpus_path, **train_overrides):
   """configs/tiny.py with time warping on: the `trained` workdir's config."""
-  config = tiny_config(corpus_path, **train_overrides)
-  config.diffusion.time_warp = True
-  return config
+  return config_files.load(str(ROOT / "configs/tiny.py"),
+                           trained_overrides(corpus_path, **train_overrides))
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,15 @@
 """One process of a run of tests/test_multiprocess.py: python multiprocess_worker.py SPEC.json ID.
 
-SPEC (JSON): processes, devices (per process), port, workdir, corpus, train (overrides of the
-train block of conftest's `trained_config`, the shared `trained` workdir's config), out (folder
-for this process's results), sample (bool: also load
-the workdir with `cdm_jax.load` and sample). Writes out/result_ID.json (last metrics, samples,
-the files this process opened for writing outside checkpoints/) and out/params_ID.npz.
+SPEC (JSON): processes, devices (per process), port, workdir, config (a config file) and overrides
+(its dotted overrides: conftest's `trained_overrides`, the shared `trained` workdir's config with
+this run's train block), out (folder for this process's results), sample (bool: also load the
+workdir with `cdm_jax.load` and sample). Writes out/result_ID.json (last metrics, samples, the
+files this process opened for writing outside checkpoints/) and out/params_ID.npz.
+
+The test starts it with its own XLA_FLAGS: SPEC["devices"] CPU devices, no LLVM optimisation (as in
+conftest), and collectives that give up after 150 s (a collective that waits far longer than a step
+takes says so in the log, then ends the process; the test then reruns once: a hang in the
+runtime, not in the library).
 """
 
 import builtins
@@ -14,22 +19,10 @@ import os
 import pathlib
 import sys
 
+import jax
+
 SPEC = json.loads(pathlib.Path(sys.argv[1]).read_text())
 PROCESS_ID = int(sys.argv[2])
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from conftest import trained_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-os.environ.pop("XLA_FLAGS")  # conftest's four fake devices: this process has SPEC["devices"]
-# A collective that waits far longer than a step takes says so in the log, then ends the process
-# (tests/test_multiprocess.py then reruns once: a hang in the runtime, not in the library).
-os.environ["XLA_FLAGS"] = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=30 "
-                           "--xla_cpu_collective_call_terminate_timeout_seconds=150 "
-                           "--xla_cpu_collective_timeout_seconds=150")
-
 jax.config.update("jax_num_cpu_devices", SPEC["devices"])
 
 
@@ -48,7 +41,7 @@ def _record_writes(workdir: pathlib.Path, written: list):
 
 
 def main():
-  from cdm_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
+  from cdm_jax.runtime import config_files, distributed  # pylint: disable=g-import-not-at-top
   from cdm_jax.training import train
   import cdm_jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -58,7 +51,7 @@ def main():
   workdir = pathlib.Path(SPEC["workdir"]).absolute()
   written = []
   _record_writes(workdir, written)
-  config = trained_config(SPEC["corpus"], **SPEC["train"])  # the `trained` fixture's config
+  config = config_files.load(SPEC["config"], SPEC["overrides"])
   metrics = train.train_and_evaluate(config, str(workdir))
   result = {"metrics": metrics, "written": written, "process_count": jax.process_count()}
   if SPEC.get("sample"):

@@ -20,6 +20,8 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import ROOT, trained_overrides
+
 pytestmark = pytest.mark.slow  # trains, runs CLIs or several processes
 
 WORKER = pathlib.Path(__file__).resolve().parent / "multiprocess_worker.py"
@@ -38,9 +40,15 @@ def _start(tmp: pathlib.Path, name: str, processes: int, devices: int, workdir, 
   out = tmp / name
   out.mkdir()
   spec = dict(processes=processes, devices=devices, port=_free_port(), workdir=str(workdir),
-              corpus=str(corpus), train={**TRAIN, **train}, out=str(out), sample=sample)
+              config=str(ROOT / "configs/tiny.py"),
+              overrides=trained_overrides(corpus, **{**TRAIN, **train}), out=str(out),
+              sample=sample)
   (out / "spec.json").write_text(json.dumps(spec))
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # conftest's 4 fake devices
+  env = dict(os.environ, XLA_FLAGS=(  # not conftest's four fake devices: SPEC["devices"]
+      "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+      "--xla_cpu_collective_call_warn_stuck_timeout_seconds=30 "
+      "--xla_cpu_collective_call_terminate_timeout_seconds=150 "
+      "--xla_cpu_collective_timeout_seconds=150"))
   # Later runs of this module reuse the compiled steps of earlier ones (same programs).
   env.update(JAX_PLATFORMS="cpu", CDM_JAX_TUNE_MALLOC="0", PYTHONFAULTHANDLER="1",
              JAX_COMPILATION_CACHE_DIR=str(tmp.parent / "jax_cache"),
