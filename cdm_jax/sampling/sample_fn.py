@@ -140,14 +140,18 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
     return sharded(params, parallel.example_keys(rng, padded, offset), condition,
                    decoder_params)[:config.num_samples]
 
-  return _GuardedSampleFn(sample_fn, cfg if cfg.is_latent else None)
+  # Only "pairs" and "split" restrict the known positions; any other model's call skips the check
+  # (and its copy of the condition to the host).
+  restricted = cfg.is_latent and cfg.source_context and cfg.context_layout in ("pairs", "split")
+  return _GuardedSampleFn(sample_fn, cfg if restricted else None)
 
 
 class _GuardedSampleFn:
   """`make_sample_fn`'s jitted function (`lower`, `eval_shape`... pass through), refusing, when
   called with concrete arrays, a condition a latent model's context layout cannot take
   (`builders.latent_condition_fits`): a seq2seq model's known positions must be each row's
-  `BOS source EOS`, a "split" model's a prefix (other known tokens it would return around PAD)."""
+  `BOS source EOS`, a "split" model's a prefix (other known tokens it would return around PAD).
+  `latent_cfg` is None for every other model: nothing to check."""
 
   def __init__(self, jitted, latent_cfg):
     self._jitted, self._latent_cfg = jitted, latent_cfg
@@ -155,7 +159,7 @@ class _GuardedSampleFn:
   def __call__(self, params, rng, known=None, known_mask=None, *args, **kwargs):
     concrete = not any(isinstance(x, jax.core.Tracer) for x in (known, known_mask))
     cfg = self._latent_cfg
-    if (cfg is not None and cfg.source_context and known is not None and concrete
+    if (cfg is not None and known is not None and concrete
         and not builders.latent_condition_fits(cfg, np.asarray(known), np.asarray(known_mask))):
       raise ValueError(builders.latent_condition_error(cfg))
     return self._jitted(params, rng, known, known_mask, *args, **kwargs)
