@@ -21,7 +21,7 @@ from cdm_jax.runtime import config_files, lock
 
 from conftest import ROOT, WORDS
 
-pytestmark = pytest.mark.slow  # about 20 short subprocesses
+pytestmark = pytest.mark.slow  # about 60 short CLI runs, most forked from one interpreter
 
 COMMANDS = ("train", "generate", "evaluate", "distill", "readout")
 HELPED = COMMANDS + ("prepare", "compile")
@@ -36,6 +36,35 @@ def _run(command: str, *args, env=None) -> tuple[int, str, str]:
                           capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env={**os.environ, **(env or {})})
   return result.returncode, result.stdout, result.stderr
+
+
+def _run_many(calls: list[tuple[str, tuple, dict | None]], tmp: pathlib.Path) -> list[tuple]:
+  """`_run` of every (command, args, env), in order. A `bad flag` call of each command, and every
+  call that changes the environment or is not a plain CLI, runs as a process of its own; the others
+  fork from one interpreter that imported everything once (tests/cli_forks.py)."""
+  first = {}
+  for i, (command, args, env) in enumerate(calls):
+    if env is None and command in COMMANDS + HELPED and "--no_such_flag=1" in args:
+      first.setdefault(command, i)
+  forked = [i for i, (command, _, env) in enumerate(calls)
+            if env is None and command in HELPED and i not in first.values()]
+  results = [None] * len(calls)
+  if forked:
+    out = tmp / f"forks_{len(list(tmp.glob('forks_*')))}"
+    out.mkdir()
+    (out / "cases.json").write_text(json.dumps([[calls[i][0], list(calls[i][1])] for i in forked]))
+    done = subprocess.run([sys.executable, str(ROOT / "tests/cli_forks.py"), str(out / "cases.json"),
+                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for n, i in enumerate(forked):
+      results[i] = (int((out / f"{n}.code").read_text()), (out / f"{n}.out").read_text(),
+                    (out / f"{n}.err").read_text())
+  rest = [i for i in range(len(calls)) if results[i] is None]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the subprocesses, two at a time
+    for i, result in zip(rest, pool.map(lambda i: _run(calls[i][0], *calls[i][1], env=calls[i][2]),
+                                        rest)):
+      results[i] = result
+  return results
 
 
 def _cases(trained_dir: pathlib.Path, corpus: pathlib.Path, tmp: pathlib.Path):
@@ -143,8 +172,7 @@ def _damaged_folders(corpus: pathlib.Path, tmp: pathlib.Path) -> tuple[pathlib.P
 def test_every_command_reports_user_errors_on_one_line(trained, corpus, tmp_path):
   rows = ["| command | error | exit | message |", "|---|---|---|---|"]
   cases = _cases(trained[0], corpus, tmp_path)
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the subprocesses, two at a time
-    outputs = list(pool.map(lambda case: _run(case[0], *case[2], env=case[3]), cases))
+  outputs = _run_many([(case[0], case[2], case[3]) for case in cases], tmp_path)
   for (command, what, _, _, code, start), (got, stdout, stderr) in zip(cases, outputs):
     lines = stderr.splitlines()
     assert got == code and stdout == "" and lines and lines[-1].startswith(start), (
@@ -176,29 +204,31 @@ def test_every_command_reports_user_errors_on_one_line(trained, corpus, tmp_path
 def _handled_rows(trained_dir: pathlib.Path, tmp: pathlib.Path) -> list[str]:
   """What used to fail and now simply works: --help, an --output in a folder not yet made, a corpus
   of long documents (trained and prepared)."""
-  rows = []
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    helps = list(pool.map(lambda command: _run(command, "--help"), HELPED))
-  for command, (code, stdout, stderr) in zip(HELPED, helps):
-    assert code == 0 and stdout.startswith(f"usage: cdm-{command} ") and "  --" in stdout, stderr
-    assert "--workdir" in stdout or "--output" in stdout, stdout
-    rows.append(f"| cdm-{command} | --help | 0 | (lists its flags) |")
   output = tmp / "not" / "yet" / "out.txt"
-  code, stdout, stderr = _run("generate", f"--workdir={trained_dir}", "--num_samples=2",
-                              "--steps=2", f"--output={output}")
-  assert code == 0 and output.read_text().splitlines() == stdout.splitlines(), stderr[-3000:]
-  rows.append("| cdm-generate | --output in a folder not yet made | 0 | (creates it, writes) |")
   rng = np.random.default_rng(0)
   documents = tmp / "documents.txt"
   documents.write_text("\n".join(" ".join(rng.choice(WORDS, 3000)) for _ in range(20)))
   corpus = (f"--config.data.path={documents}", "--config.data.valid_percent=10.0")
-  code, _, stderr = _run("train", "--config=configs/tiny.py", *corpus,
-                         f"--workdir={tmp / 'documents'}", "--config.train.num_train_steps=2",
-                         "--config.train.batch_size=4", "--config.train.eval_every_steps=0",
-                         "--config.train.sample_every_steps=0")  # long lines truncated
-  assert code == 0, stderr[-3000:]
-  code, stdout, stderr = _run("prepare", "--config=configs/tiny.py", *corpus,
-                              "--config.data.long_lines=split", f"--output={tmp / 'prepared'}")
+  calls = [(command, ("--help",), None) for command in HELPED] + [
+      ("generate", (f"--workdir={trained_dir}", "--num_samples=2", "--steps=2",
+                    f"--output={output}"), None),
+      ("train", ("--config=configs/tiny.py", *corpus, f"--workdir={tmp / 'documents'}",
+                 "--config.train.num_train_steps=2", "--config.train.batch_size=4",
+                 "--config.train.eval_every_steps=0", "--config.train.sample_every_steps=0"),
+       None),  # long lines truncated
+      ("prepare", ("--config=configs/tiny.py", *corpus, "--config.data.long_lines=split",
+                   f"--output={tmp / 'prepared'}"), None)]
+  *helps, generated, trained_long, prepared = _run_many(calls, tmp)
+  rows = []
+  for command, (code, stdout, stderr) in zip(HELPED, helps):
+    assert code == 0 and stdout.startswith(f"usage: cdm-{command} ") and "  --" in stdout, stderr
+    assert "--workdir" in stdout or "--output" in stdout, stdout
+    rows.append(f"| cdm-{command} | --help | 0 | (lists its flags) |")
+  code, stdout, stderr = generated
+  assert code == 0 and output.read_text().splitlines() == stdout.splitlines(), stderr[-3000:]
+  rows.append("| cdm-generate | --output in a folder not yet made | 0 | (creates it, writes) |")
+  assert trained_long[0] == 0, trained_long[2][-3000:]
+  code, stdout, stderr = prepared
   assert code == 0 and json.loads(stdout)["read"] == 20, stderr[-3000:]
   rows.append("| cdm-train, cdm-prepare | 20 lines of 3,000 words (truncated; split) | 0 | "
               "(trains, prepares) |")
