@@ -140,21 +140,21 @@ def make_sample_fn(model: DiffusionLM, schedule: schedules.Schedule, mesh,
     return sharded(params, parallel.example_keys(rng, padded, offset), condition,
                    decoder_params)[:config.num_samples]
 
-  # Only "pairs" and "split" restrict the known positions; any other model's call skips the check
-  # (and its copy of the condition to the host).
-  restricted = cfg.is_latent and cfg.source_context and cfg.context_layout in ("pairs", "split")
-  return _GuardedSampleFn(sample_fn, cfg if restricted else None)
+  return _GuardedSampleFn(sample_fn, cfg)
 
 
 class _GuardedSampleFn:
   """`make_sample_fn`'s jitted function (`lower`, `eval_shape`... pass through), refusing, when
   called with concrete arrays, a condition a latent model's context layout cannot take
   (`builders.latent_condition_fits`): a seq2seq model's known positions must be each row's
-  `BOS source EOS`, a "split" model's a prefix (other known tokens it would return around PAD).
-  `latent_cfg` is None for every other model: nothing to check."""
+  `BOS source EOS`, a "split" model's a prefix (other known tokens it would return around PAD)."""
 
-  def __init__(self, jitted, latent_cfg):
-    self._jitted, self._latent_cfg = jitted, latent_cfg
+  def __init__(self, jitted, model_cfg):
+    # Only "pairs" and "split" restrict the known positions; any other model's call skips the
+    # check (and its copy of the condition to the host).
+    restricts = (model_cfg.is_latent and model_cfg.source_context
+                 and model_cfg.context_layout in ("pairs", "split"))
+    self._jitted, self._latent_cfg = jitted, (model_cfg if restricts else None)
 
   def __call__(self, params, rng, known=None, known_mask=None, *args, **kwargs):
     concrete = not any(isinstance(x, jax.core.Tracer) for x in (known, known_mask))
