@@ -44,6 +44,7 @@ def test_wsd_schedule_against_its_definition(cooldown):
   assert same == [float(lr(s)) for s in range(81)]  # the stable phase ignores the run's length
 
 
+@pytest.mark.slow  # trains for tens of seconds: the full suite's, not the fast tier's
 def test_branch_is_the_dedicated_run(corpus, tmp_path):
   """A 12-step run keeping step 6; the 8-step branch cooled down from it equals an 8-step run of
   its own, bit for bit, and differs from the long run's end."""

@@ -96,6 +96,7 @@ def _model_and_params(config):
   return model, builders.init_params(config, model)
 
 
+@pytest.mark.slow  # trains for tens of seconds: the full suite's, not the fast tier's
 def test_latent_diffusion_lm_runs_over_m_latents(corpus):
   config = latent_config(corpus)
   model, params = _model_and_params(config)
@@ -139,6 +140,7 @@ def test_latent_config_refuses_token_level_settings(corpus):
     builders.make_model(config)
 
 
+@pytest.mark.slow  # trains for tens of seconds: the full suite's, not the fast tier's
 def test_frozen_encoder_takes_no_update(corpus):
   """A train step moves the denoiser and leaves every autoencoder parameter as it was (no weight
   decay either), in the parameters and their EMA, and keeps no optimizer state for it."""

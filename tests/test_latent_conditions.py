@@ -82,6 +82,7 @@ def test_the_context_layout_by_config_and_its_rows(corpus):
     np.testing.assert_array_equal(diffused, tokens)
 
 
+@pytest.mark.slow  # trains for tens of seconds: the full suite's, not the fast tier's
 def test_positions_model_reads_the_known_row_in_context(corpus):
   """The loss of a "positions" model sees the masked row's latents in context: changing an
   unknown token of the context row changes nothing, changing a known one changes the loss."""

@@ -65,6 +65,7 @@ def feature_run(corpus, tmp_path_factory):
   return config, workdir, data, lm, params, report
 
 
+@pytest.mark.slow  # trains for tens of seconds: the full suite's, not the fast tier's
 def test_the_lm_stays_frozen_and_its_flops_count(feature_run):
   config, workdir, _, lm, params, report = feature_run
   for a, b in zip(jax.tree.leaves(lm.params["params"]), jax.tree.leaves(params[FEATURE_MODEL])):
@@ -78,6 +79,7 @@ def test_the_lm_stays_frozen_and_its_flops_count(feature_run):
   assert logged[-1]["step"] == 30 and 0.0 < logged[-1]["align_mse"] < 10.0
 
 
+@pytest.mark.slow  # trains for tens of seconds: the full suite's, not the fast tier's
 def test_a_diffusion_model_encodes_through_the_frozen_lm(feature_run):
   """The diffusion LM's E is the autoencoder with its LM: the same latents as the stage's."""
   config, _, data, _, params, _ = feature_run
