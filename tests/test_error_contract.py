@@ -44,7 +44,7 @@ def _run_many(calls: list[tuple[str, tuple, dict | None]], tmp: pathlib.Path) ->
   fork from one interpreter that imported everything once (tests/cli_forks.py)."""
   first = {}
   for i, (command, args, env) in enumerate(calls):
-    if env is None and command in COMMANDS + HELPED and "--no_such_flag=1" in args:
+    if env is None and command in HELPED and "--no_such_flag=1" in args:
       first.setdefault(command, i)
   forked = [i for i, (command, _, env) in enumerate(calls)
             if env is None and command in HELPED and i not in first.values()]
