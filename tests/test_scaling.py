@@ -67,3 +67,26 @@ def test_scaling_command_end_to_end_and_resumable(corpus, tmp_path, monkeypatch)
   monkeypatch.setattr(gap_protocol, "measure", lambda *_: pytest.fail("measured again"))
   scaling.main(argv)
   assert json.loads((out / scaling.SUMMARY).read_text())["rows"] == summary["rows"]
+
+
+def test_a_recipe_of_another_shape_meets_the_ladder_and_judge_it_names(tmp_path, monkeypatch):
+  """--ladder_like reaches the gap protocol: without it a wider denoiser would be measured on an
+  AR ladder and a judge of its own width, not those of the recipe it is compared with."""
+  from cdm_jax.training import train
+  seen = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: None)
+
+  def measure(settings):
+    seen.append(settings)
+    return {"diffusion": {"flops": 1e12, "judge_ppl": 900.0, "empty_fraction": 0.0},
+            "entropy_valid": True, "compute_gap": 3.0, "status": "measured", "num_samples": 8,
+            "ar": [{"flops": 1e11, "judge_ppl": 800.0}]}
+
+  monkeypatch.setattr(gap_protocol, "measure", measure)
+  monkeypatch.setattr(gap_protocol, "write", lambda result, out: (
+      out.mkdir(parents=True), (out / "compute_gap.json").write_text(json.dumps(result))))
+  base = [f"--config={ROOT / 'configs/tiny.py'}", "--budgets=10", "--num_samples=8",
+          "--set", "model.width=48"]
+  scaling.main([*base, f"--out={tmp_path / 'named'}", "--ladder_like=BASELINE_WORKDIR"])
+  scaling.main([*base, f"--out={tmp_path / 'own'}"])
+  assert [s.ladder_like for s in seen] == ["BASELINE_WORKDIR", None]

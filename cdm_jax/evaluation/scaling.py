@@ -3,14 +3,16 @@ measures each against the AR ladder, with one judge and one ladder for every bud
 
     python -m cdm_jax.evaluation.scaling --config=configs/wordnet_latent.py \\
         --budgets=600,2000,6000 --seeds=0,1 --out=DIR [--set train.batch_size=128 ...] \\
-        [--ladder_flops=1e14] [--num_samples=600] [--also=OTHER_DIR]
+        [--ladder_flops=1e14] [--ladder_like=WORKDIR] [--num_samples=600] [--also=OTHER_DIR]
 
 Per seed, the largest budget is one `train.schedule="wsd"` run (DIR/seedS/stepsN) that keeps a
 checkpoint at the cooldown start of every smaller budget; each smaller budget is a branch from it
 (`cdm_jax.training.branch`) that trains only its cooldown. Every workdir is then measured by the
 compute-gap protocol (`gap_protocol`: the autoencoder's FLOPs counted, the entropy rule); the AR
 ladder's 1x rung is `--ladder_flops` (default: the largest budget's FLOPs), so every budget, and
-every recipe run with the same value, meets the same cached ladder and judge.
+every recipe run with the same value, meets the same cached ladder and judge. The ladder and the
+judge are sized like the config's denoiser; a recipe of another width or depth names a workdir of
+the recipe it is compared with in `--ladder_like`, or it meets a ladder and judge of its own.
 
 Written to DIR: scaling.json (the rows and the slopes), scaling.md (the table) and scaling.png
 (judge perplexity against training FLOPs for diffusion and the AR ladder, and the gap against
@@ -162,7 +164,7 @@ def run(args) -> dict:
       train.train_and_evaluate(item["config"], str(workdir))
       settings = gap_protocol.GapSettings(workdir=str(workdir), num_samples=args.num_samples,
                                           ladder_flops=ladder_flops, fractions=args.fractions,
-                                          seed=args.sample_seed)
+                                          seed=args.sample_seed, ladder_like=args.ladder_like)
       gap_protocol.write(gap_protocol.measure(settings), done.parent)
     result = json.loads(done.read_text())
     rows.append(row_of(item, result))
@@ -196,6 +198,10 @@ def main(argv=None):
   parser.add_argument("--ladder_flops", type=float, default=0.0,
                       help="FLOPs of the AR ladder's 1x rung (default: the largest budget's); "
                            "give recipes compared on one ladder the same value")
+  parser.add_argument("--ladder_like", default=None, metavar="WORKDIR",
+                      help="take the AR ladder's and the judge's sizes from this workdir's model "
+                           "(default: the config's): a recipe of another width or depth then "
+                           "meets the same ladder and judge as the recipe it is compared with")
   parser.add_argument("--fractions", default="1/64,1/32,1/16,1/8,1/4,1/2,1")
   parser.add_argument("--num_samples", type=int, default=600)
   parser.add_argument("--sample_seed", type=int, default=0)
