@@ -152,7 +152,7 @@ def pairs(tmp_path_factory):
 def workdir(pairs, tmp_path_factory):
   from cdm_jax.training import train
   workdir = tmp_path_factory.mktemp("latent_seq2seq")
-  config = _config(pairs, num_train_steps=600, learning_rate=3e-3, eval_every_steps=300,
+  config = _config(pairs, num_train_steps=300, learning_rate=3e-3, eval_every_steps=300,
                    sample_every_steps=0, checkpoint_every_steps=300)
   metrics = train.train_and_evaluate(config, str(workdir))
   return workdir, metrics
@@ -163,7 +163,7 @@ def test_the_autoencoder_learns_both_halves_and_the_denoiser_reads_its_source(wo
   import cdm_jax
   from cdm_jax.data import pipeline
   path, metrics = workdir
-  assert metrics["step"] == 600 and math.isfinite(metrics["valid_bound_bits"])
+  assert metrics["step"] == 300 and math.isfinite(metrics["valid_bound_bits"])
   generator = cdm_jax.load(str(path))
   data = pipeline.prepare_data(generator.config.data, str(path))
   halves = ae_stage.autoencoder_data(generator.config, data)
