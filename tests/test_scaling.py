@@ -3,6 +3,7 @@ config (slow tier)."""
 
 import json
 import math
+import pathlib
 
 import pytest
 
@@ -69,24 +70,54 @@ def test_scaling_command_end_to_end_and_resumable(corpus, tmp_path, monkeypatch)
   assert json.loads((out / scaling.SUMMARY).read_text())["rows"] == summary["rows"]
 
 
-def test_a_recipe_of_another_shape_meets_the_ladder_and_judge_it_names(tmp_path, monkeypatch):
-  """--ladder_like reaches the gap protocol: without it a wider denoiser would be measured on an
-  AR ladder and a judge of its own width, not those of the recipe it is compared with."""
+@pytest.fixture(name="fake_runs")
+def _fake_runs(monkeypatch):
+  """Training and the gap protocol replaced by stand-ins; yields the GapSettings measured."""
   from cdm_jax.training import train
   seen = []
   monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: None)
 
   def measure(settings):
     seen.append(settings)
-    return {"diffusion": {"flops": 1e12, "judge_ppl": 900.0, "empty_fraction": 0.0},
+    steps = int(pathlib.Path(settings.workdir).name[len("steps"):])
+    return {"diffusion": {"flops": 1e11 * steps, "judge_ppl": 900.0, "empty_fraction": 0.0},
             "entropy_valid": True, "compute_gap": 3.0, "status": "measured", "num_samples": 8,
             "ar": [{"flops": 1e11, "judge_ppl": 800.0}]}
 
   monkeypatch.setattr(gap_protocol, "measure", measure)
   monkeypatch.setattr(gap_protocol, "write", lambda result, out: (
       out.mkdir(parents=True), (out / "compute_gap.json").write_text(json.dumps(result))))
+  return seen
+
+
+def test_a_recipe_of_another_shape_meets_the_ladder_and_judge_it_names(tmp_path, fake_runs):
+  """--ladder_like reaches the gap protocol: without it a wider denoiser would be measured on an
+  AR ladder and a judge of its own width, not those of the recipe it is compared with."""
   base = [f"--config={ROOT / 'configs/tiny.py'}", "--budgets=10", "--num_samples=8",
           "--set", "model.width=48"]
   scaling.main([*base, f"--out={tmp_path / 'named'}", "--ladder_like=BASELINE_WORKDIR"])
   scaling.main([*base, f"--out={tmp_path / 'own'}"])
-  assert [s.ladder_like for s in seen] == ["BASELINE_WORKDIR", None]
+  assert [s.ladder_like for s in fake_runs] == ["BASELINE_WORKDIR", None]
+
+
+def test_a_later_seed_joins_the_folders_table_and_another_recipe_is_refused(tmp_path, fake_runs,
+                                                                           capsys):
+  out = tmp_path / "lever"
+  base = [f"--config={ROOT / 'configs/tiny.py'}", "--num_samples=8", f"--out={out}",
+          "--ladder_flops=1e12", "--set", "train.learning_rate=2e-3"]
+  scaling.main([*base, "--budgets=10", "--seeds=0"])
+  scaling.main([*base, "--budgets=10", "--seeds=1"])
+  scaling.main([*base, "--budgets=6", "--seeds=1"])  # a budget of its own: not a branch here
+  summary = json.loads((out / scaling.SUMMARY).read_text())
+  assert [(r["seed"], r["steps"]) for r in summary["rows"]] == [(0, 10), (1, 6), (1, 10)]
+  assert (summary["seeds"], summary["budgets"]) == ([0, 1], [6, 10])
+  assert len(fake_runs) == 3  # nothing measured twice
+  assert (out / scaling.TABLE).read_text().count("| 1 | 10 |") == 1
+  capsys.readouterr()
+  for other in (["--set", "train.learning_rate=3e-3"], ["--ladder_flops=2e12"]):
+    argv = [*base, *other, "--budgets=10", "--seeds=2"]
+    with pytest.raises(SystemExit) as info:
+      scaling.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(f"error: {out} holds the rows of another recipe")
+    assert err.count("\n") == 1 and len(fake_runs) == 3

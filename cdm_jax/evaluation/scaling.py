@@ -20,7 +20,10 @@ FLOPs; `--also` adds other scaling folders' rows to the plot and table). The slo
 least-squares slope of log gap against log FLOPs, per seed; the spread is over seeds.
 
 Resumable: a rerun after a crash resumes the interrupted training and skips every finished run and
-every measured gap (DIR/seedS/stepsN/compute_gap/compute_gap.json).
+every measured gap (DIR/seedS/stepsN/compute_gap/compute_gap.json). A later call may add seeds or
+budgets to DIR (e.g. `--seeds=1` after `--seeds=0`): the rows measured before stay in the table. A
+call with another config, other overrides or another ladder is refused, since its rows would not be
+comparable.
 """
 
 import argparse
@@ -140,6 +143,20 @@ def plot(summaries: list[dict], path: pathlib.Path):
   fig.savefig(path, dpi=120)
 
 
+def earlier_rows(out: pathlib.Path, recipe: dict) -> list[dict]:
+  """The rows an earlier call measured in `out`; ValueError when that call measured another
+  `recipe` (config, overrides, ladder)."""
+  path = out / SUMMARY
+  if not path.exists():
+    return []
+  earlier = json.loads(path.read_text())
+  if any(key in earlier and earlier[key] != value for key, value in recipe.items()):
+    theirs = ", ".join(f"{key}={earlier.get(key)}" for key in recipe)
+    raise ValueError(f"{out} holds the rows of another recipe ({theirs}); give this one another "
+                     "--out")
+  return earlier["rows"]
+
+
 def run(args) -> dict:
   # pylint: disable=g-import-not-at-top
   from cdm_jax.evaluation import gap_protocol
@@ -155,6 +172,9 @@ def run(args) -> dict:
   ladder_flops = args.ladder_flops or (
       budgets[-1] * flops.diffusion_train_flops(config)["train"]
       + (ae_stage.autoencoder_flops(config) if builders.is_latent(config) else 0.0))
+  recipe = {"config": args.config, "overrides": args.set or [], "ladder_flops": ladder_flops,
+            "ladder_like": args.ladder_like}
+  earlier = earlier_rows(out, recipe)
   rows, ladder = [], None
   for item in plan(config, budgets, seeds, out):
     workdir = item["workdir"]
@@ -169,9 +189,12 @@ def run(args) -> dict:
     result = json.loads(done.read_text())
     rows.append(row_of(item, result))
     ladder = [{"flops": r["flops"], "judge_ppl": r["judge_ppl"]} for r in result["ar"]]
-  summary = {"name": args.name or pathlib.Path(args.config).stem, "config": args.config,
-             "overrides": args.set or [], "budgets": budgets, "seeds": seeds,
-             "ladder_flops": ladder_flops, "num_samples": args.num_samples,
+  measured = {(r["seed"], r["steps"]) for r in rows}
+  rows += [r for r in earlier if (r["seed"], r["steps"]) not in measured]
+  summary = {"name": args.name or pathlib.Path(args.config).stem, **recipe,
+             "budgets": sorted({r["steps"] for r in rows}),
+             "seeds": sorted({r["seed"] for r in rows}),
+             "num_samples": args.num_samples,
              "rows": sorted(rows, key=lambda r: (r["seed"], r["steps"])), "ladder": ladder,
              "slopes": slopes(rows)}
   (out / SUMMARY).write_text(json.dumps(summary, indent=2))
@@ -208,7 +231,10 @@ def main(argv=None):
   parser.add_argument("--also", action="append", default=[], metavar="DIR",
                       help="another scaling folder whose rows join the table and the plot")
   args = parser.parse_args(argv)
-  summaries = [run(args)]
+  try:
+    summaries = [run(args)]
+  except ValueError as err:  # a bad value or another recipe's folder: one line, exit 2
+    parser.exit(2, f"error: {err}\n")
   for other in args.also:
     summaries.append(json.loads((pathlib.Path(other) / SUMMARY).read_text()))
   report(summaries, pathlib.Path(args.out))
