@@ -14,7 +14,7 @@ def get_config():
   config.data.seq_len = 40
   config.model.update(width=192, num_layers=4, mlp_dim=768)
   config.condition.update(source=0.9, dropout=0.1)
-  config.train.update(num_train_steps=3000, eval_every_steps=1000, sample_every_steps=0,
-                      time_limit_minutes=0.0)
+  config.train.update(learning_rate=1e-3, num_train_steps=3000, eval_every_steps=1000,
+                      sample_every_steps=0, time_limit_minutes=0.0)  # its figures' learning rate
   config.sample.update(num_steps=50, sampler="ddpm", ddim_eta=0.0)  # the seq2seq figures' sampler
   return config

@@ -227,7 +227,8 @@ def test_continuation_task_on_a_latent_workdir(conditioned_workdir, tmp_path, mo
 
 def test_the_demo_config_is_the_latent_recipe_with_conditions():
   """configs/wordnet_latent_cond.py (`CONFIG=` of scripts/demo.sh for the latent demo) differs from
-  the latent recipe only in its condition mixture and the demo's time limit."""
+  the latent recipe only in its condition mixture, the demo's time limit and the learning rate its
+  figures were measured at."""
   from cdm_jax.runtime import config_files
   from cdm_jax.runtime.config_record import flatten
   load = lambda name: config_files.load(ROOT / "configs" / name, {"data.path": "unused.txt"})
@@ -237,4 +238,5 @@ def test_the_demo_config_is_the_latent_recipe_with_conditions():
   old, new = flatten(recipe.to_dict()), flatten(demo.to_dict())
   changed = {key for key in new if new[key] != old.get(key)}
   assert changed == {"condition.prefix", "condition.suffix", "condition.spans",
-                     "train.time_limit_minutes"}, changed
+                     "train.time_limit_minutes", "train.learning_rate"}, changed
+  assert (demo.train.learning_rate, recipe.train.learning_rate) == (1e-3, 2e-3)
