@@ -72,7 +72,7 @@ def test_scaling_command_end_to_end_and_resumable(corpus, tmp_path, monkeypatch)
 
 @pytest.fixture(name="fake_runs")
 def _fake_runs(monkeypatch):
-  """Training and the gap protocol replaced by stand-ins; yields the GapSettings measured."""
+  """Training and the gap protocol replaced by stand-ins; the list of GapSettings measured."""
   from cdm_jax.training import train
   seen = []
   monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: None)
