@@ -14,7 +14,8 @@ of mask per example from a mixture (as CDCD does):
           `BOS source EOS target EOS PAD...` (DiffuSeq's partial noising).
 
 With probability `dropout` an example's known latents are zeros (the null condition), which
-classifier-free guidance contrasts with (`guide`). Prompts for sampling (`prefix_layout`,
+classifier-free guidance contrasts with (`guide`); a latent model with `null_context="length"`
+keeps the known text's extent in its null context instead (`blank_known`). Prompts for sampling (`prefix_layout`,
 `template_layout`, `source_layout`) are host-side NumPy; a template marks a gap with `___` (the
 default length) or `___:N` (N pieces), e.g. "the ___:3 of a tree".
 """
@@ -36,6 +37,9 @@ GAP = re.compile(r"___(?::(\d+))?")
 # "positions" PAD (unknown reads as empty, as in workdirs trained before "marked"), "marked" UNK
 # (unknown reads as unknown, apart from a row that ends).
 UNKNOWN_FILL = {"positions": PAD_ID, "marked": UNK_ID}
+# A latent model's null context (guidance's contrast), by `ModelConfig.null_context`: "zeros", or
+# "length", the dropped condition's context row `blank_known`: how much text is known, not what.
+NULL_CONTEXTS = ("zeros", "length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +299,15 @@ def context_rows(tokens: Array, known: Array, layout: str) -> tuple[Array, Array
   if layout == "split":
     return _split_at(xp.asarray(tokens), leading_known(known), xp)
   return xp.where(known, tokens, UNKNOWN_FILL[layout]), tokens
+
+
+def blank_known(rows: Array) -> Array:
+  """Context rows [..., n] with every piece but BOS, EOS and PAD UNK: a dropped condition's context
+  under `null_context="length"`, the known text's extent without its words."""
+  xp = np if isinstance(rows, np.ndarray) else jnp
+  rows = xp.asarray(rows)
+  keep = (xp.arange(rows.shape[-1]) == 0) | (rows == PAD_ID) | (rows == EOS_ID)
+  return xp.where(keep, rows, UNK_ID)
 
 
 def join_pairs(source: Array, target: Array) -> Array:

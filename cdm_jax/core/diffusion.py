@@ -93,7 +93,7 @@ def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.S
   apply = lambda method, *args, **kw: model.apply(params, *args, method=method, rngs=rngs, **kw)
   cond = {}
   if cfg.source_context:  # from here on, the rows are the targets
-    inputs, cond = source_in_context(apply, inputs, cfg.context_layout)
+    inputs, cond = source_in_context(apply, inputs, cfg.context_layout, cfg.null_context)
   x0 = apply("embed", inputs.tokens)  # [batch, m, dim]
   t_pos = schedule.position_times(inputs.t, x0.shape[1])  # [batch] or [batch, m]
   x_t = q_sample(x0, t_pos, inputs.noise[0], schedule)
@@ -124,21 +124,33 @@ def training_losses(model, params, inputs: LossInputs, schedule: schedules_lib.S
   return loss_sum, (metrics, per_example_loss)
 
 
-def source_in_context(apply, inputs: LossInputs, layout: str = "pairs") -> tuple[LossInputs, dict]:
+def source_in_context(apply, inputs: LossInputs, layout: str = "pairs",
+                      null_context: str = "zeros") -> tuple[LossInputs, dict]:
   """A `source_context` model's batch: (the inputs with the diffused rows as tokens, {"context":
   the context rows' latents}), by `conditioning.context_rows`: for "pairs" the target and source
   rows of `BOS source EOS target EOS` rows; for "positions" the whole rows and the rows with their
   unknown positions PAD. An example drawn with nothing known, or with the null condition, has the
-  null context (zeros), as classifier-free guidance contrasts with; every diffused latent carries
-  loss."""
+  null context (`context_latents`), as classifier-free guidance contrasts with; every diffused
+  latent carries loss."""
   source, target = conditioning.context_rows(inputs.tokens, inputs.known, layout)
-  context = apply("embed", source)
-  null = ~jnp.any(inputs.known, axis=-1)
-  if inputs.null_cond is not None:
-    null = null | inputs.null_cond
+  context = context_latents(lambda rows: apply("embed", rows), source, inputs.known,
+                            inputs.null_cond, null_context)
   inputs = inputs.replace(tokens=target, mask=target != PAD_ID, known=None,
                           null_cond=None)
-  return inputs, {"context": jnp.where(null[:, None, None], 0.0, context)}
+  return inputs, {"context": context}
+
+
+def context_latents(embed, source: Array, known: Array, null_cond: Array | None,
+                    null_context: str = "zeros") -> Array:
+  """[batch, m, d] the context latents `embed(source)` of a source-context model's rows; zeros for
+  a row with nothing known, and for a dropped condition (`null_cond`) zeros, or with
+  `null_context="length"` the latents of its `conditioning.blank_known` row."""
+  null = ~jnp.any(known, axis=-1)
+  if null_cond is not None and null_context == "length":
+    source = jnp.where(null_cond[:, None], conditioning.blank_known(source), source)
+  elif null_cond is not None:
+    null = null | null_cond
+  return jnp.where(null[:, None, None], 0.0, embed(source))
 
 
 def _denoise(apply, x_t, log_snr, self_cond, self_conditioning: bool, train: bool, cond: dict):

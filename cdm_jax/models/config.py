@@ -5,7 +5,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from cdm_jax.core import parameterization
+from cdm_jax.core import conditioning, parameterization
 from cdm_jax.runtime import registry
 
 ENCODERS = ("embedding", "latent")
@@ -37,6 +37,9 @@ class ModelConfig:
                                  # its unknown positions UNK (PAD) in context and the whole row
                                  # diffused (prefix, suffix, infilling, lengths); "split": the
                                  # prefix row in context, its continuation diffused (prefixes only)
+  null_context: str = "zeros"   # (source_context) a dropped condition's context, the contrast of
+                                # guidance: "zeros", or "length": the context row with its known
+                                # pieces UNK (`conditioning.blank_known`), holding the length fixed
   normalize_embeddings: bool = False  # L2-normalize rows of E before every use (CDCD)
   embed_scale: float = 1.0      # rows have norm ~ embed_scale * sqrt(embed_dim)
   output: str = "x0"            # what the denoiser predicts: x0 | eps | v | logits | logits_prior
@@ -62,6 +65,16 @@ class ModelConfig:
     if self.context_layout not in CONTEXT_LAYOUTS:
       raise ValueError(f"model.context_layout must be one of {CONTEXT_LAYOUTS}, got "
                        f"{self.context_layout!r}.")
+    if self.null_context not in conditioning.NULL_CONTEXTS:
+      raise ValueError(f"model.null_context must be one of {conditioning.NULL_CONTEXTS}, got "
+                       f"{self.null_context!r}.")
+    if self.null_context == "length" and self.encoder != "latent":
+      raise ValueError("model.null_context='length' is a latent model's: an embedding model's null "
+                       "condition already keeps the known mask, and so the known text's extent.")
+    if self.null_context == "length" and self.source_context and self.context_layout == "marked":
+      raise ValueError("model.null_context='length' blanks the known pieces of the context row, "
+                       "which under context_layout='marked' leaves nothing apart from the unknown "
+                       "ones (UNK): use 'positions' or 'split'.")
     if self.encoder == "latent" and parameterization.get(self.output).predicts_logits:
       raise ValueError(f"model.output={self.output!r} predicts logits over an embedding table; a "
                        "latent encoder has none: use x0, eps or v.")

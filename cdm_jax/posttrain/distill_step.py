@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cdm_jax.core import conditioning
+from cdm_jax.core import conditioning, diffusion
 from cdm_jax.models import builders, partitioning
 from cdm_jax.training import flops
 from cdm_jax.runtime import parallel
@@ -178,9 +178,11 @@ def distillation_losses(model, params, teacher, tokens: Array, grid: Array, *, k
         jax.random.fold_in(k, 2), row, condition))(keys, tokens)
   if model.config.source_context:  # the targets diffuse, their context rows (or null) in context
     source, tokens = conditioning.context_rows(tokens, known, model.config.context_layout)
-    context = model.apply(teacher, source, method="embed")
-    given = jnp.any(known, axis=-1) & ~null if known is not None else jnp.zeros((batch,), bool)
-    kwargs = {"context": jnp.where(given[:, None, None], context, 0.0)}
+    embed = lambda rows: model.apply(teacher, rows, method="embed")
+    if known is None:
+      known = jnp.zeros(tokens.shape, bool)
+    kwargs = {"context": diffusion.context_latents(embed, source, known, null,
+                                                   model.config.null_context)}
     known = None
   x0 = model.apply(teacher, tokens, method="embed")
   if known is not None:

@@ -59,6 +59,8 @@ def _model() -> ml_collections.ConfigDict:
   model.context_layout = "positions"  # a latent model trained with condition.prefix/suffix/spans
                                # reads the row with its unknown positions PAD ("positions") or UNK
                                # ("marked") in context; seq2seq sources are always "pairs"
+  model.null_context = "zeros"  # a latent model's null condition (what guidance contrasts with):
+                               # "zeros", or "length" (the known pieces UNK: the same extent)
   model.normalize_embeddings = False  # L2-normalize embedding rows before every use (CDCD)
   model.embed_scale = 1.0      # row norm ~ embed_scale * sqrt(embed_dim)
   model.output = "x0"          # x0 | eps | v (MSE targets) | logits (cross-entropy, CDCD) |

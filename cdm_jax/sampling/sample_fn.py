@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdm_jax.core import (conditioning, parameterization, rounding, sample_options, samplers,
-                          schedules, vocab_ops)
+from cdm_jax.core import (conditioning, diffusion, parameterization, rounding, sample_options,
+                          samplers, schedules, vocab_ops)
 from cdm_jax.models import DiffusionLM, builders
 from cdm_jax.runtime import parallel
 from cdm_jax.core.tokens import PAD_ID
@@ -41,7 +41,8 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
 
   `condition`: None, or (known tokens [batch, length], known mask [batch, length] bool). With
   `guidance_scale` w != 0 the estimate is classifier-free guided: one forward pass over the batch
-  twice, with the known latents and with the null condition (zeros), combined by
+  twice, with the known latents and with the null condition (zeros; a latent model's
+  `null_context`), combined by
   `conditioning.guide`; known positions keep their clean latents either way. `logit_temperature`
   tau != 1 (models that predict logits) takes x0_hat = softmax(logits / tau) E instead of
   softmax(logits) E: tau < 1 sharpens every step's estimate toward its likeliest tokens.
@@ -59,8 +60,13 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
   if model.config.source_context:  # the known row (a source, or its unknown positions filled) in context
     layout = model.config.context_layout
     fill = conditioning.UNKNOWN_FILL.get(layout, PAD_ID)  # "pairs", "split": PAD after the row
-    context = model.apply(params, jnp.where(known_mask, known, fill), method="embed")
-    given, null = {"context": context}, {"context": jnp.zeros_like(context)}
+    rows = jnp.where(known_mask, known, fill)
+    embed = lambda rows: model.apply(params, rows, method="embed")
+    given = {"context": diffusion.context_latents(embed, rows, known_mask, None)}
+    null = {"context": jnp.zeros_like(given["context"])}  # as training forms its null contexts
+    if model.config.null_context == "length":
+      blank = conditioning.blank_known(rows)
+      null = {"context": diffusion.context_latents(embed, blank, known_mask, None)}
     keep_known = lambda x0_hat: x0_hat
   else:  # known positions carry their clean latents
     cond = model.apply(params, known, method="embed")
