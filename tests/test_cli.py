@@ -146,7 +146,7 @@ def test_evaluate_cli_runs_the_infill_task(trained, tmp_path):
                       "--num_examples=4", "--steps=3", "--baseline=false",
                       env={"CDM_JAX_CACHE": str(tmp_path / "cache")})
   result = json.loads(stdout)
-  assert result["result_file"] == "task_infill_n4_seed0.json"
+  assert result["result_file"] == "task_infill_n4_seed0_num_steps3.json"
   assert json.loads((workdir / "eval" / result["result_file"]).read_text()) == result
   assert result["sample_overrides"] == {"num_steps": 3}
 

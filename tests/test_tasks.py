@@ -141,7 +141,8 @@ def test_evaluate_seq2seq_scores_the_vote_of_the_draws(seq2seq_workdir, monkeypa
     assert real[name]["accuracy_at_2"] >= real[name]["accuracy_at_1"]
   assert real["draws"] == 3 and real["start"] == 1 and real["ar_baseline"]["temperature"] == 0.7
   assert real["sample_overrides"] == {"steps": 3, "guidance_scale": 1.0}
-  written = seq2seq_workdir / "eval" / "task_seq2seq_n4_seed0_start1_draws3.json"
+  written = (seq2seq_workdir / "eval"
+             / "task_seq2seq_n4_seed0_start1_draws3_guidance_scale1.0_steps3.json")
   assert json.loads(written.read_text()) == json.loads(evaluate.to_json(real))
 
   def oracle(draws_of):  # fixed draws per reference instead of the model's
@@ -199,7 +200,7 @@ def test_the_evaluate_cli_runs_the_seq2seq_task(seq2seq_workdir, tmp_path):
       env={**os.environ, "CDM_JAX_CACHE": str(tmp_path / "cache")})
   assert result.returncode == 0, result.stderr[-3000:]
   printed = json.loads(result.stdout)
-  assert printed["result_file"] == "task_seq2seq_n3_seed0_start2.json"
+  assert printed["result_file"] == "task_seq2seq_n3_seed0_start2_num_steps2.json"
   assert printed["diffusion"]["candidates"] == 2 and printed["diffusion"]["examples"] == 3
   assert printed["start"] == 2 and printed["sample_overrides"] == {"num_steps": 2}
   assert json.loads((seq2seq_workdir / "eval" / printed["result_file"]).read_text()) == printed

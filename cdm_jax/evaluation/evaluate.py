@@ -197,7 +197,8 @@ def evaluate_task(workdir: str, task: str, *, num_examples: int = 200, seed: int
                   write: bool = True, judge_steps: int = 0) -> dict:
   """A conditional task ("seq2seq", "infill" or "continuation", see `tasks`) on the workdir's
   held-out data;
-  written to DIR/eval/task_<task>_n<N>_seed<S>[_start<I>][_draws<D>].json when `write`.
+  written to DIR/eval/task_<task>_n<N>_seed<S>[_start<I>][_draws<D>][_<option><value>...].json
+  when `write`, one file per sampling option given (e.g. `_guidance_scale2.0`).
   `draws`, `start` and `ar_temperature` are seq2seq's (`tasks.evaluate_seq2seq`); `judge_steps`
   continuation's (`tasks.continuation_judge`)."""
   started = time.perf_counter()
@@ -221,8 +222,9 @@ def evaluate_task(workdir: str, task: str, *, num_examples: int = 200, seed: int
   result["sample_overrides"] = {k: v for k, v in (sample_overrides or {}).items() if v is not None}
   result["wall_seconds"] = time.perf_counter() - started
   name = f"task_{task}_n{num_examples}_seed{seed}"
+  options = "".join(f"_{key}{value}" for key, value in sorted(result["sample_overrides"].items()))
   result["result_file"] = name + (f"_start{start}" if start else "") + (
-      f"_draws{draws}" if draws else "") + ".json"
+      f"_draws{draws}" if draws else "") + options + ".json"
   if write:
     save_result(workdir, result)
   return result
