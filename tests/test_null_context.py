@@ -59,6 +59,7 @@ def test_only_a_latent_model_without_marked_rows_takes_the_length_null(corpus):
     ModelConfig(encoder="latent", null_context="empty")
 
 
+@pytest.mark.slow  # builds a model
 def test_a_dropped_prefix_trains_on_its_blank_row(corpus):
   """In the loss, the dropped example's context is the latents of its prefix row blanked: not
   zeros, and independent of the prefix's words."""
@@ -86,6 +87,7 @@ def test_a_dropped_prefix_trains_on_its_blank_row(corpus):
   assert not np.allclose(other_words[0], base[0])
 
 
+@pytest.mark.slow  # builds a model
 @pytest.mark.parametrize("null_context", ["zeros", "length"])
 def test_guidance_contrasts_with_the_models_null_context(corpus, null_context):
   """The guided estimate is `guide(given, null)` with the model's null context; a row with nothing
