@@ -297,8 +297,9 @@ def test_a_distillation_step_on_an_fsdp_state_matches_the_replicated_one():
 class _ContextRecorder:
   """A stand-in source-context model: embeds a row as its tokens (one latent per token, dim 1),
   denoises to zeros, and records the context every denoiser call reads."""
-  def __init__(self, layout: str = "pairs"):
-    self.config = types.SimpleNamespace(source_context=True, context_layout=layout)
+  def __init__(self, layout: str = "pairs", null_context: str = "zeros"):
+    self.config = types.SimpleNamespace(source_context=True, context_layout=layout,
+                                        null_context=null_context)
     self.contexts = []
 
   def apply(self, params, *args, method, **kwargs):
@@ -309,21 +310,25 @@ class _ContextRecorder:
     return types.SimpleNamespace(x0_hat=jnp.zeros_like(args[0]))
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.99])
-def test_distilling_a_source_context_model_honours_the_null_condition_share(dropout):
-  """condition.dropout is the share of examples trained with the null source (zeros in context),
-  as in training: 0 keeps every known source in context; at 0.99 none of these four rows keeps
-  it (with this key)."""
+@pytest.mark.parametrize("dropout,null_context", [(0.0, "zeros"), (0.99, "zeros"),
+                                                  (0.99, "length")])
+def test_distilling_a_source_context_model_honours_the_null_condition_share(dropout, null_context):
+  """condition.dropout is the share of examples trained with the null source (zeros in context, or
+  with null_context="length" the source's pieces UNK), as in training: 0 keeps every known source
+  in context; at 0.99 none of these four rows keeps it (with this key)."""
   from cdm_jax.core import conditioning  # pylint: disable=g-import-not-at-top
   from cdm_jax.posttrain import distill_step  # pylint: disable=g-import-not-at-top
-  model = _ContextRecorder()
+  model = _ContextRecorder(null_context=null_context)
   rows = jnp.asarray([[2, 9, 8, 3, 5, 6, 3, 0]] * 4, jnp.int32)  # BOS source EOS target EOS PAD
   condition = conditioning.ConditionConfig(source=1.0, dropout=dropout)
   distill_step.distillation_losses(model, {}, {}, rows, jnp.linspace(1.0, 0.0, 3),
                               key=jax.random.PRNGKey(0), schedule=schedules.get_schedule("cosine"),
                               condition=condition)
   context = np.asarray(model.contexts[0])[..., 0]  # [4, 8]: each row's source, or zeros
-  expected = np.zeros_like(context) if dropout else np.asarray([[2, 9, 8, 3, 0, 0, 0, 0]] * 4)
+  expected = np.asarray([[2, 9, 8, 3, 0, 0, 0, 0]] * 4)  # BOS 9 8 EOS: the source row
+  if dropout:
+    blank = np.asarray([[2, 1, 1, 3, 0, 0, 0, 0]] * 4)  # UNK for the source's pieces
+    expected = blank if null_context == "length" else 0 * expected
   np.testing.assert_array_equal(context, expected)
 
 
