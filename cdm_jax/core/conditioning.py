@@ -15,9 +15,9 @@ of mask per example from a mixture (as CDCD does):
 
 With probability `dropout` an example's known latents are zeros (the null condition), which
 classifier-free guidance contrasts with (`guide`); a latent model with `null_context="length"`
-keeps the known text's extent in its null context instead (`blank_known`). Prompts for sampling (`prefix_layout`,
-`template_layout`, `source_layout`) are host-side NumPy; a template marks a gap with `___` (the
-default length) or `___:N` (N pieces), e.g. "the ___:3 of a tree".
+keeps the known text's extent in its null context instead (`blank_known`). Prompts for sampling
+(`prefix_layout`, `template_layout`, `source_layout`) are host-side NumPy; a template marks a gap
+with `___` (the default length) or `___:N` (N pieces), e.g. "the ___:3 of a tree".
 """
 
 import dataclasses
