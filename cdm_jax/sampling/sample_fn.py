@@ -64,7 +64,7 @@ def make_denoise_fn(model: DiffusionLM, params, schedule: schedules.Schedule, co
     embed = lambda rows: model.apply(params, rows, method="embed")
     given = {"context": diffusion.context_latents(embed, rows, known_mask, None)}
     null = {"context": jnp.zeros_like(given["context"])}  # as training forms its null contexts
-    if model.config.null_context == "length":
+    if model.config.null_context == "length" and guidance_scale:  # only guidance reads a null
       blank = conditioning.blank_known(rows)
       null = {"context": diffusion.context_latents(embed, blank, known_mask, None)}
     keep_known = lambda x0_hat: x0_hat
